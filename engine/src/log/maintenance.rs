@@ -1,0 +1,230 @@
+//! Operations that reshape the log: rolling on demand, retention and
+//! truncation. Each one takes the writer role first, so it never overlaps a
+//! write round: the writer task and these operations are the only code that
+//! changes segment files.
+
+use std::rc::Rc;
+
+use super::append::sync_dir;
+use super::open::recover_active;
+use super::{LogInner, PartitionLog};
+use crate::segment::scan;
+use crate::segment::{index_path, log_path, SegmentFile};
+use crate::{Error, Result};
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Sealed segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes deleted.
+    pub bytes_deleted: u64,
+    /// The first offset still stored afterwards.
+    pub log_start_offset: u64,
+}
+
+/// Holding this, the caller is the only writer of the log's files.
+struct WriterRole {
+    inner: Rc<LogInner>,
+}
+
+impl Drop for WriterRole {
+    fn drop(&mut self) {
+        self.inner.state.borrow_mut().writer_running = false;
+        self.inner.start_writer();
+    }
+}
+
+impl LogInner {
+    /// Waits for the writer task to go idle and takes its role. With
+    /// `drained`, also waits until no append is queued or unsynced.
+    async fn take_writer_role(self: &Rc<Self>, drained: bool) -> Result<WriterRole> {
+        loop {
+            {
+                let mut state = self.state.borrow_mut();
+                let quiet = !drained
+                    || (state.pending.is_empty() && state.durable_offset == state.next_offset);
+                if !state.writer_running && quiet {
+                    state.writer_running = true;
+                    return Ok(WriterRole {
+                        inner: self.clone(),
+                    });
+                }
+            }
+            if drained {
+                PartitionLog {
+                    inner: self.clone(),
+                }
+                .flush()
+                .await?;
+            }
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+impl PartitionLog {
+    /// Seals the active segment now (if it holds anything) and starts a new one.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn roll(&self) -> Result<()> {
+        let _role = self.inner.take_writer_role(false).await?;
+        if self.inner.state.borrow().active.written_bytes == 0 {
+            return Ok(());
+        }
+        self.inner.roll().await
+    }
+
+    /// Deletes the oldest sealed segments while the log would still hold at
+    /// least `retention_bytes` without them, and those whose newest record is
+    /// older than `retention_age`. The active segment is never deleted.
+    ///
+    /// # Errors
+    /// I/O errors deleting files.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let _role = self.inner.take_writer_role(false).await?;
+        let config = &self.inner.config;
+        let doomed = {
+            let mut state = self.inner.state.borrow_mut();
+            let mut total_bytes: u64 = state.sealed.iter().map(|s| s.meta.log_bytes).sum::<u64>()
+                + state.active.written_bytes;
+            let mut doomed = Vec::new();
+            while let Some(oldest) = state.sealed.front() {
+                let size = oldest.meta.log_bytes;
+                let over_size = config
+                    .retention_bytes
+                    .is_some_and(|max| total_bytes - size >= max);
+                let age_ms = config.retention_age.map(|age| age.as_millis() as i64);
+                let too_old = age_ms.is_some_and(|age_ms| {
+                    oldest.meta.max_timestamp_ms < now_ms.saturating_sub(age_ms)
+                });
+                if !(over_size || too_old) {
+                    break;
+                }
+                total_bytes -= size;
+                doomed.extend(state.sealed.pop_front().map(|s| s.meta));
+            }
+            doomed
+        };
+        let mut outcome = RetentionOutcome::default();
+        for meta in &doomed {
+            remove_segment_files(&self.inner.dir, meta.base_offset)?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += meta.log_bytes;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.inner.dir).await?;
+            tracing::info!(dir = %self.inner.dir.display(), segments = doomed.len(), bytes = outcome.bytes_deleted, "retention deleted segments");
+        }
+        outcome.log_start_offset = self.log_start_offset();
+        Ok(outcome)
+    }
+
+    /// Removes every record at or after `offset` (rounded down to the start of
+    /// the batch holding it) and returns the new end offset. Waits for queued
+    /// appends first; appends made meanwhile land after the new end.
+    /// Replication uses this to cut a divergent tail.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] below the log start; I/O errors.
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let inner = &self.inner;
+        let _role = inner.take_writer_role(true).await?;
+        let (log_start_offset, end_offset) = (self.log_start_offset(), self.log_end_offset());
+        if offset >= end_offset {
+            return Ok(end_offset);
+        }
+        if offset < log_start_offset {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark: end_offset,
+            });
+        }
+        let (segment_base, cut_position, new_end) = self.locate_cut(offset).await?;
+        inner.state.borrow_mut().durable_offset = new_end;
+        inner.shard.cache().borrow_mut().remove(inner.cache_key);
+        let later: Vec<u64> = {
+            let state = inner.state.borrow();
+            let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
+            sealed
+                .chain(std::iter::once(state.active.base_offset))
+                .filter(|b| *b > segment_base)
+                .collect()
+        };
+        for base in later.iter().rev() {
+            remove_segment_files(&inner.dir, *base)?;
+        }
+        let path = log_path(&inner.dir, segment_base);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening segment", &path, e))?;
+        file.set_len(cut_position)
+            .map_err(|e| Error::io("truncating segment", &path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing segment", &path, e))?;
+        let _ = std::fs::remove_file(index_path(&inner.dir, segment_base));
+        sync_dir(&inner.dir).await?;
+        let recovered =
+            recover_active(&inner.dir, segment_base, &inner.config, &inner.shard).await?;
+        assert!(
+            recovered.next_offset == new_end,
+            "the cut lands on a batch boundary"
+        );
+        let mut state = inner.state.borrow_mut();
+        state.sealed.retain(|s| s.meta.base_offset < segment_base);
+        state.active = recovered.active;
+        state.next_offset = new_end;
+        state.written_offset = new_end;
+        state.durable_offset = new_end;
+        tracing::info!(dir = %inner.dir.display(), new_end, "truncated log");
+        Ok(new_end)
+    }
+
+    /// The segment, byte position and offset at which a truncation to `offset` cuts.
+    async fn locate_cut(&self, offset: u64) -> Result<(u64, u64, u64)> {
+        let segment_base = {
+            let state = self.inner.state.borrow();
+            let sealed = state
+                .sealed
+                .iter()
+                .rev()
+                .find(|s| s.meta.base_offset <= offset)
+                .map(|s| s.meta.base_offset);
+            if offset >= state.active.base_offset {
+                state.active.base_offset
+            } else {
+                sealed.unwrap_or(state.active.base_offset)
+            }
+        };
+        let path = log_path(&self.inner.dir, segment_base);
+        let file =
+            std::fs::File::open(&path).map_err(|e| Error::io("opening segment", &path, e))?;
+        let limit_position = file
+            .metadata()
+            .map_err(|e| Error::io("reading segment size", &path, e))?
+            .len();
+        let file = glommio::io::BufferedFile::open(&path)
+            .await
+            .map_err(|e| Error::io("opening segment", &path, e))?;
+        let source = SegmentFile::Buffered(Rc::new(file));
+        let found = scan::find_batch(&source, &path, 0, limit_position, offset).await?;
+        match found {
+            Some((position, header)) => Ok((segment_base, position, header.base_offset)),
+            None => Ok((segment_base, limit_position, offset)),
+        }
+    }
+}
+
+fn remove_segment_files(dir: &std::path::Path, base_offset: u64) -> Result<()> {
+    let index = index_path(dir, base_offset);
+    if let Err(error) = std::fs::remove_file(&index) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            return Err(Error::io("deleting index", &index, error));
+        }
+    }
+    let log = log_path(dir, base_offset);
+    std::fs::remove_file(&log).map_err(|e| Error::io("deleting segment", &log, e))
+}

@@ -1,0 +1,314 @@
+//! A partition log: an ordered list of segments, the last one active.
+//!
+//! ```text
+//!   append ──► pending queue ──► writer task ──► DMA write ──► (Always) syncer task ──► fdatasync
+//!     │            (bounded by            │ one write per round:              │
+//!     │          pending_bytes_max)        │ tail block + all queued batches   │
+//!     └──────────── waits on its oneshot ◄─┴──── written (Never/Interval) ◄────┴── durable (Always)
+//! ```
+//!
+//! Offsets are assigned when a batch enters the pending queue, so the queue
+//! order is the log order. Three watermarks move forward only:
+//! `durable_offset <= written_offset <= next_offset`. `durable_offset` is the
+//! high watermark: appends resolve and reads stop there. Group commit falls
+//! out of the shape: every append queued while a write or fdatasync is in
+//! flight rides the next one, and the writer never waits for the syncer.
+//!
+//! State lives in a `RefCell` and changes in short synchronous steps between
+//! awaits; no borrow is held across an `.await`.
+
+mod append;
+mod maintenance;
+mod open;
+mod read;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::io::{BufferedFile, DmaFile};
+use glommio::sync::Semaphore;
+use shardlog_wire::batch::{self, set_base_offset, set_leader_epoch};
+
+use crate::cache::CacheKey;
+use crate::config::LogConfig;
+use crate::segment::index::{IndexHeader, SealedMeta, SparseIndex};
+use crate::shard::{FileSlot, StorageShard};
+use crate::{Error, Result};
+
+pub use maintenance::RetentionOutcome;
+pub use read::{ReadPart, ReadSlice};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Offset of the batch's last record.
+    pub last_offset: u64,
+}
+
+/// One partition's log. Cheap to clone (an `Rc`); `!Send`: it lives on the
+/// shard that opened it.
+#[derive(Debug, Clone)]
+pub struct PartitionLog {
+    inner: Rc<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    dir: PathBuf,
+    config: LogConfig,
+    shard: StorageShard,
+    cache_key: CacheKey,
+    /// Units are bytes of queued batches; `append` waits here when the queue is full.
+    pending_permits: Semaphore,
+    state: RefCell<LogState>,
+}
+
+#[derive(Debug)]
+struct LogState {
+    sealed: VecDeque<Sealed>,
+    active: Active,
+    next_offset: u64,
+    written_offset: u64,
+    durable_offset: u64,
+    pending: VecDeque<Pending>,
+    pending_bytes: u64,
+    waiters: VecDeque<Waiter>,
+    writer_running: bool,
+    syncer_running: bool,
+    interval_sync_scheduled: bool,
+    failed: bool,
+    closed: bool,
+    leader_epoch: u32,
+}
+
+#[derive(Debug)]
+struct Sealed {
+    meta: SealedMeta,
+    index: SealedIndex,
+    /// Opened on first read, through the page cache, so it can be sendfile'd.
+    file: Option<(Rc<BufferedFile>, FileSlot)>,
+}
+
+/// A sealed segment's index: in memory, or only its header until first needed.
+#[derive(Debug)]
+enum SealedIndex {
+    Loaded(Rc<SparseIndex>),
+    OnDisk(IndexHeader),
+}
+
+#[derive(Debug)]
+struct Active {
+    base_offset: u64,
+    file: Rc<DmaFile>,
+    _slot: FileSlot,
+    /// Bytes of whole frames in the file; the next frame goes here.
+    written_bytes: u64,
+    index: SparseIndex,
+    index_builder: crate::segment::scan::IndexBuilder,
+    /// Wall-clock time of the segment's first batch, for rolling by age.
+    first_append_ms: Option<i64>,
+    /// The bytes of the last, partly filled alignment block: `[align_down(written_bytes), written_bytes)`.
+    tail: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    base_offset: u64,
+    next_offset: u64,
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    next_offset: u64,
+    tx: oneshot::Sender<Result<()>>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering it from disk. See the
+    /// `open` module for what recovery trusts and what it scans.
+    ///
+    /// # Errors
+    /// Invalid configuration, I/O failures, [`Error::Corrupt`] when sealed
+    /// segments disagree with each other, [`Error::TooManyOpenFiles`].
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        shard: &StorageShard,
+    ) -> Result<PartitionLog> {
+        open::open(dir.as_ref(), config, shard).await
+    }
+
+    /// Appends one batch: validates it, assigns its offsets, stamps them (and
+    /// the leader epoch) into its header, and resolves once the batch is
+    /// written and the flush policy is satisfied.
+    ///
+    /// Waits while `pending_bytes_max` of appends are queued (backpressure).
+    ///
+    /// # Errors
+    /// [`Error::InvalidBatch`] (nothing stored), [`Error::StorageFull`]
+    /// (retriable), I/O errors, [`Error::Failed`] after an fdatasync failure,
+    /// [`Error::Closed`].
+    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendInfo> {
+        let header = batch::validate(&batch, &self.inner.config.batch_limits)?;
+        let size_bytes = batch.len() as u64;
+        self.inner
+            .pending_permits
+            .acquire(size_bytes)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (info, rx) = {
+            let mut state = self.inner.state.borrow_mut();
+            if let Err(error) = self.inner.check_writable(&state) {
+                drop(state);
+                self.inner.pending_permits.signal(size_bytes);
+                return Err(error);
+            }
+            let base_offset = state.next_offset;
+            set_base_offset(&mut batch, base_offset);
+            set_leader_epoch(&mut batch, state.leader_epoch);
+            let next_offset = base_offset + u64::from(header.record_count);
+            state.next_offset = next_offset;
+            state.pending_bytes += size_bytes;
+            state.pending.push_back(Pending {
+                base_offset,
+                next_offset,
+                bytes: batch.freeze(),
+            });
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push_back(Waiter { next_offset, tx });
+            (
+                AppendInfo {
+                    base_offset,
+                    last_offset: next_offset - 1,
+                },
+                rx,
+            )
+        };
+        self.inner.start_writer();
+        match rx.await {
+            Ok(result) => result.map(|()| info),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Resolves once every append made before the call is durable under the
+    /// flush policy (for `Never` and `Interval`: written).
+    ///
+    /// # Errors
+    /// As [`PartitionLog::append`].
+    pub async fn flush(&self) -> Result<()> {
+        let rx = {
+            let mut state = self.inner.state.borrow_mut();
+            if state.failed {
+                return Err(Error::Failed {
+                    path: self.inner.dir.clone(),
+                });
+            }
+            if state.durable_offset == state.next_offset {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            let next_offset = state.next_offset;
+            state.waiters.push_back(Waiter { next_offset, tx });
+            rx
+        };
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Flushes, forces the active segment to stable storage whatever the
+    /// policy, and refuses further appends.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::flush`].
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.inner.state.borrow_mut().closed = true;
+        let file = self.inner.state.borrow().active.file.clone();
+        file.fdatasync()
+            .await
+            .map_err(|e| Error::io("syncing segment", &self.inner.dir, e))?;
+        self.inner
+            .shard
+            .cache()
+            .borrow_mut()
+            .remove(self.inner.cache_key);
+        self.inner.pending_permits.close();
+        Ok(())
+    }
+
+    /// The first offset still stored.
+    pub fn log_start_offset(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state
+            .sealed
+            .front()
+            .map_or(state.active.base_offset, |s| s.meta.base_offset)
+    }
+
+    /// One past the last durable (acknowledged, readable) offset: the high
+    /// watermark of a single-replica log.
+    pub fn high_watermark(&self) -> u64 {
+        self.inner.state.borrow().durable_offset
+    }
+
+    /// One past the last offset handed out (including appends still in flight).
+    pub fn log_end_offset(&self) -> u64 {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state.sealed.iter().map(|s| s.meta.log_bytes).sum::<u64>() + state.active.written_bytes
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().sealed.len() + 1
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Sets the leader epoch stamped into batches appended from now on.
+    pub fn set_leader_epoch(&self, leader_epoch: u32) {
+        let mut state = self.inner.state.borrow_mut();
+        assert!(
+            leader_epoch >= state.leader_epoch,
+            "leader epochs never go back"
+        );
+        state.leader_epoch = leader_epoch;
+    }
+}
+
+impl LogInner {
+    fn check_writable(&self, state: &LogState) -> Result<()> {
+        if state.failed {
+            return Err(Error::Failed {
+                path: self.dir.clone(),
+            });
+        }
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The record batch: build it ([`BatchBuilder`]), check it ([`validate`]),
+//! read it without copying ([`Batch`], [`BatchIter`]).
+//!
+//! The layout is in [`header`]; the records inside are described in the
+//! source of `record.rs`. A batch is validated by its CRC32C over everything
+//! after the CRC field, by header sanity and, for uncompressed batches, by
+//! walking the record length prefixes to check the record count.
+
+mod builder;
+pub mod header;
+mod record;
+
+use bytes::Bytes;
+
+pub use builder::{BatchBuilder, BatchBuilderOptions};
+pub use header::{
+    peek_length_bytes, set_base_offset, set_leader_epoch, BatchHeader, Compression,
+    BATCH_HEADER_BYTES,
+};
+pub use record::{Record, RecordHeader, RecordHeaderRef, RecordIter};
+
+use crate::Error;
+
+/// Default maximum batch size: 1 MiB, as Kafka's `max.message.bytes`.
+pub const BATCH_BYTES_MAX_DEFAULT: u32 = 1024 * 1024;
+/// Default maximum records per batch.
+pub const BATCH_RECORD_COUNT_MAX_DEFAULT: u32 = 1024 * 1024;
+
+/// The limits a batch is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Largest accepted batch, header included (default 1 MiB).
+    pub batch_bytes_max: u32,
+    /// Most records in one batch (default 1 Mi).
+    pub record_count_max: u32,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            record_count_max: BATCH_RECORD_COUNT_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Checks that `buf` is exactly one whole, intact batch within `limits`.
+///
+/// # Errors
+/// A distinct [`Error`] variant for each check that fails.
+pub fn validate(buf: &[u8], limits: &BatchLimits) -> Result<BatchHeader, Error> {
+    let header = BatchHeader::parse(buf)?;
+    if header.length_bytes as usize != buf.len() {
+        return Err(Error::LengthMismatch {
+            length_bytes: header.length_bytes,
+            actual_bytes: buf.len(),
+        });
+    }
+    if header.length_bytes > limits.batch_bytes_max {
+        return Err(Error::TooLarge {
+            length_bytes: header.length_bytes,
+            limit_bytes: limits.batch_bytes_max,
+        });
+    }
+    if header.record_count > limits.record_count_max {
+        return Err(Error::TooManyRecords {
+            record_count: header.record_count,
+            limit_count: limits.record_count_max,
+        });
+    }
+    let actual = crc32c::crc32c(&buf[header::CRC_START..]);
+    if actual != header.crc32c {
+        return Err(Error::CrcMismatch {
+            expected: header.crc32c,
+            actual,
+        });
+    }
+    if header.compression() == Compression::None {
+        record::check_framing(&buf[BATCH_HEADER_BYTES..], header.record_count)?;
+    }
+    Ok(header)
+}
+
+/// One validated batch over shared bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    bytes: Bytes,
+    header: BatchHeader,
+}
+
+impl Batch {
+    /// Validates `bytes` as one batch.
+    ///
+    /// # Errors
+    /// As [`validate`].
+    pub fn parse(bytes: Bytes, limits: &BatchLimits) -> Result<Batch, Error> {
+        let header = validate(&bytes, limits)?;
+        Ok(Batch { bytes, header })
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The encoded batch.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Hands back the encoded batch.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// The records, decoded lazily as slices of the batch.
+    ///
+    /// # Errors
+    /// [`Error::Compressed`] for a compressed batch.
+    pub fn records(&self) -> Result<RecordIter, Error> {
+        let compression = self.header.compression();
+        if compression != Compression::None {
+            return Err(Error::Compressed {
+                codec: compression.name(),
+            });
+        }
+        let records = self.bytes.slice(BATCH_HEADER_BYTES..);
+        Ok(RecordIter::new(
+            records,
+            self.header.base_offset,
+            self.header.first_timestamp_ms,
+            self.header.record_count,
+        ))
+    }
+}
+
+/// Iterates over back-to-back batches in one buffer (a fetch response or a
+/// segment read), validating each. A trailing partial batch ends the
+/// iteration without an error: [`BatchIter::remainder_bytes`] tells its size.
+#[derive(Debug, Clone)]
+pub struct BatchIter {
+    bytes: Bytes,
+    limits: BatchLimits,
+}
+
+impl BatchIter {
+    /// Iterates over the batches in `bytes`.
+    pub fn new(bytes: Bytes, limits: BatchLimits) -> BatchIter {
+        BatchIter { bytes, limits }
+    }
+
+    /// Bytes not yet consumed (after the iteration ends: the partial tail).
+    pub fn remainder_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<Batch, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let length_bytes = peek_length_bytes(&self.bytes)? as usize;
+        if length_bytes < BATCH_HEADER_BYTES {
+            let error = Error::Truncated {
+                needed_bytes: BATCH_HEADER_BYTES,
+                available_bytes: length_bytes,
+            };
+            self.bytes.clear();
+            return Some(Err(error));
+        }
+        if length_bytes > self.bytes.len() {
+            return None;
+        }
+        let one = self.bytes.split_to(length_bytes);
+        let result = Batch::parse(one, &self.limits);
+        if result.is_err() {
+            self.bytes.clear();
+        }
+        Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests;
