@@ -1,6 +1,8 @@
 //! `shardlog-wire`: the formats that cross a boundary in shardlog.
 //!
-//! Today this crate holds the **record batch format**, the unit that a
+//! It holds the **record batch format** ([`batch`]) and the **request/response
+//! protocol** ([`protocol`]: frames, verification, generated flatbuffers types).
+//! The record batch format is the unit that a
 //! producer builds, the broker validates and appends, the disk stores and a
 //! consumer reads back. The bytes are identical on disk and on the wire: the
 //! broker only stamps the base offset and leader epoch into the header (two
@@ -32,6 +34,11 @@
 
 pub mod batch;
 mod error;
+#[rustfmt::skip]
+#[path = "generated/shardlog_generated.rs"]
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused_imports, dead_code, deprecated, non_camel_case_types, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes)]
+mod generated;
+pub mod protocol;
 pub mod varint;
 
 pub use error::Error;
