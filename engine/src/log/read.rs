@@ -290,6 +290,51 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// The limits every appended batch is checked against.
+    pub fn batch_limits(&self) -> shardlog_wire::batch::BatchLimits {
+        self.inner.config.batch_limits
+    }
+
+    /// The headers of the batches from the one holding `offset` up to the
+    /// high watermark, read without the records. The broker rebuilds its
+    /// idempotent-producer state from the last few thousand offsets with it.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] outside the log; I/O errors.
+    pub async fn batch_headers(&self, offset: u64) -> Result<Vec<BatchHeader>> {
+        let high_watermark = self.high_watermark();
+        let mut headers = Vec::new();
+        let mut next = offset;
+        while next < high_watermark {
+            let segment = self
+                .inner
+                .readable_segment(next, Lookup::Offset(next))
+                .await?;
+            let mut position = segment.start_position;
+            let found = scan::find_batch(
+                &segment.file,
+                &segment.path,
+                position,
+                segment.limit_position,
+                next,
+            )
+            .await?;
+            let Some((found_position, _)) = found else {
+                break;
+            };
+            position = found_position;
+            while position < segment.limit_position && next < high_watermark {
+                let header = scan::read_header(&segment.file, &segment.path, position).await?;
+                position += u64::from(header.length_bytes);
+                next = header.next_offset();
+                headers.push(header);
+            }
+        }
+        Ok(headers)
+    }
+}
+
 impl LogInner {
     /// The base offset of the first segment holding a timestamp at or after `timestamp_ms`.
     fn segment_for_timestamp(&self, timestamp_ms: i64) -> Option<u64> {

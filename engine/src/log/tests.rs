@@ -506,3 +506,19 @@ fn errors_are_send_sync() {
     assert!(Error::StorageFull { path: "x".into() }.is_retriable());
     assert!(!Error::Closed.is_retriable());
 }
+
+#[test]
+fn batch_headers_walk_every_segment_up_to_the_high_watermark() {
+    run(|dir| async move {
+        let log = open(&dir, small_segments()).await;
+        for i in 0..100 {
+            log.append(batch(i * 3, 3, 900, 0)).await.unwrap();
+        }
+        assert!(log.segment_count() > 2);
+        let headers = log.batch_headers(151).await.unwrap();
+        assert_eq!(headers.first().unwrap().base_offset, 150);
+        assert_eq!(headers.len(), 50);
+        assert!(headers.windows(2).all(|w| w[0].next_offset() == w[1].base_offset));
+        assert!(log.batch_headers(300).await.unwrap().is_empty());
+    });
+}

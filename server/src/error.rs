@@ -1,0 +1,132 @@
+//! The one error type of `shardlog-server`, and the single place that maps
+//! engine and format errors to wire error codes.
+
+use std::path::PathBuf;
+
+use shardlog_wire::protocol::fb::ErrorCode;
+
+/// What can stop the broker from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Another broker holds the data directory.
+    #[error("data directory {path} is in use by another shardlog-server; stop it or pick another --data-dir")]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What the broker was doing.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The persisted metadata cannot be read.
+    #[error("metadata file {path} is unreadable: {reason}; restore it from a backup")]
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage engine failed.
+    #[error(transparent)]
+    Engine(#[from] shardlog_engine::Error),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The broker's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error to put in a response: a code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// The code.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code for an unknown topic or partition.
+    pub fn unknown_partition(topic: &str, partition: u32) -> WireError {
+        WireError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("topic {topic:?} has no partition {partition}"),
+        )
+    }
+}
+
+impl From<&shardlog_engine::Error> for WireError {
+    fn from(error: &shardlog_engine::Error) -> WireError {
+        use shardlog_engine::Error as E;
+        let code = match error {
+            E::InvalidBatch(inner) => return WireError::from(inner),
+            E::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            E::StorageFull { .. } => ErrorCode::StorageFull,
+            E::TooManyOpenFiles { .. } => ErrorCode::Busy,
+            E::Closed => ErrorCode::ShuttingDown,
+            E::Config(_) => ErrorCode::InvalidConfig,
+            _ => ErrorCode::StorageError,
+        };
+        WireError::new(code, error.to_string())
+    }
+}
+
+impl From<&shardlog_wire::Error> for WireError {
+    fn from(error: &shardlog_wire::Error) -> WireError {
+        let code = match error {
+            shardlog_wire::Error::TooLarge { .. } | shardlog_wire::Error::TooManyRecords { .. } => {
+                ErrorCode::BatchTooLarge
+            }
+            _ => ErrorCode::CorruptBatch,
+        };
+        WireError::new(code, format!("invalid batch: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_codes() {
+        let full = shardlog_engine::Error::StorageFull { path: "x".into() };
+        assert_eq!(WireError::from(&full).code, ErrorCode::StorageFull);
+        let big = shardlog_engine::Error::InvalidBatch(shardlog_wire::Error::TooLarge {
+            length_bytes: 9,
+            limit_bytes: 1,
+        });
+        assert_eq!(WireError::from(&big).code, ErrorCode::BatchTooLarge);
+        let crc = shardlog_wire::Error::CrcMismatch {
+            expected: 1,
+            actual: 2,
+        };
+        assert_eq!(WireError::from(&crc).code, ErrorCode::CorruptBatch);
+    }
+}

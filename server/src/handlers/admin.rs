@@ -1,0 +1,265 @@
+//! CreateTopics and DeleteTopics: forwarded to the controller (shard 0),
+//! which validates, persists the new metadata, and has every shard adopt it
+//! before answering, so a topic is usable on every shard once created.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use flatbuffers::FlatBufferBuilder;
+use shardlog_wire::protocol::fb;
+
+use super::{error_parts, finish, unavailable};
+use crate::error::WireError;
+use crate::metadata::{validate_topic_name, ClusterMetadata, TopicMetadata};
+use crate::net::Outgoing;
+use crate::shard::messages::TopicRequest;
+use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
+
+/// Most topics in one request.
+const TOPICS_PER_REQUEST_MAX: usize = 1000;
+
+fn optional(value: i64) -> Option<u64> {
+    u64::try_from(value).ok()
+}
+
+pub fn parse_create(body: fb::CreateTopicsRequest<'_>) -> Result<Vec<TopicRequest>, WireError> {
+    let topics = body
+        .topics()
+        .map(|t| t.iter().collect::<Vec<_>>())
+        .unwrap_or_default();
+    if topics.len() > TOPICS_PER_REQUEST_MAX {
+        return Err(WireError::new(
+            fb::ErrorCode::InvalidRequest,
+            format!("at most {TOPICS_PER_REQUEST_MAX} topics per request"),
+        ));
+    }
+    Ok(topics
+        .into_iter()
+        .map(|spec| TopicRequest {
+            name: spec.name().unwrap_or_default().to_string(),
+            partitions: spec.partitions(),
+            retention_bytes: optional(spec.retention_bytes()),
+            retention_ms: optional(spec.retention_ms()),
+            segment_bytes: optional(spec.segment_bytes()),
+        })
+        .collect())
+}
+
+pub fn parse_delete(body: fb::DeleteTopicsRequest<'_>) -> Vec<String> {
+    body.names()
+        .map(|n| {
+            n.iter()
+                .take(TOPICS_PER_REQUEST_MAX)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn create_topics(
+    shard: &Rc<ShardState>,
+    correlation_id: u32,
+    topics: Vec<TopicRequest>,
+) -> Outgoing {
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let results = match shard
+        .call(CONTROLLER_SHARD, ShardRequest::CreateTopics(topics))
+        .await
+    {
+        ShardResponse::Topics(results) => results,
+        _ => names
+            .into_iter()
+            .map(|n| (n, Some(unavailable())))
+            .collect(),
+    };
+    topic_results(correlation_id, &results, true)
+}
+
+pub async fn delete_topics(
+    shard: &Rc<ShardState>,
+    correlation_id: u32,
+    names: Vec<String>,
+) -> Outgoing {
+    let results = match shard
+        .call(CONTROLLER_SHARD, ShardRequest::DeleteTopics(names.clone()))
+        .await
+    {
+        ShardResponse::Topics(results) => results,
+        _ => names
+            .into_iter()
+            .map(|n| (n, Some(unavailable())))
+            .collect(),
+    };
+    topic_results(correlation_id, &results, false)
+}
+
+fn topic_results(
+    correlation_id: u32,
+    results: &[(String, Option<WireError>)],
+    created: bool,
+) -> Outgoing {
+    let mut fbb = FlatBufferBuilder::new();
+    let mut offsets = Vec::with_capacity(results.len());
+    for (name, error) in results {
+        let name = fbb.create_string(name);
+        let (error_code, error_message) = error_parts(&mut fbb, error.as_ref());
+        offsets.push(fb::TopicResult::create(
+            &mut fbb,
+            &fb::TopicResultArgs {
+                name: Some(name),
+                error_code,
+                error_message,
+            },
+        ));
+    }
+    let results = fbb.create_vector(&offsets);
+    let (body_type, body) = if created {
+        let body = fb::CreateTopicsResponse::create(
+            &mut fbb,
+            &fb::CreateTopicsResponseArgs {
+                results: Some(results),
+            },
+        );
+        (
+            fb::ResponseBody::CreateTopicsResponse,
+            body.as_union_value(),
+        )
+    } else {
+        let body = fb::DeleteTopicsResponse::create(
+            &mut fbb,
+            &fb::DeleteTopicsResponseArgs {
+                results: Some(results),
+            },
+        );
+        (
+            fb::ResponseBody::DeleteTopicsResponse,
+            body.as_union_value(),
+        )
+    };
+    Outgoing {
+        message: finish(fbb, correlation_id, body_type, body),
+        payload: Vec::new(),
+    }
+}
+
+/// On the controller: adds the valid topics to the metadata.
+pub async fn create_on_controller(
+    shard: &Rc<ShardState>,
+    topics: Vec<TopicRequest>,
+) -> Vec<(String, Option<WireError>)> {
+    shard
+        .with_controller_lock(async {
+            let mut next = (*shard.metadata()).clone();
+            let mut results = Vec::with_capacity(topics.len());
+            for topic in topics {
+                let outcome = check_new_topic(shard, &next, &topic);
+                if outcome.is_none() {
+                    let partition_shards = next.place(topic.partitions, shard.count);
+                    let metadata = TopicMetadata {
+                        id: next.next_topic_id,
+                        partition_shards,
+                        retention_bytes: topic.retention_bytes,
+                        retention_ms: topic.retention_ms,
+                        segment_bytes: topic.segment_bytes,
+                    };
+                    next.next_topic_id += 1;
+                    next.topics.insert(topic.name.clone(), metadata);
+                }
+                results.push((topic.name, outcome));
+            }
+            commit(shard, next, &mut results).await;
+            results
+        })
+        .await
+}
+
+fn check_new_topic(
+    shard: &ShardState,
+    metadata: &ClusterMetadata,
+    topic: &TopicRequest,
+) -> Option<WireError> {
+    if let Err(reason) = validate_topic_name(&topic.name) {
+        return Some(WireError::new(
+            fb::ErrorCode::InvalidTopic,
+            format!("topic {:?}: {reason}", topic.name),
+        ));
+    }
+    if metadata.topics.contains_key(&topic.name) {
+        return Some(WireError::new(
+            fb::ErrorCode::TopicAlreadyExists,
+            format!("topic {:?} already exists", topic.name),
+        ));
+    }
+    let max = shard.config.partitions_per_topic_max;
+    if topic.partitions == 0 || topic.partitions > max {
+        return Some(WireError::new(
+            fb::ErrorCode::InvalidPartitions,
+            format!(
+                "a topic has 1 to {max} partitions, not {}",
+                topic.partitions
+            ),
+        ));
+    }
+    if let Some(segment_bytes) = topic.segment_bytes {
+        if let Err(error) = crate::config::log_config(shard.config.flush, segment_bytes).validate()
+        {
+            return Some(WireError::new(
+                fb::ErrorCode::InvalidConfig,
+                error.to_string(),
+            ));
+        }
+    }
+    None
+}
+
+/// On the controller: removes the named topics from the metadata.
+pub async fn delete_on_controller(
+    shard: &Rc<ShardState>,
+    names: Vec<String>,
+) -> Vec<(String, Option<WireError>)> {
+    shard
+        .with_controller_lock(async {
+            let mut next = (*shard.metadata()).clone();
+            let mut results = Vec::with_capacity(names.len());
+            for name in names {
+                let outcome = match next.topics.remove(&name) {
+                    Some(_) => None,
+                    None => Some(WireError::new(
+                        fb::ErrorCode::UnknownTopicOrPartition,
+                        format!("topic {name:?} does not exist"),
+                    )),
+                };
+                results.push((name, outcome));
+            }
+            commit(shard, next, &mut results).await;
+            results
+        })
+        .await
+}
+
+/// Persists `next` (if anything changed) and has every shard adopt it.
+async fn commit(
+    shard: &Rc<ShardState>,
+    mut next: ClusterMetadata,
+    results: &mut [(String, Option<WireError>)],
+) {
+    if results.iter().all(|(_, error)| error.is_some()) {
+        return;
+    }
+    next.revision += 1;
+    if let Err(error) = next.store(&shard.config.data_dir) {
+        tracing::error!(%error, "persisting metadata failed");
+        for (_, outcome) in results.iter_mut().filter(|(_, e)| e.is_none()) {
+            *outcome = Some(WireError::new(
+                fb::ErrorCode::StorageError,
+                format!("persisting metadata failed: {error}"),
+            ));
+        }
+        return;
+    }
+    let next = Arc::new(next);
+    let applied = (0..shard.count)
+        .map(|target| shard.call(target, ShardRequest::ApplyMetadata(next.clone())));
+    futures_util::future::join_all(applied).await;
+    tracing::info!(revision = next.revision, "metadata changed");
+}

@@ -1,0 +1,354 @@
+//! Fetch: long-poll reads of many partitions.
+//!
+//! A round reads every partition (locally, or on its owner over the mesh).
+//! If the round found fewer than `min_bytes`, the handler waits until any
+//! partition's high watermark passes what the round saw, or until
+//! `max_wait_ms`, then reads again. Local data goes out as the engine
+//! returned it (cache `Bytes`, O_DIRECT buffers, sealed-file ranges for
+//! sendfile); data from another shard arrives copied into `Bytes`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use shardlog_engine::{ReadPart, ReadSlice};
+use shardlog_wire::protocol::fb;
+
+use super::{error_parts, finish, unavailable};
+use crate::error::WireError;
+use crate::net::{Outgoing, PayloadPart};
+use crate::shard::messages::RemoteFetch;
+use crate::shard::{ShardRequest, ShardResponse, ShardState};
+
+/// Most partitions in one fetch request.
+const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+/// The longest a fetch may wait.
+const MAX_WAIT_MS_MAX: u32 = 60_000;
+
+#[derive(Debug, Clone)]
+struct PartitionFetch {
+    partition: u32,
+    offset: u64,
+    max_bytes: u64,
+}
+
+/// A fetch request in owned values.
+#[derive(Debug)]
+pub struct FetchParsed {
+    max_wait_ms: u32,
+    min_bytes: u32,
+    max_bytes: u32,
+    topics: Vec<(String, Vec<PartitionFetch>)>,
+}
+
+pub fn parse(body: fb::FetchRequest<'_>) -> Result<FetchParsed, WireError> {
+    let mut topics = Vec::new();
+    let mut count = 0usize;
+    for topic in body.topics().iter().flatten() {
+        let name = topic.topic().unwrap_or_default().to_string();
+        let mut partitions = Vec::new();
+        for p in topic.partitions().iter().flatten() {
+            count += 1;
+            if count > PARTITIONS_PER_REQUEST_MAX {
+                let message = format!("at most {PARTITIONS_PER_REQUEST_MAX} partitions per fetch");
+                return Err(WireError::new(fb::ErrorCode::InvalidRequest, message));
+            }
+            partitions.push(PartitionFetch {
+                partition: p.partition(),
+                offset: p.offset(),
+                max_bytes: u64::from(p.max_bytes().max(1)),
+            });
+        }
+        topics.push((name, partitions));
+    }
+    Ok(FetchParsed {
+        max_wait_ms: body.max_wait_ms().min(MAX_WAIT_MS_MAX),
+        min_bytes: body.min_bytes(),
+        max_bytes: body.max_bytes().max(1),
+        topics,
+    })
+}
+
+enum Data {
+    Local(ReadSlice),
+    Remote(Vec<Bytes>),
+}
+
+struct Fetched {
+    data: Option<Data>,
+    high_watermark: u64,
+    log_start_offset: u64,
+}
+
+impl Fetched {
+    fn size_bytes(&self) -> u64 {
+        match &self.data {
+            Some(Data::Local(slice)) => slice.size_bytes(),
+            Some(Data::Remote(parts)) => parts.iter().map(|p| p.len() as u64).sum(),
+            None => 0,
+        }
+    }
+}
+
+type Round = Vec<Result<Fetched, WireError>>;
+
+pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: FetchParsed) -> Outgoing {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+    loop {
+        let round = read_round(shard, &request).await;
+        let bytes: u64 = round
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(Fetched::size_bytes)
+            .sum();
+        let any_error = round.iter().any(Result::is_err);
+        let now = Instant::now();
+        if bytes >= u64::from(request.min_bytes) || any_error || now >= deadline {
+            return encode(correlation_id, &request, round);
+        }
+        wait_for_more(shard, &request, &round, deadline - now).await;
+    }
+}
+
+async fn read_round(shard: &Rc<ShardState>, request: &FetchParsed) -> Round {
+    let reads = request.topics.iter().flat_map(|(topic, partitions)| {
+        partitions
+            .iter()
+            .map(move |p| read_partition(shard, topic, p))
+    });
+    let mut round = futures_util::future::join_all(reads).await;
+    // Keep within the request's max_bytes: later partitions give up their data (their turn comes next fetch).
+    let mut total = 0u64;
+    for fetched in round.iter_mut().flatten() {
+        let size = fetched.size_bytes();
+        if total > 0 && total + size > u64::from(request.max_bytes) {
+            fetched.data = None;
+        } else {
+            total += size;
+        }
+    }
+    round
+}
+
+async fn read_partition(
+    shard: &Rc<ShardState>,
+    topic: &str,
+    fetch: &PartitionFetch,
+) -> Result<Fetched, WireError> {
+    let owner = shard
+        .owner_of(topic, fetch.partition)
+        .ok_or_else(|| WireError::unknown_partition(topic, fetch.partition))?;
+    if owner == shard.id {
+        let slice =
+            read_local(shard, topic, fetch.partition, fetch.offset, fetch.max_bytes).await?;
+        let (high_watermark, log_start_offset) = (slice.high_watermark, slice.log_start_offset);
+        let data = (!slice.is_empty()).then_some(Data::Local(slice));
+        return Ok(Fetched {
+            data,
+            high_watermark,
+            log_start_offset,
+        });
+    }
+    let request = ShardRequest::Fetch {
+        topic: topic.to_string(),
+        partition: fetch.partition,
+        offset: fetch.offset,
+        max_bytes: fetch.max_bytes,
+    };
+    match shard.call(owner, request).await {
+        ShardResponse::Fetch(Ok(remote)) => {
+            let data = (!remote.parts.is_empty()).then_some(Data::Remote(remote.parts));
+            Ok(Fetched {
+                data,
+                high_watermark: remote.high_watermark,
+                log_start_offset: remote.log_start_offset,
+            })
+        }
+        ShardResponse::Fetch(Err(error)) => Err(error),
+        _ => Err(unavailable()),
+    }
+}
+
+async fn read_local(
+    shard: &ShardState,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: u64,
+) -> Result<ReadSlice, WireError> {
+    let state = shard
+        .partition(topic, partition)
+        .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
+    state
+        .log
+        .read(offset, max_bytes, None)
+        .await
+        .map_err(|e| WireError::from(&e))
+}
+
+/// On the owner, for another shard: the read, copied into `Bytes` to cross cores.
+pub async fn read_for_remote(
+    shard: &Rc<ShardState>,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: u64,
+) -> Result<RemoteFetch, WireError> {
+    let slice = read_local(shard, topic, partition, offset, max_bytes).await?;
+    let mut parts = Vec::with_capacity(slice.parts.len());
+    for part in &slice.parts {
+        parts.push(match part {
+            ReadPart::Memory(bytes) => bytes.clone(),
+            ReadPart::Direct(result) => Bytes::copy_from_slice(result),
+            ReadPart::File {
+                file,
+                position,
+                length,
+            } => {
+                let read = file.read_at(*position, *length as usize).await;
+                let read = read.map_err(|e| {
+                    WireError::new(
+                        fb::ErrorCode::StorageError,
+                        format!("reading a sealed segment: {e}"),
+                    )
+                })?;
+                Bytes::copy_from_slice(&read)
+            }
+        });
+    }
+    Ok(RemoteFetch {
+        high_watermark: slice.high_watermark,
+        log_start_offset: slice.log_start_offset,
+        parts,
+    })
+}
+
+/// Waits until a partition's high watermark passes what `round` saw, or `wait` passes.
+async fn wait_for_more(
+    shard: &Rc<ShardState>,
+    request: &FetchParsed,
+    round: &Round,
+    wait: Duration,
+) {
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = Vec::new();
+    let seen = round
+        .iter()
+        .map(|r| r.as_ref().map_or(0, |f| f.high_watermark));
+    let partitions = request
+        .topics
+        .iter()
+        .flat_map(|(topic, partitions)| partitions.iter().map(move |p| (topic, p)));
+    for ((topic, fetch), high_watermark) in partitions.zip(seen) {
+        let from = fetch.offset.max(high_watermark);
+        let Some(owner) = shard.owner_of(topic, fetch.partition) else {
+            continue;
+        };
+        if owner == shard.id {
+            if let Some(state) = shard.partition(topic, fetch.partition) {
+                waits.push(Box::pin(
+                    async move { state.wait_for_data(from, wait).await },
+                ));
+            }
+        } else {
+            let watch = ShardRequest::Watch {
+                topic: topic.clone(),
+                partition: fetch.partition,
+                offset: from,
+                wait_ms: wait.as_millis() as u64,
+            };
+            waits.push(Box::pin(async move {
+                let _ = shard.call(owner, watch).await;
+            }));
+        }
+    }
+    waits.push(Box::pin(glommio::timer::sleep(wait)));
+    futures_util::future::select_all(waits).await;
+}
+
+fn encode(correlation_id: u32, request: &FetchParsed, round: Round) -> Outgoing {
+    let mut fbb = FlatBufferBuilder::new();
+    let mut payload = Vec::new();
+    let mut results = round.into_iter();
+    let mut topic_offsets = Vec::with_capacity(request.topics.len());
+    for (topic, partitions) in &request.topics {
+        let mut partition_offsets = Vec::with_capacity(partitions.len());
+        for fetch in partitions {
+            let result = results.next().expect("one result per partition");
+            let (error, high_watermark, log_start_offset, records_bytes) = match result {
+                Ok(fetched) => {
+                    let size = fetched.size_bytes();
+                    match fetched.data {
+                        Some(Data::Local(slice)) => {
+                            payload.extend(slice.parts.into_iter().map(local_part))
+                        }
+                        Some(Data::Remote(parts)) => {
+                            payload.extend(parts.into_iter().map(PayloadPart::Bytes))
+                        }
+                        None => {}
+                    }
+                    (
+                        None,
+                        fetched.high_watermark as i64,
+                        fetched.log_start_offset as i64,
+                        size as u32,
+                    )
+                }
+                Err(error) => (Some(error), -1, -1, 0),
+            };
+            let (error_code, error_message) = error_parts(&mut fbb, error.as_ref());
+            let args = fb::FetchPartitionResultArgs {
+                partition: fetch.partition,
+                error_code,
+                error_message,
+                high_watermark,
+                log_start_offset,
+                records_bytes,
+            };
+            partition_offsets.push(fb::FetchPartitionResult::create(&mut fbb, &args));
+        }
+        let partitions = fbb.create_vector(&partition_offsets);
+        let topic = fbb.create_string(topic);
+        topic_offsets.push(fb::FetchTopicResult::create(
+            &mut fbb,
+            &fb::FetchTopicResultArgs {
+                topic: Some(topic),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = fbb.create_vector(&topic_offsets);
+    let body = fb::FetchResponse::create(
+        &mut fbb,
+        &fb::FetchResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    Outgoing {
+        message: finish(
+            fbb,
+            correlation_id,
+            fb::ResponseBody::FetchResponse,
+            body.as_union_value(),
+        ),
+        payload,
+    }
+}
+
+fn local_part(part: ReadPart) -> PayloadPart {
+    match part {
+        ReadPart::Memory(bytes) => PayloadPart::Bytes(bytes),
+        ReadPart::Direct(result) => PayloadPart::Direct(result),
+        ReadPart::File {
+            file,
+            position,
+            length,
+        } => PayloadPart::File {
+            file,
+            position,
+            length,
+        },
+    }
+}

@@ -1,0 +1,253 @@
+//! One module per API. Each parses its flatbuffer into plain owned values
+//! (so that no borrow of the receive buffer crosses an `.await`), does its
+//! work on the shards that own the partitions, and encodes its response.
+
+mod admin;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use shardlog_wire::protocol::{self, fb};
+
+use crate::error::WireError;
+use crate::net::Outgoing;
+use crate::shard::{ShardRequest, ShardResponse, ShardState};
+
+/// A request, parsed into owned values.
+#[derive(Debug)]
+pub enum Parsed {
+    ApiVersions,
+    Metadata(Option<Vec<String>>),
+    CreateTopics(Vec<crate::shard::messages::TopicRequest>),
+    DeleteTopics(Vec<String>),
+    Produce(produce::ProduceParsed),
+    Fetch(fetch::FetchParsed),
+    ListOffsets(list_offsets::ListOffsetsParsed),
+    InitProducer {
+        producer_id: i64,
+        producer_epoch: i16,
+    },
+}
+
+/// Parses a verified request. Errors carry the correlation id to answer with.
+pub fn parse(
+    request: fb::Request<'_>,
+    message_bytes: usize,
+) -> Result<(u32, Parsed), (u32, WireError)> {
+    let correlation_id = request.correlation_id();
+    let api = request.body_type();
+    let Some(max_version) = protocol::max_version(api) else {
+        let message = format!(
+            "unknown API {}; this broker serves {:?}",
+            api.0,
+            protocol::API_VERSIONS
+        );
+        return Err((
+            correlation_id,
+            WireError::new(fb::ErrorCode::UnknownApi, message),
+        ));
+    };
+    if request.api_version() > max_version {
+        let message = format!(
+            "{api:?} version {} is newer than this broker's {max_version}",
+            request.api_version()
+        );
+        return Err((
+            correlation_id,
+            WireError::new(fb::ErrorCode::UnsupportedVersion, message),
+        ));
+    }
+    let parsed = parse_body(&request, message_bytes).map_err(|e| (correlation_id, e))?;
+    Ok((correlation_id, parsed))
+}
+
+fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed, WireError> {
+    let missing = || WireError::new(fb::ErrorCode::InvalidRequest, "the request body is missing");
+    Ok(match request.body_type() {
+        fb::RequestBody::ApiVersionsRequest => Parsed::ApiVersions,
+        fb::RequestBody::MetadataRequest => {
+            let body = request.body_as_metadata_request().ok_or_else(missing)?;
+            let topics = body
+                .topics()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.iter().map(str::to_string).collect());
+            Parsed::Metadata(topics)
+        }
+        fb::RequestBody::CreateTopicsRequest => Parsed::CreateTopics(admin::parse_create(
+            request
+                .body_as_create_topics_request()
+                .ok_or_else(missing)?,
+        )?),
+        fb::RequestBody::DeleteTopicsRequest => Parsed::DeleteTopics(admin::parse_delete(
+            request
+                .body_as_delete_topics_request()
+                .ok_or_else(missing)?,
+        )),
+        fb::RequestBody::ProduceRequest => Parsed::Produce(produce::parse(
+            request.body_as_produce_request().ok_or_else(missing)?,
+            request,
+            message_bytes,
+        )?),
+        fb::RequestBody::FetchRequest => Parsed::Fetch(fetch::parse(
+            request.body_as_fetch_request().ok_or_else(missing)?,
+        )?),
+        fb::RequestBody::ListOffsetsRequest => Parsed::ListOffsets(list_offsets::parse(
+            request.body_as_list_offsets_request().ok_or_else(missing)?,
+        )?),
+        fb::RequestBody::InitProducerRequest => {
+            let body = request
+                .body_as_init_producer_request()
+                .ok_or_else(missing)?;
+            Parsed::InitProducer {
+                producer_id: body.producer_id(),
+                producer_epoch: body.producer_epoch(),
+            }
+        }
+        _ => return Err(WireError::new(fb::ErrorCode::UnknownApi, "unknown API")),
+    })
+}
+
+/// Handles a parsed request; `frame` is the request's body buffer (produce carves its batches from it).
+pub async fn handle(
+    shard: &Rc<ShardState>,
+    correlation_id: u32,
+    request: Parsed,
+    frame: BytesMut,
+) -> Outgoing {
+    match request {
+        Parsed::ApiVersions => metadata::api_versions(correlation_id),
+        Parsed::Metadata(topics) => metadata::metadata(shard, correlation_id, topics),
+        Parsed::CreateTopics(topics) => admin::create_topics(shard, correlation_id, topics).await,
+        Parsed::DeleteTopics(names) => admin::delete_topics(shard, correlation_id, names).await,
+        Parsed::Produce(produce) => produce::handle(shard, correlation_id, produce, frame).await,
+        Parsed::Fetch(fetch) => fetch::handle(shard, correlation_id, fetch).await,
+        Parsed::ListOffsets(request) => list_offsets::handle(shard, correlation_id, request).await,
+        Parsed::InitProducer {
+            producer_id,
+            producer_epoch,
+        } => metadata::init_producer(shard, correlation_id, producer_id, producer_epoch),
+    }
+}
+
+/// Serves work another shard (or this one) asked of this shard.
+pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) -> ShardResponse {
+    if shard.shutdown.is_started() && !matches!(request, ShardRequest::ApplyMetadata(_)) {
+        return ShardResponse::Unavailable;
+    }
+    match request {
+        ShardRequest::Produce {
+            topic,
+            partition,
+            batches,
+            acks,
+        } => ShardResponse::Produce(
+            produce::append_local(shard, &topic, partition, batches, acks).await,
+        ),
+        ShardRequest::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+        } => ShardResponse::Fetch(
+            fetch::read_for_remote(shard, &topic, partition, offset, max_bytes).await,
+        ),
+        ShardRequest::Watch {
+            topic,
+            partition,
+            offset,
+            wait_ms,
+        } => {
+            if let Some(state) = shard.partition(&topic, partition) {
+                state
+                    .wait_for_data(offset, std::time::Duration::from_millis(wait_ms))
+                    .await;
+            }
+            ShardResponse::Watched
+        }
+        ShardRequest::ListOffsets {
+            topic,
+            partition,
+            spec,
+            timestamp_ms,
+        } => ShardResponse::ListOffsets(
+            list_offsets::lookup_local(shard, &topic, partition, spec, timestamp_ms).await,
+        ),
+        ShardRequest::CreateTopics(topics) => {
+            ShardResponse::Topics(admin::create_on_controller(shard, topics).await)
+        }
+        ShardRequest::DeleteTopics(names) => {
+            ShardResponse::Topics(admin::delete_on_controller(shard, names).await)
+        }
+        ShardRequest::ApplyMetadata(metadata) => {
+            if let Err(error) = shard.apply_metadata(metadata).await {
+                tracing::error!(shard = shard.id, %error, "applying metadata failed");
+            }
+            ShardResponse::Applied
+        }
+    }
+}
+
+/// Finishes a response flatbuffer.
+pub(crate) fn finish(
+    mut fbb: FlatBufferBuilder<'_>,
+    correlation_id: u32,
+    body_type: fb::ResponseBody,
+    body: WIPOffset<UnionWIPOffset>,
+) -> Vec<u8> {
+    let response = fb::Response::create(
+        &mut fbb,
+        &fb::ResponseArgs {
+            correlation_id,
+            body_type,
+            body: Some(body),
+        },
+    );
+    fbb.finish(response, None);
+    fbb.finished_data().to_vec()
+}
+
+/// A response carrying only an error.
+pub fn error_response(correlation_id: u32, error: &WireError) -> Outgoing {
+    let mut fbb = FlatBufferBuilder::new();
+    let message = fbb.create_string(&error.message);
+    let body = fb::ErrorResponse::create(
+        &mut fbb,
+        &fb::ErrorResponseArgs {
+            error_code: error.code,
+            error_message: Some(message),
+        },
+    );
+    Outgoing {
+        message: finish(
+            fbb,
+            correlation_id,
+            fb::ResponseBody::ErrorResponse,
+            body.as_union_value(),
+        ),
+        payload: Vec::new(),
+    }
+}
+
+/// The error of a shard that answered `Unavailable`.
+pub(crate) fn unavailable() -> WireError {
+    WireError::new(
+        fb::ErrorCode::ShuttingDown,
+        "the shard owning this partition is shutting down; retry on another broker or later",
+    )
+}
+
+/// Splits an error into the pieces a result table wants.
+pub(crate) fn error_parts<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    error: Option<&WireError>,
+) -> (fb::ErrorCode, Option<WIPOffset<&'a str>>) {
+    match error {
+        Some(error) => (error.code, Some(fbb.create_string(&error.message))),
+        None => (fb::ErrorCode::None, None),
+    }
+}

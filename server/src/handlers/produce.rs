@@ -1,0 +1,414 @@
+//! Produce: batches are carved out of the request buffer as `BytesMut`
+//! pieces (no copy), routed to the shard owning each partition, validated
+//! there, checked for idempotence, and appended.
+
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use flatbuffers::FlatBufferBuilder;
+use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, BATCH_HEADER_BYTES};
+use shardlog_wire::protocol::fb;
+
+use super::{error_parts, finish, unavailable};
+use crate::error::WireError;
+use crate::net::Outgoing;
+use crate::shard::messages::ProduceOutcome;
+use crate::shard::producers::SequenceCheck;
+use crate::shard::{ShardRequest, ShardResponse, ShardState};
+
+/// Most partitions in one produce request.
+const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+
+/// A partition and where its batches lie in the request buffer.
+type PartitionRange = (u32, Range<usize>);
+
+/// A produce request: where each partition's batches lie in the request buffer.
+#[derive(Debug)]
+pub struct ProduceParsed {
+    acks: fb::Acks,
+    timeout_ms: u32,
+    topics: Vec<(String, Vec<PartitionRange>)>,
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(fb::ErrorCode::InvalidRequest, message)
+}
+
+pub fn parse(
+    body: fb::ProduceRequest<'_>,
+    request: &fb::Request<'_>,
+    message_bytes: usize,
+) -> Result<ProduceParsed, WireError> {
+    let base = request._tab.buf().as_ptr() as usize;
+    let mut topics = Vec::new();
+    let mut count = 0usize;
+    for topic in body.topics().iter().flatten() {
+        let name = topic
+            .topic()
+            .ok_or_else(|| invalid("a produce topic has no name"))?
+            .to_string();
+        let mut partitions = Vec::new();
+        for data in topic.partitions().iter().flatten() {
+            count += 1;
+            if count > PARTITIONS_PER_REQUEST_MAX {
+                return Err(invalid(format!(
+                    "at most {PARTITIONS_PER_REQUEST_MAX} partitions per produce request"
+                )));
+            }
+            let bytes = data.batches().map(|b| b.bytes()).unwrap_or_default();
+            let start = (bytes.as_ptr() as usize).wrapping_sub(base);
+            if bytes.is_empty() || start + bytes.len() > message_bytes {
+                return Err(invalid(format!(
+                    "partition {} of {name:?} carries no batch",
+                    data.partition()
+                )));
+            }
+            partitions.push((data.partition(), start..start + bytes.len()));
+        }
+        topics.push((name, partitions));
+    }
+    let acks = body.acks();
+    if !matches!(acks, fb::Acks::None | fb::Acks::Leader | fb::Acks::All) {
+        return Err(invalid(format!("unknown acks value {}", acks.0)));
+    }
+    Ok(ProduceParsed {
+        acks,
+        timeout_ms: body.timeout_ms(),
+        topics,
+    })
+}
+
+/// Cuts the byte ranges out of `frame`, in request order. Ranges may not overlap.
+fn carve(mut frame: BytesMut, ranges: &[Range<usize>]) -> Result<Vec<BytesMut>, WireError> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|i| ranges[*i].start);
+    let mut pieces: Vec<Option<BytesMut>> = (0..ranges.len()).map(|_| None).collect();
+    let mut consumed = 0usize;
+    for i in order {
+        let range = &ranges[i];
+        if range.start < consumed {
+            return Err(invalid(
+                "two partitions' batches overlap in the request buffer",
+            ));
+        }
+        let _ = frame.split_to(range.start - consumed);
+        pieces[i] = Some(frame.split_to(range.len()));
+        consumed = range.end;
+    }
+    Ok(pieces
+        .into_iter()
+        .map(|p| p.expect("every range was carved"))
+        .collect())
+}
+
+pub async fn handle(
+    shard: &Rc<ShardState>,
+    correlation_id: u32,
+    request: ProduceParsed,
+    frame: BytesMut,
+) -> Outgoing {
+    let ranges: Vec<Range<usize>> = request
+        .topics
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, r)| r.clone()))
+        .collect();
+    let pieces = match carve(frame, &ranges) {
+        Ok(pieces) => pieces,
+        Err(error) => return super::error_response(correlation_id, &error),
+    };
+    let mut pieces = pieces.into_iter();
+    let mut calls = Vec::new();
+    for (topic, partitions) in &request.topics {
+        for (partition, _) in partitions {
+            let batches = pieces.next().expect("one piece per partition");
+            calls.push(produce_partition(
+                shard,
+                topic.clone(),
+                *partition,
+                batches,
+                request.acks,
+            ));
+        }
+    }
+    let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)));
+    let outcomes = futures_lite::future::or(
+        async { Some(futures_util::future::join_all(calls).await) },
+        async {
+            glommio::timer::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let outcomes = outcomes.unwrap_or_else(|| {
+        let timed_out = WireError::new(fb::ErrorCode::RequestTimedOut, "the produce did not complete within timeout_ms; retry (idempotent producers are safe to retry)");
+        ranges.iter().map(|_| ProduceOutcome { result: Err(timed_out.clone()), log_start_offset: -1 }).collect()
+    });
+    encode(correlation_id, &request, &outcomes)
+}
+
+async fn produce_partition(
+    shard: &Rc<ShardState>,
+    topic: String,
+    partition: u32,
+    batches: BytesMut,
+    acks: fb::Acks,
+) -> ProduceOutcome {
+    let Some(owner) = shard.owner_of(&topic, partition) else {
+        return ProduceOutcome {
+            result: Err(WireError::unknown_partition(&topic, partition)),
+            log_start_offset: -1,
+        };
+    };
+    match shard
+        .call(
+            owner,
+            ShardRequest::Produce {
+                topic,
+                partition,
+                batches,
+                acks,
+            },
+        )
+        .await
+    {
+        ShardResponse::Produce(outcome) => outcome,
+        _ => ProduceOutcome {
+            result: Err(unavailable()),
+            log_start_offset: -1,
+        },
+    }
+}
+
+fn encode(correlation_id: u32, request: &ProduceParsed, outcomes: &[ProduceOutcome]) -> Outgoing {
+    let mut fbb = FlatBufferBuilder::new();
+    let mut outcomes = outcomes.iter();
+    let mut topic_offsets = Vec::with_capacity(request.topics.len());
+    for (topic, partitions) in &request.topics {
+        let mut partition_offsets = Vec::with_capacity(partitions.len());
+        for (partition, _) in partitions {
+            let outcome = outcomes.next().expect("one outcome per partition");
+            let (base_offset, error) = match &outcome.result {
+                Ok(base_offset) => (*base_offset, None),
+                Err(error) => (-1, Some(error)),
+            };
+            let (error_code, error_message) = error_parts(&mut fbb, error);
+            let args = fb::PartitionProduceResultArgs {
+                partition: *partition,
+                error_code,
+                error_message,
+                base_offset,
+                log_start_offset: outcome.log_start_offset,
+            };
+            partition_offsets.push(fb::PartitionProduceResult::create(&mut fbb, &args));
+        }
+        let partitions = fbb.create_vector(&partition_offsets);
+        let topic = fbb.create_string(topic);
+        topic_offsets.push(fb::TopicProduceResult::create(
+            &mut fbb,
+            &fb::TopicProduceResultArgs {
+                topic: Some(topic),
+                partitions: Some(partitions),
+            },
+        ));
+    }
+    let topics = fbb.create_vector(&topic_offsets);
+    let body = fb::ProduceResponse::create(
+        &mut fbb,
+        &fb::ProduceResponseArgs {
+            topics: Some(topics),
+        },
+    );
+    Outgoing {
+        message: finish(
+            fbb,
+            correlation_id,
+            fb::ResponseBody::ProduceResponse,
+            body.as_union_value(),
+        ),
+        payload: Vec::new(),
+    }
+}
+
+/// Splits a partition's data into single batches and validates every one,
+/// so that nothing is appended unless all of it is good.
+fn split_batches(
+    mut data: BytesMut,
+    limits: &batch::BatchLimits,
+) -> Result<Vec<(BatchHeader, BytesMut)>, WireError> {
+    let mut batches = Vec::new();
+    while !data.is_empty() {
+        let length = peek_length_bytes(&data).map_or(0, |l| l as usize);
+        if length < BATCH_HEADER_BYTES || length > data.len() {
+            return Err(WireError::new(
+                fb::ErrorCode::CorruptBatch,
+                "the batches do not split into whole batches: a length field is wrong",
+            ));
+        }
+        let one = data.split_to(length);
+        let header = batch::validate(&one, limits).map_err(|e| WireError::from(&e))?;
+        batches.push((header, one));
+    }
+    Ok(batches)
+}
+
+/// On the owning shard: validates, deduplicates and appends a partition's batches.
+pub async fn append_local(
+    shard: &Rc<ShardState>,
+    topic: &str,
+    partition: u32,
+    data: BytesMut,
+    acks: fb::Acks,
+) -> ProduceOutcome {
+    let Some(state) = shard.partition(topic, partition) else {
+        return ProduceOutcome {
+            result: Err(WireError::unknown_partition(topic, partition)),
+            log_start_offset: -1,
+        };
+    };
+    let log_start_offset = state.log.log_start_offset() as i64;
+    let limits = state.log.batch_limits();
+    let batches = match split_batches(data, &limits) {
+        Ok(batches) => batches,
+        Err(error) => {
+            return ProduceOutcome {
+                result: Err(error),
+                log_start_offset,
+            }
+        }
+    };
+    let mut duplicate_base: Option<u64> = None;
+    let mut to_append = Vec::with_capacity(batches.len());
+    for (header, bytes) in batches {
+        if header.producer_id < 0 {
+            to_append.push((header, bytes));
+            continue;
+        }
+        let check = state.producers.borrow_mut().check(&header);
+        let error = match check {
+            SequenceCheck::Append => {
+                to_append.push((header, bytes));
+                continue;
+            }
+            SequenceCheck::Duplicate { base_offset } => {
+                duplicate_base.get_or_insert(base_offset);
+                continue;
+            }
+            SequenceCheck::DuplicateInFlight => WireError::new(
+                fb::ErrorCode::Busy,
+                "a retry of a batch still being appended; retry shortly",
+            ),
+            SequenceCheck::OutOfOrder { expected } => WireError::new(
+                fb::ErrorCode::OutOfOrderSequence,
+                format!(
+                    "producer {} sent sequence {} but {expected} was expected",
+                    header.producer_id, header.base_sequence
+                ),
+            ),
+            SequenceCheck::Fenced { current_epoch } => WireError::new(
+                fb::ErrorCode::InvalidProducerEpoch,
+                format!(
+                    "producer {} epoch {} is older than its current epoch {current_epoch}",
+                    header.producer_id, header.producer_epoch
+                ),
+            ),
+        };
+        for (recorded, _) in to_append.iter().filter(|(h, _)| h.producer_id >= 0) {
+            state
+                .producers
+                .borrow_mut()
+                .abort(recorded.producer_id, recorded.base_sequence);
+        }
+        return ProduceOutcome {
+            result: Err(error),
+            log_start_offset,
+        };
+    }
+    let work = append_checked(state.clone(), to_append, duplicate_base);
+    if acks == fb::Acks::None {
+        glommio::spawn_local(work).detach();
+        return ProduceOutcome {
+            result: Ok(-1),
+            log_start_offset,
+        };
+    }
+    ProduceOutcome {
+        result: work.await,
+        log_start_offset,
+    }
+}
+
+/// Appends batches that passed the checks; the result is the base offset of the first.
+async fn append_checked(
+    state: Rc<crate::shard::PartitionState>,
+    batches: Vec<(BatchHeader, BytesMut)>,
+    duplicate_base: Option<u64>,
+) -> Result<i64, WireError> {
+    let headers: Vec<BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
+    let appends = batches
+        .into_iter()
+        .map(|(_, bytes)| state.log.append(bytes));
+    let results = futures_util::future::join_all(appends).await;
+    let mut first: Option<Result<i64, WireError>> = duplicate_base.map(|b| Ok(b as i64));
+    for (header, result) in headers.iter().zip(results) {
+        match &result {
+            Ok(info) if header.producer_id >= 0 => state.producers.borrow_mut().complete(
+                header.producer_id,
+                header.base_sequence,
+                info.base_offset,
+            ),
+            Err(_) if header.producer_id >= 0 => state
+                .producers
+                .borrow_mut()
+                .abort(header.producer_id, header.base_sequence),
+            _ => {}
+        }
+        if first.is_none() || matches!(first, Some(Ok(_))) && result.is_err() {
+            first = Some(
+                result
+                    .map(|info| info.base_offset as i64)
+                    .map_err(|e| WireError::from(&e)),
+            );
+        }
+    }
+    state.notify_appended();
+    first.unwrap_or(Ok(-1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carving_keeps_request_order_and_refuses_overlaps() {
+        let frame = BytesMut::from(&b"0123456789"[..]);
+        let pieces = carve(frame.clone(), &[6..8, 1..3]).unwrap();
+        assert_eq!(&pieces[0][..], b"67");
+        assert_eq!(&pieces[1][..], b"12");
+        assert!(carve(frame, &[1..5, 4..6]).is_err());
+    }
+
+    #[test]
+    fn partition_data_must_be_whole_valid_batches() {
+        let limits = batch::BatchLimits::default();
+        let mut builder = batch::BatchBuilder::new(batch::BatchBuilderOptions::default());
+        builder.append(0, None, Some(b"v"), &[]).unwrap();
+        let one = builder.finish().unwrap();
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert_eq!(split_batches(two.clone(), &limits).unwrap().len(), 2);
+        two.truncate(two.len() - 1);
+        assert_eq!(
+            split_batches(two, &limits).unwrap_err().code,
+            fb::ErrorCode::CorruptBatch
+        );
+        let mut corrupt = one.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert_eq!(
+            split_batches(corrupt, &limits).unwrap_err().code,
+            fb::ErrorCode::CorruptBatch
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! Cluster metadata: topics, their partitions and the shard that owns each.
+//!
+//! Shard 0 is the controller: it alone changes the metadata, persists it to
+//! `<data-dir>/metadata.json` (temporary file, fsync, rename, directory
+//! fsync) and broadcasts the new snapshot to every shard. Each shard holds
+//! its own `Arc` of the latest snapshot; a snapshot is never mutated, and a
+//! shard ignores one whose revision is not newer than its own.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Longest topic name accepted.
+pub const TOPIC_NAME_BYTES_MAX: usize = 200;
+
+/// One immutable snapshot of the cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    /// Incremented by every change.
+    pub revision: u64,
+    /// Topic ids are never reused, so a topic created again never meets the files of its predecessor.
+    pub next_topic_id: u64,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMetadata>,
+}
+
+/// One topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    /// Unique for the life of the data directory.
+    pub id: u64,
+    /// The shard placement of each partition, by partition number.
+    pub partition_shards: Vec<u16>,
+    /// Retention by size, if set.
+    pub retention_bytes: Option<u64>,
+    /// Retention by age, if set.
+    pub retention_ms: Option<u64>,
+    /// Segment size, if set.
+    pub segment_bytes: Option<u64>,
+}
+
+impl TopicMetadata {
+    /// The shard owning `partition` on a broker with `shard_count` shards.
+    /// Placement is kept modulo the shard count, so a broker restarted with
+    /// fewer shards still finds an owner for every partition.
+    pub fn owner(&self, partition: u32, shard_count: usize) -> Option<usize> {
+        let placed = *self.partition_shards.get(partition as usize)?;
+        Some(usize::from(placed) % shard_count)
+    }
+
+    /// The number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.partition_shards.len() as u32
+    }
+}
+
+/// Where the partition logs of a topic live.
+pub fn partition_dir(data_dir: &Path, topic: &str, topic_id: u64, partition: u32) -> PathBuf {
+    topic_dir(data_dir, topic, topic_id).join(partition.to_string())
+}
+
+/// The directory of a topic's partitions.
+pub fn topic_dir(data_dir: &Path, topic: &str, topic_id: u64) -> PathBuf {
+    data_dir.join("topics").join(format!("{topic}-{topic_id}"))
+}
+
+/// Checks a topic name: 1 to 200 of `[A-Za-z0-9._-]`, not `.` or `..`,
+/// and not starting with `__` (reserved for internal topics).
+pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic names have 1 to {TOPIC_NAME_BYTES_MAX} characters"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("a topic cannot be named . or ..".into());
+    }
+    if name.starts_with("__") {
+        return Err("names starting with __ are reserved for internal topics".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err("topic names use only letters, digits, '.', '_' and '-'".into());
+    }
+    Ok(())
+}
+
+impl ClusterMetadata {
+    /// Places `partitions` new partitions on the least loaded shards, round robin.
+    pub fn place(&self, partitions: u32, shard_count: usize) -> Vec<u16> {
+        let mut load = vec![0u64; shard_count];
+        for topic in self.topics.values() {
+            for shard in &topic.partition_shards {
+                load[usize::from(*shard) % shard_count] += 1;
+            }
+        }
+        (0..partitions)
+            .map(|_| {
+                let (shard, _) = load
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(i, l)| (**l, *i))
+                    .expect("at least one shard");
+                load[shard] += 1;
+                shard as u16
+            })
+            .collect()
+    }
+
+    /// Reads the metadata of a data directory, or an empty one for a new directory.
+    ///
+    /// # Errors
+    /// [`Error::Metadata`] when the file exists but cannot be parsed.
+    pub fn load(data_dir: &Path) -> Result<ClusterMetadata> {
+        let path = metadata_path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterMetadata::default()),
+            Err(e) => Err(Error::io("reading metadata", path, e)),
+        }
+    }
+
+    /// Persists the metadata atomically and durably.
+    ///
+    /// # Errors
+    /// I/O errors; the previous file stays in place.
+    pub fn store(&self, data_dir: &Path) -> Result<()> {
+        let path = metadata_path(data_dir);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Metadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file =
+            std::fs::File::create(&tmp).map_err(|e| Error::io("writing metadata", &tmp, e))?;
+        file.write_all(&bytes)
+            .map_err(|e| Error::io("writing metadata", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing metadata", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming metadata", &path, e))?;
+        let dir = std::fs::File::open(data_dir)
+            .map_err(|e| Error::io("opening data directory", data_dir, e))?;
+        dir.sync_all()
+            .map_err(|e| Error::io("syncing data directory", data_dir, e))
+    }
+}
+
+fn metadata_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("metadata.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_topic_name("orders.v2-eu_1").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "__offsets",
+            "a/b",
+            "spaces no",
+            &"x".repeat(201),
+        ] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn placement_balances_shards() {
+        let mut metadata = ClusterMetadata::default();
+        let first = metadata.place(3, 2);
+        assert_eq!(first, vec![0, 1, 0]);
+        metadata.topics.insert(
+            "a".into(),
+            TopicMetadata {
+                id: 0,
+                partition_shards: first,
+                retention_bytes: None,
+                retention_ms: None,
+                segment_bytes: None,
+            },
+        );
+        assert_eq!(metadata.place(3, 2), vec![1, 0, 1]);
+        let topic = &metadata.topics["a"];
+        assert_eq!(topic.owner(1, 2), Some(1));
+        assert_eq!(
+            topic.owner(1, 1),
+            Some(0),
+            "fewer shards after a restart still own everything"
+        );
+        assert_eq!(topic.owner(3, 2), None);
+    }
+
+    #[test]
+    fn metadata_survives_a_store_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ClusterMetadata::load(dir.path()).unwrap(),
+            ClusterMetadata::default()
+        );
+        let mut metadata = ClusterMetadata {
+            revision: 3,
+            next_topic_id: 2,
+            ..Default::default()
+        };
+        metadata.topics.insert(
+            "t".into(),
+            TopicMetadata {
+                id: 1,
+                partition_shards: vec![0, 1],
+                retention_bytes: Some(10),
+                retention_ms: None,
+                segment_bytes: None,
+            },
+        );
+        metadata.store(dir.path()).unwrap();
+        assert_eq!(ClusterMetadata::load(dir.path()).unwrap(), metadata);
+        std::fs::write(dir.path().join("metadata.json"), b"{").unwrap();
+        assert!(matches!(
+            ClusterMetadata::load(dir.path()),
+            Err(Error::Metadata { .. })
+        ));
+    }
+}

@@ -1,0 +1,229 @@
+//! Starting and stopping the broker.
+//!
+//! ```text
+//!  main thread: lock data dir ─► load metadata ─► spawn N shard threads ─► wait "ready" ×N ─► print listening line
+//!                                                      │                                     └► wait for SIGINT/SIGTERM
+//!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port ─► ready ─► serve
+//!            on shutdown: stop accepting, let connections finish, close (flush + fsync) partitions
+//! ```
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::ServerConfig;
+use crate::metadata::ClusterMetadata;
+use crate::shard::{ProducerIds, ShardMessage, ShardState, MESH_CHANNEL_CAPACITY};
+use crate::{net, Error, Result};
+
+/// Registered I/O memory per shard: enough for several 4 MiB write rounds.
+const IO_MEMORY_BYTES: usize = 64 << 20;
+/// How often a shard looks at the process-wide stop flag.
+const STOP_POLL_MS: u64 = 20;
+/// The longest a shard waits for its connections to finish at shutdown.
+const DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// Runs a broker until SIGINT or SIGTERM; returns once every shard has
+/// flushed and closed its partitions.
+///
+/// # Errors
+/// A locked data directory, unreadable metadata, a taken port, a shard that failed.
+pub fn run(config: ServerConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::io("creating data directory", &config.data_dir, e))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let metadata = Arc::new(ClusterMetadata::load(&config.data_dir)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Error::io("installing signal handler", "", e))?;
+    }
+    let config = Arc::new(config);
+    let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::with_capacity(config.shards);
+    for id in 0..config.shards {
+        let (config, metadata, mesh, ready_tx, stop) = (
+            config.clone(),
+            metadata.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+            stop.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let result = shard_main(id, config, metadata, mesh, &ready_tx, stop).await;
+                if let Err(error) = &result {
+                    let _ = ready_tx.send(Err(Error::Config(format!("shard {id}: {error}"))));
+                }
+                result
+            })
+            .map_err(|e| Error::Config(format!("starting shard {id}: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                failure = Some(error);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    match failure {
+        None => {
+            println!("shardlog-server listening on {}", config.listen);
+            tracing::info!(listen = %config.listen, shards = config.shards, data_dir = %config.data_dir.display(), "broker ready");
+        }
+        Some(_) => stop.store(true, Ordering::SeqCst),
+    }
+    let mut outcome = failure.map_or(Ok(()), Err);
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => outcome = outcome.and(Err(error)),
+            Err(error) => {
+                outcome = outcome.and(Err(Error::Config(format!(
+                    "a shard thread failed: {error}"
+                ))))
+            }
+        }
+    }
+    outcome
+}
+
+async fn shard_main(
+    id: usize,
+    config: Arc<ServerConfig>,
+    metadata: Arc<ClusterMetadata>,
+    mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
+    ready: &mpsc::Sender<Result<()>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| Error::Config("joining the shard mesh failed".into()))?;
+    let producer_ids = ProducerIds::load(&config.data_dir, id)?;
+    let shard = ShardState::new(
+        id,
+        config.clone(),
+        metadata.clone(),
+        senders,
+        receivers,
+        producer_ids,
+    );
+    shard.handshake().await;
+    shard.apply_metadata(metadata).await?;
+    let shared = net::bind(config.listen)?;
+    let own = net::bind(SocketAddr::new(config.listen.ip(), config.shard_port(id)))?;
+    let _ = ready.send(Ok(()));
+    glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
+    glommio::spawn_local(retention_loop(shard.clone())).detach();
+    let accept_shared = glommio::spawn_local(net::accept_loop(shard.clone(), shared));
+    let accept_own = glommio::spawn_local(net::accept_loop(shard.clone(), own));
+    accept_shared.await;
+    accept_own.await;
+    drain_connections(&shard).await;
+    shard.close_partitions().await;
+    tracing::debug!(shard = id, "shard stopped");
+    Ok(())
+}
+
+async fn watch_stop(shard: Rc<ShardState>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+    tracing::info!(
+        shard = shard.id,
+        "stopping: no new connections; finishing requests in flight"
+    );
+    shard.shutdown.start();
+}
+
+async fn drain_connections(shard: &ShardState) {
+    let mut waited_ms = 0;
+    while shard.connections.get() > 0 && waited_ms < DRAIN_TIMEOUT_MS {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        waited_ms += 10;
+    }
+}
+
+async fn retention_loop(shard: Rc<ShardState>) {
+    let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
+    while !shard.shutdown.is_started() {
+        futures_lite::future::or(glommio::timer::sleep(interval), shard.shutdown.wait()).await;
+        if shard.shutdown.is_started() {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for ((topic, partition), state) in shard.local_partitions() {
+            if let Err(error) = state.log.apply_retention(now_ms).await {
+                tracing::warn!(topic, partition, %error, "retention failed");
+            }
+        }
+    }
+}
+
+/// Holds an exclusive `flock` on `<data-dir>/.lock` for as long as it lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Locks the data directory so that a second broker refuses to share it.
+///
+/// # Errors
+/// [`Error::DataDirLocked`] when another process holds it.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock> {
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening lock file", &path, e))?;
+    // SAFETY: the descriptor is open and owned by `file` for the whole call.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::DataDirLocked {
+                path: data_dir.to_path_buf(),
+            });
+        }
+        return Err(Error::io("locking data directory", path, error));
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_has_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        assert!(matches!(
+            lock_data_dir(dir.path()),
+            Err(Error::DataDirLocked { .. })
+        ));
+        drop(first);
+        assert!(lock_data_dir(dir.path()).is_ok());
+    }
+}

@@ -1,0 +1,122 @@
+//! Messages between shards. Everything here is `Send`: it crosses cores
+//! through the glommio channel mesh, and nothing else does.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use shardlog_wire::protocol::fb;
+
+use crate::error::WireError;
+use crate::metadata::ClusterMetadata;
+
+/// A request from one shard to another, or a reply.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// Sent once by every shard at start: maps mesh peers to shard ids.
+    Hello {
+        /// The sender's shard id.
+        shard: usize,
+    },
+    /// Work for the receiving shard.
+    Request {
+        /// The sender's shard id.
+        from: usize,
+        /// Echoed in the response.
+        id: u64,
+        /// What to do.
+        request: ShardRequest,
+    },
+    /// The answer to a request.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: ShardResponse,
+    },
+}
+
+/// Work one shard asks of the owner of a partition, or of the controller.
+#[derive(Debug)]
+pub enum ShardRequest {
+    /// Append batches to a partition the receiver owns.
+    Produce {
+        topic: String,
+        partition: u32,
+        batches: BytesMut,
+        acks: fb::Acks,
+    },
+    /// Read from a partition the receiver owns.
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: u64,
+    },
+    /// Resolve when the partition has data past `offset`, or after `wait_ms`.
+    Watch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        wait_ms: u64,
+    },
+    /// Look up an offset of a partition the receiver owns.
+    ListOffsets {
+        topic: String,
+        partition: u32,
+        spec: fb::OffsetSpec,
+        timestamp_ms: i64,
+    },
+    /// Create topics (sent to the controller).
+    CreateTopics(Vec<TopicRequest>),
+    /// Delete topics (sent to the controller).
+    DeleteTopics(Vec<String>),
+    /// Adopt this metadata snapshot (sent by the controller).
+    ApplyMetadata(Arc<ClusterMetadata>),
+}
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+}
+
+/// The answer to a [`ShardRequest`].
+#[derive(Debug)]
+pub enum ShardResponse {
+    Produce(ProduceOutcome),
+    Fetch(Result<RemoteFetch, WireError>),
+    Watched,
+    ListOffsets(Result<OffsetsOutcome, WireError>),
+    Topics(Vec<(String, Option<WireError>)>),
+    Applied,
+    /// The receiving shard is stopping.
+    Unavailable,
+}
+
+/// The result of producing to one partition.
+#[derive(Debug, Clone)]
+pub struct ProduceOutcome {
+    /// Base offset of the first batch, -1 with `acks = none`, or the error.
+    pub result: Result<i64, WireError>,
+    pub log_start_offset: i64,
+}
+
+/// Fetched bytes copied out of the owner's cache or files, to cross cores.
+#[derive(Debug)]
+pub struct RemoteFetch {
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub parts: Vec<Bytes>,
+}
+
+/// The answer to a ListOffsets query on one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetsOutcome {
+    pub offset: i64,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+}

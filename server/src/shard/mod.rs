@@ -1,0 +1,424 @@
+//! A shard: one core's share of the broker.
+//!
+//! ```text
+//!   connection on shard 1 ──Produce(t, p7)──► owner of p7? ── shard 1 ──► engine on shard 1
+//!                                                          └─ shard 0 ──► mesh ──► shard 0 ─► engine
+//!                                                                              ◄── Response ─┘
+//! ```
+//!
+//! Each shard owns the partitions that the metadata places on it: their
+//! logs, producer state and waiting fetches live in this shard's memory only
+//! (`Rc`, `RefCell`, never `Send`). Work for another shard's partition
+//! travels as a [`ShardMessage`] over glommio's channel mesh, carrying the
+//! batch bytes (`BytesMut`), not a copy; the reply comes back the same way.
+//! Shard 0 is the metadata controller. Channels are bounded (1024): a full
+//! one makes the sender wait, which pushes back on the connection.
+
+pub mod messages;
+pub mod partition;
+pub mod producers;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
+use shardlog_engine::{LogConfig, PartitionLog, StorageShard};
+
+pub use messages::{ShardMessage, ShardRequest, ShardResponse};
+pub use partition::PartitionState;
+
+use crate::config::ServerConfig;
+use crate::metadata::{self, ClusterMetadata, TopicMetadata};
+use crate::{Error, Result};
+
+/// Capacity of each channel between two shards.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// The controller shard.
+pub const CONTROLLER_SHARD: usize = 0;
+
+/// A partition's identity within the broker.
+pub type PartitionKey = (String, u32);
+
+/// One core's share of the broker.
+pub struct ShardState {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<ServerConfig>,
+    pub storage: StorageShard,
+    metadata: RefCell<Arc<ClusterMetadata>>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<PartitionState>>>,
+    senders: Senders<ShardMessage>,
+    /// Mesh peer index of each shard id (learned from Hello messages).
+    peer_of_shard: RefCell<Vec<Option<usize>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<ShardResponse>>>,
+    next_request_id: Cell<u64>,
+    /// Serializes metadata changes on the controller.
+    controller_lock: Semaphore,
+    pub producer_ids: RefCell<ProducerIds>,
+    pub shutdown: Shutdown,
+    /// Units are bytes of requests read but not yet answered.
+    pub request_bytes: Semaphore,
+    pub connections: Cell<usize>,
+}
+
+impl std::fmt::Debug for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardState")
+            .field("id", &self.id)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardState {
+    /// Builds the shard's state and starts the tasks that serve its mesh receivers.
+    pub fn new(
+        id: usize,
+        config: Arc<ServerConfig>,
+        metadata: Arc<ClusterMetadata>,
+        senders: Senders<ShardMessage>,
+        receivers: Receivers<ShardMessage>,
+        producer_ids: ProducerIds,
+    ) -> Rc<ShardState> {
+        let storage = StorageShard::new(shardlog_engine::ShardConfig {
+            cache_bytes: config.cache_bytes,
+            ..shardlog_engine::ShardConfig::default()
+        });
+        let mut peer_of_shard = vec![None; config.shards];
+        peer_of_shard[id] = Some(senders.peer_id());
+        let state = Rc::new(ShardState {
+            id,
+            count: config.shards,
+            request_bytes: Semaphore::new(config.request_bytes_per_shard_max),
+            config,
+            storage,
+            metadata: RefCell::new(metadata),
+            partitions: RefCell::new(HashMap::new()),
+            senders,
+            peer_of_shard: RefCell::new(peer_of_shard),
+            pending: RefCell::new(HashMap::new()),
+            next_request_id: Cell::new(1),
+            controller_lock: Semaphore::new(1),
+            producer_ids: RefCell::new(producer_ids),
+            shutdown: Shutdown::default(),
+            connections: Cell::new(0),
+        });
+        let mut receivers = receivers;
+        for (peer, receiver) in receivers.streams() {
+            let shard = state.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    shard.clone().on_message(peer, message);
+                }
+            })
+            .detach();
+        }
+        state
+    }
+
+    /// Tells every peer which mesh index is this shard, and waits to hear from all of them.
+    pub async fn handshake(&self) {
+        for peer in 0..self.senders.nr_consumers() {
+            if peer != self.senders.peer_id() {
+                let sent = self
+                    .senders
+                    .send_to(peer, ShardMessage::Hello { shard: self.id })
+                    .await;
+                assert!(sent.is_ok(), "the mesh is up during start-up");
+            }
+        }
+        while self.peer_of_shard.borrow().iter().any(Option::is_none) {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Handles a message that arrived on the stream from mesh peer `peer`.
+    fn on_message(self: Rc<Self>, peer: usize, message: ShardMessage) {
+        match message {
+            ShardMessage::Hello { shard } => {
+                assert!(shard < self.count, "shard ids stay below the shard count");
+                self.peer_of_shard.borrow_mut()[shard] = Some(peer);
+            }
+            ShardMessage::Request { from, id, request } => {
+                glommio::spawn_local(async move {
+                    let response = crate::handlers::serve_shard_request(&self, request).await;
+                    self.send(from, ShardMessage::Response { id, response })
+                        .await;
+                })
+                .detach();
+            }
+            ShardMessage::Response { id, response } => {
+                if let Some(waiter) = self.pending.borrow_mut().remove(&id) {
+                    let _ = waiter.send(response);
+                }
+            }
+        }
+    }
+
+    async fn send(&self, shard: usize, message: ShardMessage) {
+        let peer = self.peer_of_shard.borrow()[shard].expect("handshake completed before serving");
+        if self.senders.send_to(peer, message).await.is_err() {
+            tracing::debug!(shard, "peer shard is gone; dropping a message");
+        }
+    }
+
+    /// Runs `request` on `shard`: here, or over the mesh.
+    pub async fn call(self: &Rc<Self>, shard: usize, request: ShardRequest) -> ShardResponse {
+        if shard == self.id {
+            return crate::handlers::serve_shard_request(self, request).await;
+        }
+        let id = self.next_request_id.get();
+        self.next_request_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        self.send(
+            shard,
+            ShardMessage::Request {
+                from: self.id,
+                id,
+                request,
+            },
+        )
+        .await;
+        rx.await.unwrap_or(ShardResponse::Unavailable)
+    }
+
+    /// The latest metadata snapshot this shard has.
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    /// The shard owning `partition` of `topic`, if both exist.
+    pub fn owner_of(&self, topic: &str, partition: u32) -> Option<usize> {
+        self.metadata
+            .borrow()
+            .topics
+            .get(topic)?
+            .owner(partition, self.count)
+    }
+
+    /// A partition this shard owns, if it is open.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<Rc<PartitionState>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Every partition this shard owns.
+    pub fn local_partitions(&self) -> Vec<(PartitionKey, Rc<PartitionState>)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Adopts a newer metadata snapshot: opens the partitions it places
+    /// here, and closes and deletes those of deleted topics.
+    ///
+    /// # Errors
+    /// Opening a partition log failed.
+    pub async fn apply_metadata(&self, metadata: Arc<ClusterMetadata>) -> Result<()> {
+        if metadata.revision < self.metadata.borrow().revision {
+            return Ok(());
+        }
+        let previous = self.metadata.replace(metadata.clone());
+        for (name, topic) in &metadata.topics {
+            for partition in 0..topic.partition_count() {
+                if topic.owner(partition, self.count) == Some(self.id)
+                    && self.partition(name, partition).is_none()
+                {
+                    let state = self.open_partition(name, topic, partition).await?;
+                    self.partitions
+                        .borrow_mut()
+                        .insert((name.clone(), partition), Rc::new(state));
+                }
+            }
+        }
+        let gone: Vec<PartitionKey> = {
+            let partitions = self.partitions.borrow();
+            partitions
+                .keys()
+                .filter(|(name, _)| !metadata.topics.contains_key(name))
+                .cloned()
+                .collect()
+        };
+        for key in gone {
+            let removed = self.partitions.borrow_mut().remove(&key);
+            if let Some(state) = removed {
+                let _ = state.log.close().await;
+                state.notify_appended();
+                let dir = state.log.dir().to_path_buf();
+                drop(state);
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), %error, "could not delete a deleted topic's partition");
+                }
+            }
+            if let Some(topic) = previous.topics.get(&key.0) {
+                let _ = std::fs::remove_dir(metadata::topic_dir(
+                    &self.config.data_dir,
+                    &key.0,
+                    topic.id,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_partition(
+        &self,
+        name: &str,
+        topic: &TopicMetadata,
+        partition: u32,
+    ) -> Result<PartitionState> {
+        let dir = metadata::partition_dir(&self.config.data_dir, name, topic.id, partition);
+        let segment_bytes = topic.segment_bytes.unwrap_or(self.config.segment_bytes);
+        let config = LogConfig {
+            retention_bytes: topic.retention_bytes,
+            retention_age: topic
+                .retention_ms
+                .or(self.config.retention_ms_default)
+                .map(std::time::Duration::from_millis),
+            ..crate::config::log_config(self.config.flush, segment_bytes)
+        };
+        let log = PartitionLog::open(&dir, config, &self.storage).await?;
+        Ok(PartitionState::new(log).await?)
+    }
+
+    /// Closes every partition: flushes and syncs what was acknowledged.
+    pub async fn close_partitions(&self) {
+        let partitions: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        for ((topic, partition), state) in partitions {
+            if let Err(error) = state.log.close().await {
+                tracing::warn!(topic, partition, %error, "closing a partition failed");
+            }
+        }
+    }
+
+    /// Runs `f` holding the controller's lock, on the controller.
+    pub async fn with_controller_lock<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        assert!(self.id == CONTROLLER_SHARD);
+        let _permit = self
+            .controller_lock
+            .acquire_permit(1)
+            .await
+            .expect("the controller lock is never closed");
+        f.await
+    }
+}
+
+/// Producer ids handed out by one shard: `(shard << 48) | counter`, with the
+/// counter reserved in blocks persisted before use, so ids never repeat
+/// across restarts.
+#[derive(Debug)]
+pub struct ProducerIds {
+    path: std::path::PathBuf,
+    shard: u64,
+    next: u64,
+    reserved_until: u64,
+}
+
+/// Producer ids reserved per write of the counter file.
+const PRODUCER_ID_BLOCK: u64 = 1024;
+
+impl ProducerIds {
+    /// Loads the counter of `shard` from the data directory.
+    ///
+    /// # Errors
+    /// I/O errors reading the counter file.
+    pub fn load(data_dir: &std::path::Path, shard: usize) -> Result<ProducerIds> {
+        let path = data_dir.join(format!("producer-ids-{shard}"));
+        let next = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|e| Error::Metadata {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io("reading producer ids", path, e)),
+        };
+        Ok(ProducerIds {
+            path,
+            shard: shard as u64,
+            next,
+            reserved_until: next,
+        })
+    }
+
+    /// A producer id never handed out before.
+    ///
+    /// # Errors
+    /// I/O errors persisting the next block.
+    pub fn allocate(&mut self) -> Result<i64> {
+        if self.next == self.reserved_until {
+            let until = self.next + PRODUCER_ID_BLOCK;
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, until.to_string())
+                .map_err(|e| Error::io("writing producer ids", &tmp, e))?;
+            let file = std::fs::File::open(&tmp)
+                .map_err(|e| Error::io("syncing producer ids", &tmp, e))?;
+            file.sync_all()
+                .map_err(|e| Error::io("syncing producer ids", &tmp, e))?;
+            std::fs::rename(&tmp, &self.path)
+                .map_err(|e| Error::io("renaming producer ids", &self.path, e))?;
+            self.reserved_until = until;
+        }
+        let id = (self.shard << 48) | self.next;
+        self.next += 1;
+        assert!(self.next < (1 << 48));
+        Ok(id as i64)
+    }
+}
+
+/// A shard-local shutdown flag that tasks can wait on.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    started: Cell<bool>,
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+impl Shutdown {
+    /// Starts the shutdown and wakes every waiter.
+    pub fn start(&self) {
+        self.started.set(true);
+        for waiter in self.waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// True once the shutdown started.
+    pub fn is_started(&self) -> bool {
+        self.started.get()
+    }
+
+    /// Resolves when the shutdown starts.
+    pub async fn wait(&self) {
+        if self.started.get() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(tx);
+        let _ = rx.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_ids_never_repeat_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = ProducerIds::load(dir.path(), 3).unwrap();
+        let first = ids.allocate().unwrap();
+        let second = ids.allocate().unwrap();
+        assert_eq!(first >> 48, 3);
+        assert_eq!(second, first + 1);
+        let mut again = ProducerIds::load(dir.path(), 3).unwrap();
+        assert!(again.allocate().unwrap() > second);
+    }
+}

@@ -1,0 +1,85 @@
+//! A partition as its owning shard holds it: the log, the idempotent
+//! producer state, and the fetches waiting for new data.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use shardlog_engine::PartitionLog;
+
+use super::producers::ProducerTable;
+
+/// Offsets back from the high watermark scanned at open to rebuild producer state.
+pub const PRODUCER_STATE_RECOVERY_OFFSETS: u64 = 4096;
+/// Fetches that may wait on one partition at once.
+pub const WATCHERS_PER_PARTITION_MAX: usize = 4096;
+
+/// One partition owned by this shard.
+#[derive(Debug)]
+pub struct PartitionState {
+    pub log: PartitionLog,
+    pub producers: RefCell<ProducerTable>,
+    watchers: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+impl PartitionState {
+    /// Wraps an open log and rebuilds the producer state from its tail.
+    ///
+    /// # Errors
+    /// I/O errors reading the tail.
+    pub async fn new(log: PartitionLog) -> shardlog_engine::Result<PartitionState> {
+        let mut producers = ProducerTable::default();
+        let high_watermark = log.high_watermark();
+        let from = high_watermark
+            .saturating_sub(PRODUCER_STATE_RECOVERY_OFFSETS)
+            .max(log.log_start_offset());
+        if from < high_watermark {
+            for header in log.batch_headers(from).await? {
+                producers.restore(&header);
+            }
+        }
+        Ok(PartitionState {
+            log,
+            producers: RefCell::new(producers),
+            watchers: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Wakes every fetch waiting for new data.
+    pub fn notify_appended(&self) {
+        for watcher in self.watchers.borrow_mut().drain(..) {
+            let _ = watcher.send(());
+        }
+    }
+
+    /// Resolves once the high watermark passes `offset`, or after `wait`.
+    pub async fn wait_for_data(&self, offset: u64, wait: Duration) {
+        if self.log.high_watermark() > offset || wait.is_zero() {
+            return;
+        }
+        let rx = {
+            let mut watchers = self.watchers.borrow_mut();
+            watchers.retain(|w| !w.is_canceled());
+            if watchers.len() >= WATCHERS_PER_PARTITION_MAX {
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                watchers.push(tx);
+                Some(rx)
+            }
+        };
+        let sleep = glommio::timer::sleep(wait);
+        match rx {
+            Some(rx) => {
+                futures_lite::future::or(
+                    async {
+                        let _ = rx.await;
+                    },
+                    sleep,
+                )
+                .await;
+            }
+            None => sleep.await,
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Helpers for end-to-end tests: start a real `shardlog-server` on free
+//! 127.0.0.1 ports with a temporary data directory, stop it, kill it,
+//! restart it on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{mpsc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shardlog_client::blocking::Connection;
+use shardlog_client::protocol::{Acks, FetchPartition, NewTopic, Request, Response};
+use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
+
+static BUILD: Once = Once::new();
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary, built once per test process.
+pub fn binary(name: &str) -> PathBuf {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "shardlog-server",
+                "--bin",
+                "shardlog-server",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building shardlog-server failed");
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("debug").join(name)
+}
+
+fn next_port_base(shards: u16) -> u16 {
+    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
+        let seed = 20_000 + (std::process::id() % 2_000) as u16 * 20;
+        let _ = NEXT_PORT.compare_exchange(0, seed, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    let base = NEXT_PORT.fetch_add(shards + 3, Ordering::SeqCst);
+    if base > 64_000 {
+        NEXT_PORT.store(20_000, Ordering::SeqCst);
+    }
+    base
+}
+
+/// A running broker and its data directory.
+pub struct Broker {
+    child: Option<Child>,
+    /// The shared listen address.
+    pub addr: SocketAddr,
+    /// The number of shards.
+    pub shards: u16,
+    data_dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    /// The broker's stderr, kept for failing tests.
+    pub log_path: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with `shards` shards and extra flags.
+    pub fn start(shards: u16, extra_args: &[&str]) -> Broker {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let log_path = data_dir.path().join("broker.log");
+        let mut broker = Broker {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shards,
+            data_dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_path,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// The data directory (it outlives restarts).
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The address of shard `shard`'s own port.
+    pub fn shard_addr(&self, shard: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.addr.port() + 1 + shard))
+    }
+
+    fn launch(&mut self) {
+        for _attempt in 0..10 {
+            let port = next_port_base(self.shards);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let metrics = SocketAddr::from(([127, 0, 0, 1], port + self.shards + 1));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .expect("log file");
+            let mut child = Command::new(binary("shardlog-server"))
+                .arg("--data-dir")
+                .arg(self.data_dir.path().join("data"))
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--metrics-listen",
+                    &metrics.to_string(),
+                ])
+                .args(["--shards", &self.shards.to_string()])
+                .args(&self.extra_args)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn shardlog-server");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    assert_eq!(line, format!("shardlog-server listening on {addr}"));
+                    self.child = Some(child);
+                    self.addr = addr;
+                    return;
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!(
+            "the broker did not start; its log: {}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is shared.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let status = child.wait().expect("wait for the broker");
+            assert!(
+                status.success(),
+                "the broker exited with {status} after SIGTERM"
+            );
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the broker");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        self.launch();
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// A connection to the shared port.
+    pub fn connect(&self) -> Connection {
+        let connection = Connection::connect(self.addr).expect("connect to the broker");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        connection
+    }
+
+    /// A connection to a shard's own port.
+    pub fn connect_shard(&self, shard: u16) -> Connection {
+        let connection = Connection::connect(self.shard_addr(shard)).expect("connect to the shard");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        connection
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates a topic and asserts it worked.
+pub fn create_topic(connection: &mut Connection, name: &str, partitions: u32) {
+    match connection
+        .call(&Request::CreateTopics(vec![NewTopic::new(
+            name, partitions,
+        )]))
+        .expect("create topic")
+    {
+        Response::Topics(results) => assert_eq!(results[0].1, None, "creating {name}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A batch of records whose values are the given strings.
+pub fn batch(values: &[String], options: BatchBuilderOptions) -> Bytes {
+    let mut builder = BatchBuilder::new(options);
+    for value in values {
+        builder
+            .append(1_700_000_000_000, None, Some(value.as_bytes()), &[])
+            .expect("append");
+    }
+    builder.finish().expect("finish").freeze()
+}
+
+/// Produces one batch of `values` and returns its base offset.
+pub fn produce(connection: &mut Connection, topic: &str, partition: u32, values: &[String]) -> i64 {
+    let data = batch(values, BatchBuilderOptions::default());
+    let request = Request::Produce {
+        acks: Acks::All,
+        timeout_ms: 30_000,
+        partitions: vec![(topic.into(), partition, data)],
+    };
+    match connection.call(&request).expect("produce") {
+        Response::Produce(results) => {
+            assert_eq!(results[0].error, None, "produce to {topic}/{partition}");
+            results[0].offset
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Reads every record of a partition from `offset` to its high watermark: (offset, value).
+pub fn consume_all(
+    connection: &mut Connection,
+    topic: &str,
+    partition: u32,
+    mut offset: u64,
+) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    loop {
+        let request = Request::Fetch {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 4 << 20,
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 1 << 20,
+            }],
+        };
+        let fetched = match connection.call(&request).expect("fetch") {
+            Response::Fetch(mut partitions) => partitions.remove(0),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(fetched.error, None, "fetch {topic}/{partition} at {offset}");
+        if fetched.records.is_empty() {
+            assert_eq!(
+                offset, fetched.high_watermark as u64,
+                "an empty fetch means the end"
+            );
+            return out;
+        }
+        for batch in BatchIter::new(fetched.records, BatchLimits::default()) {
+            let batch = batch.expect("a valid batch");
+            for record in batch.records().expect("uncompressed") {
+                let record = record.expect("a valid record");
+                if record.offset >= offset {
+                    out.push((
+                        record.offset,
+                        String::from_utf8(record.value.expect("a value").to_vec()).expect("utf-8"),
+                    ));
+                }
+            }
+            offset = batch.header().next_offset();
+        }
+    }
+}
