@@ -12,6 +12,7 @@
 //! - [`net`]: listeners, connections, sendfile.
 //! - [`handlers`]: one module per API.
 //! - [`metadata`]: topics and placement, persisted by the controller shard.
+//! - [`metrics`]: Prometheus text at `/metrics`, gathered from every shard by shard 0.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -19,6 +20,7 @@ mod error;
 #[allow(missing_docs)]
 pub mod handlers;
 pub mod metadata;
+pub mod metrics;
 #[allow(missing_docs)]
 pub mod net;
 pub mod server;

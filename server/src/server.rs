@@ -129,6 +129,10 @@ async fn shard_main(
     shard.apply_metadata(metadata).await?;
     let shared = net::bind(config.listen)?;
     let own = net::bind(SocketAddr::new(config.listen.ip(), config.shard_port(id)))?;
+    if id == 0 {
+        let metrics = net::bind(config.metrics_listen)?;
+        glommio::spawn_local(crate::metrics::serve(shard.clone(), metrics)).detach();
+    }
     let _ = ready.send(Ok(()));
     glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
     glommio::spawn_local(retention_loop(shard.clone())).detach();

@@ -187,6 +187,29 @@ impl Broker {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.addr.port() + self.shards + 1));
+        let mut stream =
+            std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send the scrape");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the scrape");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
+    }
+
     /// A connection to the shared port.
     pub fn connect(&self) -> Connection {
         let connection = Connection::connect(self.addr).expect("connect to the broker");

@@ -385,3 +385,38 @@ fn list_offsets_answers_earliest_latest_and_by_timestamp() {
         ErrorCode::UnknownTopicOrPartition
     );
 }
+
+#[test]
+fn metrics_show_requests_latencies_and_offsets_of_every_shard() {
+    let broker = Broker::start(2, &[]);
+    let mut connection = broker.connect();
+    create_topic(&mut connection, "watched", 2);
+    for partition in 0..2 {
+        produce(&mut connection, "watched", partition, &values("m", 0..7));
+        consume_all(&mut connection, "watched", partition, 0);
+    }
+    let text = broker.scrape_metrics();
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
+    };
+    assert_eq!(
+        value("shardlog_requests_total{shard=\"0\",api=\"produce\"}")
+            + value("shardlog_requests_total{shard=\"1\",api=\"produce\"}"),
+        2
+    );
+    assert!(value("shardlog_produce_latency_seconds_count") >= 2);
+    assert!(value("shardlog_fetch_latency_seconds_count") >= 2);
+    assert!(value("shardlog_bytes_in_total") > 0 && value("shardlog_bytes_out_total") > 0);
+    assert!(text.contains("# TYPE shardlog_produce_latency_seconds histogram"));
+    for partition in 0..2 {
+        let shard_of = text.lines().find(|l| l.starts_with(&format!("shardlog_partition_log_end_offset{{topic=\"watched\",partition=\"{partition}\""))).unwrap();
+        assert!(shard_of.ends_with(" 7"), "{shard_of}");
+    }
+    assert!(
+        text.contains("shard=\"0\"") && text.contains("shard=\"1\""),
+        "every shard reports"
+    );
+}

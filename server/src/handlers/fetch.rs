@@ -106,7 +106,8 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: FetchP
             .sum();
         let any_error = round.iter().any(Result::is_err);
         let now = Instant::now();
-        if bytes >= u64::from(request.min_bytes) || any_error || now >= deadline {
+        let done = bytes >= u64::from(request.min_bytes) || any_error || now >= deadline;
+        if done || shard.shutdown.is_started() {
             return encode(correlation_id, &request, round);
         }
         wait_for_more(shard, &request, &round, deadline - now).await;
@@ -265,6 +266,7 @@ async fn wait_for_more(
         }
     }
     waits.push(Box::pin(glommio::timer::sleep(wait)));
+    waits.push(Box::pin(shard.shutdown.wait()));
     futures_util::future::select_all(waits).await;
 }
 

@@ -136,7 +136,12 @@ pub async fn handle(
 
 /// Serves work another shard (or this one) asked of this shard.
 pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) -> ShardResponse {
-    if shard.shutdown.is_started() && !matches!(request, ShardRequest::ApplyMetadata(_)) {
+    if shard.shutdown.is_started()
+        && !matches!(
+            request,
+            ShardRequest::ApplyMetadata(_) | ShardRequest::Metrics
+        )
+    {
         return ShardResponse::Unavailable;
     }
     match request {
@@ -183,6 +188,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         ShardRequest::DeleteTopics(names) => {
             ShardResponse::Topics(admin::delete_on_controller(shard, names).await)
         }
+        ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(shard)),
         ShardRequest::ApplyMetadata(metadata) => {
             if let Err(error) = shard.apply_metadata(metadata).await {
                 tracing::error!(shard = shard.id, %error, "applying metadata failed");

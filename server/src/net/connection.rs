@@ -175,18 +175,28 @@ fn dispatch(
     message_bytes: usize,
     limits: &protocol::ProtocolLimits,
 ) -> JoinHandle<Outgoing> {
+    let started = std::time::Instant::now();
+    let mut api = 0u8;
     let parsed = match protocol::verify_request(&body[..message_bytes], limits) {
-        Ok(request) => handlers::parse(request, message_bytes),
+        Ok(request) => {
+            api = request.body_type().0;
+            handlers::parse(request, message_bytes)
+        }
         Err(error) => Err((
             0,
             malformed(&format!("the request does not verify: {error}")),
         )),
     };
+    shard
+        .metrics
+        .request(api, (FRAME_PREFIX_BYTES + body.len()) as u64);
     match parsed {
         Ok((correlation_id, request)) => {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                handlers::handle(&shard, correlation_id, request, body).await
+                let outgoing = handlers::handle(&shard, correlation_id, request, body).await;
+                shard.metrics.latency(api, started.elapsed());
+                outgoing
             })
             .detach()
         }
@@ -203,7 +213,12 @@ async fn write_loop(
     while let Some(in_flight) = queue.recv().await {
         let outgoing = in_flight.response.await;
         let written = match outgoing {
-            Some(outgoing) => write_response(&mut writer, socket, outgoing).await,
+            Some(outgoing) => {
+                let payload_bytes: u64 = outgoing.payload.iter().map(PayloadPart::len).sum();
+                let bytes = (FRAME_PREFIX_BYTES + outgoing.message.len()) as u64 + payload_bytes;
+                shard.metrics.bytes_out(bytes);
+                write_response(&mut writer, socket, outgoing).await
+            }
             None => Err(std::io::Error::other("a request handler was cancelled")),
         };
         shard.request_bytes.signal(in_flight.request_bytes);

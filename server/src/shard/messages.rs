@@ -72,6 +72,8 @@ pub enum ShardRequest {
     DeleteTopics(Vec<String>),
     /// Adopt this metadata snapshot (sent by the controller).
     ApplyMetadata(Arc<ClusterMetadata>),
+    /// Render this shard's metrics (sent by shard 0 for a scrape).
+    Metrics,
 }
 
 /// A topic to create.
@@ -93,6 +95,7 @@ pub enum ShardResponse {
     ListOffsets(Result<OffsetsOutcome, WireError>),
     Topics(Vec<(String, Option<WireError>)>),
     Applied,
+    Metrics(String),
     /// The receiving shard is stopping.
     Unavailable,
 }

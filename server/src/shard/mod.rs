@@ -63,6 +63,7 @@ pub struct ShardState {
     /// Units are bytes of requests read but not yet answered.
     pub request_bytes: Semaphore,
     pub connections: Cell<usize>,
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -106,6 +107,7 @@ impl ShardState {
             producer_ids: RefCell::new(producer_ids),
             shutdown: Shutdown::default(),
             connections: Cell::new(0),
+            metrics: crate::metrics::ShardMetrics::default(),
         });
         let mut receivers = receivers;
         for (peer, receiver) in receivers.streams() {
@@ -171,6 +173,7 @@ impl ShardState {
         if shard == self.id {
             return crate::handlers::serve_shard_request(self, request).await;
         }
+        self.metrics.cross_shard_message();
         let id = self.next_request_id.get();
         self.next_request_id.set(id + 1);
         let (tx, rx) = oneshot::channel();

@@ -1,0 +1,297 @@
+//! Metrics in the Prometheus text format.
+//!
+//! Every shard counts into its own [`ShardMetrics`] (plain `Cell`s and
+//! histograms, never shared). A scrape of `http://<metrics-listen>/metrics`
+//! is served by shard 0, which asks every shard for its rendering over the
+//! mesh and concatenates them: no shard reads another's memory.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hdrhistogram::Histogram;
+
+use crate::shard::{ShardRequest, ShardResponse, ShardState};
+
+/// The APIs requests are counted by, in `RequestBody` tag order.
+pub const API_NAMES: [&str; 9] = [
+    "none",
+    "api_versions",
+    "metadata",
+    "create_topics",
+    "delete_topics",
+    "produce",
+    "fetch",
+    "list_offsets",
+    "init_producer",
+];
+
+/// Histogram bucket bounds, in microseconds.
+const BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+/// The largest latency recorded exactly (longer ones are clamped): 10 minutes.
+const LATENCY_US_MAX: u64 = 600_000_000;
+/// The most bytes of an HTTP request to the metrics endpoint.
+const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// The counters of one shard.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    requests: [Cell<u64>; API_NAMES.len()],
+    bytes_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+    cross_shard_messages: Cell<u64>,
+    produce_latency_us: RefCell<Histogram<u64>>,
+    fetch_latency_us: RefCell<Histogram<u64>>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        let histogram = || {
+            RefCell::new(
+                Histogram::new_with_bounds(1, LATENCY_US_MAX, 2).expect("valid histogram bounds"),
+            )
+        };
+        ShardMetrics {
+            requests: Default::default(),
+            bytes_in: Cell::new(0),
+            bytes_out: Cell::new(0),
+            cross_shard_messages: Cell::new(0),
+            produce_latency_us: histogram(),
+            fetch_latency_us: histogram(),
+        }
+    }
+}
+
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get().wrapping_add(n));
+}
+
+impl ShardMetrics {
+    /// Counts a request of API `api` (the union tag) of `bytes` bytes.
+    pub fn request(&self, api: u8, bytes: u64) {
+        if let Some(counter) = self.requests.get(usize::from(api)) {
+            add(counter, 1);
+        }
+        add(&self.bytes_in, bytes);
+    }
+
+    /// Counts bytes written back to clients.
+    pub fn bytes_out(&self, bytes: u64) {
+        add(&self.bytes_out, bytes);
+    }
+
+    /// Counts a message sent to another shard.
+    pub fn cross_shard_message(&self) {
+        add(&self.cross_shard_messages, 1);
+    }
+
+    /// Records how long a request of API `api` took.
+    pub fn latency(&self, api: u8, elapsed: Duration) {
+        let micros = (elapsed.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        let histogram = match API_NAMES.get(usize::from(api)) {
+            Some(&"produce") => &self.produce_latency_us,
+            Some(&"fetch") => &self.fetch_latency_us,
+            _ => return,
+        };
+        let _ = histogram.borrow_mut().record(micros);
+    }
+
+    /// Renders this shard's series (without HELP/TYPE lines, see [`header`]).
+    pub fn render(&self, shard: &ShardState) -> String {
+        let mut out = String::new();
+        let id = shard.id;
+        for (api, counter) in API_NAMES.iter().zip(&self.requests).skip(1) {
+            let _ = writeln!(
+                out,
+                "shardlog_requests_total{{shard=\"{id}\",api=\"{api}\"}} {}",
+                counter.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shardlog_bytes_in_total{{shard=\"{id}\"}} {}",
+            self.bytes_in.get()
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_bytes_out_total{{shard=\"{id}\"}} {}",
+            self.bytes_out.get()
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_cross_shard_messages_total{{shard=\"{id}\"}} {}",
+            self.cross_shard_messages.get()
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_connections{{shard=\"{id}\"}} {}",
+            shard.connections.get()
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_cache_bytes{{shard=\"{id}\"}} {}",
+            shard.storage.cache_used_bytes()
+        );
+        render_histogram(
+            &mut out,
+            "shardlog_produce_latency_seconds",
+            id,
+            &self.produce_latency_us.borrow(),
+        );
+        render_histogram(
+            &mut out,
+            "shardlog_fetch_latency_seconds",
+            id,
+            &self.fetch_latency_us.borrow(),
+        );
+        let mut partitions = shard.local_partitions();
+        partitions.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((topic, partition), state) in partitions {
+            let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{id}\"");
+            let _ = writeln!(
+                out,
+                "shardlog_partition_log_end_offset{{{labels}}} {}",
+                state.log.log_end_offset()
+            );
+            let _ = writeln!(
+                out,
+                "shardlog_partition_high_watermark{{{labels}}} {}",
+                state.log.high_watermark()
+            );
+            let _ = writeln!(
+                out,
+                "shardlog_partition_log_start_offset{{{labels}}} {}",
+                state.log.log_start_offset()
+            );
+            let _ = writeln!(
+                out,
+                "shardlog_partition_size_bytes{{{labels}}} {}",
+                state.log.size_bytes()
+            );
+        }
+        out
+    }
+}
+
+fn render_histogram(out: &mut String, name: &str, shard: usize, histogram: &Histogram<u64>) {
+    for bound in BUCKETS_US {
+        let count = histogram.count_between(0, bound);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"{}\"}} {count}",
+            bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+        histogram.len()
+    );
+    let sum_seconds = histogram.mean() * histogram.len() as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum_seconds}");
+    let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", histogram.len());
+}
+
+/// The HELP and TYPE lines of every series.
+pub fn header() -> &'static str {
+    "# HELP shardlog_requests_total Requests received, by API.\n\
+     # TYPE shardlog_requests_total counter\n\
+     # HELP shardlog_bytes_in_total Request bytes received.\n\
+     # TYPE shardlog_bytes_in_total counter\n\
+     # HELP shardlog_bytes_out_total Response bytes sent.\n\
+     # TYPE shardlog_bytes_out_total counter\n\
+     # HELP shardlog_cross_shard_messages_total Requests forwarded to another shard.\n\
+     # TYPE shardlog_cross_shard_messages_total counter\n\
+     # HELP shardlog_connections Open client connections.\n\
+     # TYPE shardlog_connections gauge\n\
+     # HELP shardlog_cache_bytes Bytes held by the tail cache.\n\
+     # TYPE shardlog_cache_bytes gauge\n\
+     # HELP shardlog_produce_latency_seconds Produce requests, from read to response ready.\n\
+     # TYPE shardlog_produce_latency_seconds histogram\n\
+     # HELP shardlog_fetch_latency_seconds Fetch requests, from read to response ready (long polls included).\n\
+     # TYPE shardlog_fetch_latency_seconds histogram\n\
+     # HELP shardlog_flush_latency_seconds fdatasync of segments.\n\
+     # TYPE shardlog_flush_latency_seconds histogram\n\
+     # HELP shardlog_partition_log_end_offset One past the last offset assigned.\n\
+     # TYPE shardlog_partition_log_end_offset gauge\n\
+     # HELP shardlog_partition_high_watermark One past the last acknowledged offset.\n\
+     # TYPE shardlog_partition_high_watermark gauge\n\
+     # HELP shardlog_partition_log_start_offset The first offset still stored.\n\
+     # TYPE shardlog_partition_log_start_offset gauge\n\
+     # HELP shardlog_partition_size_bytes Bytes of the partition's segments.\n\
+     # TYPE shardlog_partition_size_bytes gauge\n"
+}
+
+/// Gathers every shard's rendering (shard 0 serves scrapes).
+pub async fn gather(shard: &Rc<ShardState>) -> String {
+    let mut text = String::from(header());
+    let renders = (0..shard.count).map(|target| shard.call(target, ShardRequest::Metrics));
+    for response in futures_util::future::join_all(renders).await {
+        if let ShardResponse::Metrics(rendered) = response {
+            text.push_str(&rendered);
+        }
+    }
+    text
+}
+
+/// Serves `GET /metrics` on `listener` until the shard shuts down.
+pub async fn serve(shard: Rc<ShardState>, listener: glommio::net::TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(Ok(mut stream)) = accepted else {
+            if shard.shutdown.is_started() {
+                return;
+            }
+            continue;
+        };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < HTTP_REQUEST_BYTES_MAX {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let response = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
+                let body = gather(&shard).await;
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 2).unwrap();
+        histogram.record(150).unwrap();
+        histogram.record(3_000).unwrap();
+        histogram.record(2_000_000).unwrap();
+        let mut out = String::new();
+        render_histogram(&mut out, "x", 0, &histogram);
+        assert!(out.contains("x_bucket{shard=\"0\",le=\"0.0001\"} 0\n"));
+        assert!(out.contains("x_bucket{shard=\"0\",le=\"0.00025\"} 1\n"));
+        assert!(out.contains("x_bucket{shard=\"0\",le=\"0.005\"} 2\n"));
+        assert!(out.contains("x_bucket{shard=\"0\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count{shard=\"0\"} 3\n"));
+    }
+}
