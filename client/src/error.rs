@@ -32,4 +32,38 @@ pub enum Error {
     /// The broker answered with an error.
     #[error("the broker refused the request: {0}")]
     Broker(#[from] BrokerError),
+    /// A record could not be delivered within the delivery timeout.
+    #[error("record for {topic}/{partition} not delivered within the delivery timeout; last error: {last_error}")]
+    DeliveryTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What the last attempt ran into.
+        last_error: String,
+    },
+    /// A record larger than a batch may be.
+    #[error("a record of {size_bytes} bytes exceeds the batch limit of {limit_bytes} bytes")]
+    RecordTooLarge {
+        /// The record's encoded size.
+        size_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// The producer or consumer was closed.
+    #[error("the client was closed")]
+    Closed,
+}
+
+impl Error {
+    /// True when the same request may succeed later without change.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Io(_) => true,
+            Error::Broker(error) => {
+                error.is_retriable() || error.code == ErrorCode::UnknownTopicOrPartition
+            }
+            _ => false,
+        }
+    }
 }

@@ -1,11 +1,32 @@
 //! `shardlog-client`: talking to a shardlog broker.
 //!
-//! Today: [`protocol`] (requests as plain values, encoded to frames;
-//! responses decoded and verified into plain values) and [`blocking`] (one
-//! connection over `std::net`). The async SDK (producer, consumer, admin)
-//! and the `shardlog` CLI build on these.
+//! - [`Producer`]: batched, idempotent, compressed sends with retries, to
+//!   the shard owning each partition.
+//! - [`Consumer`]: assigned partitions, seek, long-poll fetch with prefetch.
+//! - [`Admin`]: create, delete, list and describe topics.
+//! - [`protocol`] and [`blocking`]: the wire layer underneath, for tools and tests.
 //!
-//! The crate depends on `shardlog-wire` only: no glommio, no engine.
+//! The SDK runs on tokio. It depends on `shardlog-wire` only: no glommio, no
+//! engine. The `shardlog` command-line tool is built on it.
+//!
+//! ```no_run
+//! use shardlog_client::{Admin, ClientConfig, Consumer, ConsumerConfig, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord};
+//!
+//! # async fn demo() -> Result<(), shardlog_client::Error> {
+//! let client = ClientConfig::new("127.0.0.1:7070");
+//! Admin::new(client.clone()).create_topic(NewTopic::new("clicks", 4)).await?;
+//!
+//! let producer = Producer::new(ProducerConfig { client: client.clone(), ..Default::default() }).await?;
+//! producer.send(ProducerRecord::new("clicks", "hello").key("user-1")).await?;
+//! producer.close().await?;
+//!
+//! let mut consumer = Consumer::new(ConsumerConfig { client, ..Default::default() });
+//! consumer.assign_all("clicks", Offset::Earliest).await?;
+//! let records = consumer.poll().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol layer
 //!
 //! # Example
 //!
@@ -23,9 +44,24 @@
 //! ```
 #![deny(missing_docs)]
 
+mod admin;
 pub mod blocking;
+mod cluster;
+pub mod codec;
+mod connection;
+mod consumer;
 mod error;
+mod producer;
 pub mod protocol;
 
+pub use admin::{Admin, PartitionDescription, TopicDescription};
+pub use cluster::ClientConfig;
+pub use connection::Connection;
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::{BrokerError, Error};
+pub use producer::{
+    key_partition, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
+pub use protocol::{Acks, NewTopic};
+pub use shardlog_wire::batch::Compression;
 pub use shardlog_wire::protocol::fb::ErrorCode;

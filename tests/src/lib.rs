@@ -41,7 +41,10 @@ pub fn binary(name: &str) -> PathBuf {
             ])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building shardlog-server failed");
+        assert!(
+            status.success(),
+            "building shardlog-server and shardlog failed"
+        );
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -102,8 +105,13 @@ impl Broker {
     }
 
     fn launch(&mut self) {
-        for _attempt in 0..10 {
-            let port = next_port_base(self.shards);
+        for attempt in 0..40 {
+            // A restart tries the old port first, so clients can reconnect to the same address.
+            let port = if self.addr.port() != 0 && attempt < 30 {
+                self.addr.port()
+            } else {
+                next_port_base(self.shards)
+            };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let metrics = SocketAddr::from(([127, 0, 0, 1], port + self.shards + 1));
             let log = std::fs::OpenOptions::new()
@@ -134,7 +142,12 @@ impl Broker {
                     let _ = tx.send(line);
                 }
             });
-            match rx.recv_timeout(Duration::from_secs(60)) {
+            let wait = if self.addr.port() != 0 {
+                Duration::from_secs(20)
+            } else {
+                Duration::from_secs(60)
+            };
+            match rx.recv_timeout(wait) {
                 Ok(line) => {
                     assert_eq!(line, format!("shardlog-server listening on {addr}"));
                     self.child = Some(child);
@@ -144,6 +157,7 @@ impl Broker {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
@@ -325,4 +339,18 @@ pub fn consume_all(
             offset = batch.header().next_offset();
         }
     }
+}
+
+/// A client configuration pointing at `broker`.
+pub fn client_config(broker: &Broker) -> shardlog_client::ClientConfig {
+    shardlog_client::ClientConfig::new(broker.addr.to_string())
+}
+
+/// A tokio runtime for a test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }

@@ -137,15 +137,36 @@ impl BatchBuilder {
     /// # Errors
     /// [`Error::EmptyBatch`] when no record was appended.
     pub fn finish(self) -> Result<BytesMut, Error> {
+        self.finish_with(Compression::None, |_| {
+            unreachable!("no compression asked for")
+        })
+    }
+
+    /// As [`BatchBuilder::finish`], with the records section replaced by
+    /// `compress(records)` as one block and the codec recorded in the
+    /// attributes. `compress` is not called for [`Compression::None`].
+    ///
+    /// # Errors
+    /// [`Error::EmptyBatch`]; [`Error::FieldOverflow`] past 4 GiB.
+    pub fn finish_with(
+        self,
+        compression: Compression,
+        compress: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<BytesMut, Error> {
         if self.record_count == 0 {
             return Err(Error::EmptyBatch);
         }
         let mut buf = self.buf;
+        if compression != Compression::None {
+            let block = compress(&buf[BATCH_HEADER_BYTES..]);
+            buf.truncate(BATCH_HEADER_BYTES);
+            buf.extend_from_slice(&block);
+        }
         let length_bytes =
             u32::try_from(buf.len()).map_err(|_| Error::FieldOverflow { what: "batch" })?;
         let fields = HeaderFields {
             length_bytes,
-            attributes: Compression::None.to_bits(),
+            attributes: compression.to_bits(),
             record_count: self.record_count,
             first_timestamp_ms: self.first_timestamp_ms,
             max_timestamp_ms: self.max_timestamp_ms,

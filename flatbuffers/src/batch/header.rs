@@ -240,6 +240,24 @@ pub fn set_leader_epoch(batch: &mut [u8], leader_epoch: u32) {
         .copy_from_slice(&leader_epoch.to_le_bytes());
 }
 
+/// Rewrites the idempotent-producer fields of an encoded batch and its CRC
+/// (they lie inside the CRC). A producer uses this when it assigns a
+/// batch's sequence at send time rather than at build time.
+///
+/// # Panics
+/// If `batch` is shorter than a header or than its length field: the caller built it.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    assert!(batch.len() >= BATCH_HEADER_BYTES);
+    assert!(batch.len() == read_u32(batch, OFFSET_LENGTH) as usize);
+    batch[OFFSET_PRODUCER_ID..OFFSET_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_le_bytes());
+    batch[OFFSET_PRODUCER_EPOCH..OFFSET_PRODUCER_EPOCH + 2]
+        .copy_from_slice(&producer_epoch.to_le_bytes());
+    batch[OFFSET_BASE_SEQUENCE..OFFSET_BASE_SEQUENCE + 4]
+        .copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// The fields a builder fills in, written into the first 64 bytes of `out`.
 pub(crate) struct HeaderFields {
     pub length_bytes: u32,

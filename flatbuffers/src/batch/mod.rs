@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 pub use builder::{BatchBuilder, BatchBuilderOptions};
 pub use header::{
-    peek_length_bytes, set_base_offset, set_leader_epoch, BatchHeader, Compression,
+    peek_length_bytes, set_base_offset, set_leader_epoch, set_producer, BatchHeader, Compression,
     BATCH_HEADER_BYTES,
 };
 pub use record::{Record, RecordHeader, RecordHeaderRef, RecordIter};
@@ -125,6 +125,30 @@ impl Batch {
             });
         }
         let records = self.bytes.slice(BATCH_HEADER_BYTES..);
+        Ok(RecordIter::new(
+            records,
+            self.header.base_offset,
+            self.header.first_timestamp_ms,
+            self.header.record_count,
+        ))
+    }
+
+    /// The records of a batch of any codec: a compressed records section is
+    /// handed to `decompress` once, and the records are slices of its output.
+    ///
+    /// # Errors
+    /// Whatever `decompress` returns; [`Error::MalformedRecords`] when the
+    /// decompressed records do not frame `record_count` records.
+    pub fn records_with(
+        &self,
+        decompress: impl FnOnce(Compression, &[u8]) -> Result<Vec<u8>, Error>,
+    ) -> Result<RecordIter, Error> {
+        let compression = self.header.compression();
+        if compression == Compression::None {
+            return self.records();
+        }
+        let records = Bytes::from(decompress(compression, &self.bytes[BATCH_HEADER_BYTES..])?);
+        record::check_framing(&records, self.header.record_count)?;
         Ok(RecordIter::new(
             records,
             self.header.base_offset,

@@ -277,3 +277,45 @@ fn errors_are_send_sync_and_lowercase() {
     let message = Error::EmptyBatch.to_string();
     assert!(message.chars().next().unwrap().is_lowercase());
 }
+
+#[test]
+fn compressed_records_round_trip_through_the_hooks() {
+    let mut builder = BatchBuilder::new(BatchBuilderOptions::default());
+    for i in 0..10u8 {
+        builder
+            .append(i as i64, None, Some(&[i; 100]), &[])
+            .unwrap();
+    }
+    // A stand-in codec: reversing the bytes is enough to prove the hooks are used.
+    let reverse = |bytes: &[u8]| bytes.iter().rev().copied().collect::<Vec<u8>>();
+    let encoded = builder.finish_with(Compression::Lz4, reverse).unwrap();
+    let batch = Batch::parse(encoded.freeze(), &BatchLimits::default()).unwrap();
+    assert_eq!(batch.header().compression(), Compression::Lz4);
+    assert!(batch.records().is_err());
+    let records = batch.records_with(|codec, block| {
+        assert_eq!(codec, Compression::Lz4);
+        Ok(reverse(block))
+    });
+    let values: Vec<_> = records
+        .unwrap()
+        .map(|r| r.unwrap().value.unwrap()[0])
+        .collect();
+    assert_eq!(values, (0..10).collect::<Vec<u8>>());
+    let broken = batch.records_with(|_, block| Ok(block[1..].to_vec()));
+    assert!(broken.is_err() || broken.unwrap().any(|r| r.is_err()));
+}
+
+#[test]
+fn producer_fields_can_be_restamped_with_a_valid_crc() {
+    let mut bytes = one_batch();
+    set_producer(&mut bytes, 42, 3, 1000);
+    let header = validate(&bytes, &BatchLimits::default()).unwrap();
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (42, 3, 1000)
+    );
+}

@@ -1,0 +1,168 @@
+//! Creating, deleting, listing and describing topics.
+
+use std::sync::Arc;
+
+use crate::cluster::{unknown_topic, ClientConfig, Cluster};
+use crate::protocol::{NewTopic, OffsetSpec, Request, Response};
+use crate::{Error, ErrorCode};
+
+/// One partition as [`Admin::describe_topic`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// The partition number.
+    pub partition: u32,
+    /// The shard that owns it.
+    pub shard: u16,
+    /// The first offset still stored.
+    pub log_start_offset: i64,
+    /// One past the last acknowledged offset.
+    pub high_watermark: i64,
+}
+
+/// A topic as [`Admin::describe_topic`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// The name.
+    pub name: String,
+    /// Its partitions, in order.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// Topic administration.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), shardlog_client::Error> {
+/// use shardlog_client::{Admin, ClientConfig, NewTopic};
+/// let admin = Admin::new(ClientConfig::new("127.0.0.1:7070"));
+/// admin.create_topic(NewTopic::new("clicks", 8)).await?;
+/// assert!(admin.list_topics().await?.contains(&"clicks".to_string()));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Admin {
+    cluster: Arc<Cluster>,
+}
+
+fn check(results: Vec<(String, Option<crate::BrokerError>)>) -> Result<(), Error> {
+    match results.into_iter().find_map(|(_, error)| error) {
+        Some(error) => Err(Error::Broker(error)),
+        None => Ok(()),
+    }
+}
+
+impl Admin {
+    /// An admin client for the broker in `config`.
+    pub fn new(config: ClientConfig) -> Admin {
+        Admin {
+            cluster: Arc::new(Cluster::new(config)),
+        }
+    }
+
+    /// Creates a topic.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `TopicAlreadyExists`, `InvalidTopic`, `InvalidPartitions`; I/O errors.
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<(), Error> {
+        match self
+            .cluster
+            .call(Request::CreateTopics(vec![topic]))
+            .await?
+        {
+            Response::Topics(results) => check(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a topic and its data.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `UnknownTopicOrPartition`; I/O errors.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        self.cluster.forget(name);
+        match self
+            .cluster
+            .call(Request::DeleteTopics(vec![name.to_string()]))
+            .await?
+        {
+            Response::Topics(results) => check(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The names of every topic, sorted.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn list_topics(&self) -> Result<Vec<String>, Error> {
+        match self.cluster.call(Request::Metadata(Vec::new())).await? {
+            Response::Metadata(cluster) => {
+                let mut names: Vec<String> = cluster.topics.into_iter().map(|t| t.name).collect();
+                names.sort();
+                Ok(names)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The partitions of a topic with their placement and offsets.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `UnknownTopicOrPartition`; I/O errors.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
+        let Response::Metadata(cluster) = self
+            .cluster
+            .call(Request::Metadata(vec![name.to_string()]))
+            .await?
+        else {
+            return Err(Error::Protocol(
+                "metadata answered with another response".into(),
+            ));
+        };
+        let topic = cluster
+            .topics
+            .into_iter()
+            .next()
+            .ok_or_else(|| unknown_topic(name))?;
+        if let Some(error) = topic.error {
+            return Err(Error::Broker(error));
+        }
+        let queries = |spec| {
+            (0..topic.partition_shards.len() as u32)
+                .map(move |p| (name.to_string(), p, spec, 0))
+                .collect::<Vec<_>>()
+        };
+        let mut queries_all = queries(OffsetSpec::Earliest);
+        queries_all.extend(queries(OffsetSpec::Latest));
+        let Response::ListOffsets(results) =
+            self.cluster.call(Request::ListOffsets(queries_all)).await?
+        else {
+            return Err(Error::Protocol(
+                "list offsets answered with another response".into(),
+            ));
+        };
+        let count = topic.partition_shards.len();
+        let partitions = topic
+            .partition_shards
+            .iter()
+            .enumerate()
+            .map(|(p, shard)| PartitionDescription {
+                partition: p as u32,
+                shard: *shard,
+                log_start_offset: results.get(p).map_or(-1, |r| r.offset),
+                high_watermark: results.get(count + p).map_or(-1, |r| r.offset),
+            })
+            .collect();
+        Ok(TopicDescription {
+            name: topic.name,
+            partitions,
+        })
+    }
+}
+
+pub(crate) fn unexpected(response: Response) -> Error {
+    match response {
+        Response::Error(error) if error.code == ErrorCode::ShuttingDown => Error::Broker(error),
+        Response::Error(error) => Error::Broker(error),
+        other => Error::Protocol(format!("unexpected response {other:?}")),
+    }
+}
