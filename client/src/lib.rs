@@ -37,7 +37,7 @@
 //! let mut connection = Connection::connect("127.0.0.1:7070")?;
 //! let topics = vec![NewTopic::new("clicks", 4)];
 //! match connection.call(&Request::CreateTopics(topics))? {
-//!     Response::Topics(results) => assert!(results[0].error.is_none()),
+//!     Response::Topics(results) => assert!(results[0].1.is_none()),
 //!     other => panic!("unexpected {other:?}"),
 //! }
 //! # Ok::<(), shardlog_client::Error>(())
