@@ -1,9 +1,9 @@
 //! A partition log: an ordered list of segments, the last one active.
 //!
 //! ```text
-//!   append ──► pending queue ──► writer task ──► DMA write ──► (Always) syncer task ──► fdatasync
-//!     │            (bounded by            │ one write per round:              │
-//!     │          pending_bytes_max)        │ tail block + all queued batches   │
+//!   append ──► pending queue ──► writer task ──► DMA writes ─► (Always) syncer task ──► fdatasync
+//!     │            (bounded by            │ rounds of ≤ 2 MiB, two in flight: │
+//!     │          pending_bytes_max)        │ tail block + queued batch bytes   │
 //!     └──────────── waits on its oneshot ◄─┴──── written (Never/Interval) ◄────┴── durable (Always)
 //! ```
 //!

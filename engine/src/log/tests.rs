@@ -518,7 +518,9 @@ fn batch_headers_walk_every_segment_up_to_the_high_watermark() {
         let headers = log.batch_headers(151).await.unwrap();
         assert_eq!(headers.first().unwrap().base_offset, 150);
         assert_eq!(headers.len(), 50);
-        assert!(headers.windows(2).all(|w| w[0].next_offset() == w[1].base_offset));
+        assert!(headers
+            .windows(2)
+            .all(|w| w[0].next_offset() == w[1].base_offset));
         assert!(log.batch_headers(300).await.unwrap().is_empty());
     });
 }
