@@ -47,4 +47,4 @@ mod shard;
 pub use config::{FlushPolicy, LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BYTES_MAX};
 pub use error::{Error, Result};
 pub use log::{AppendInfo, PartitionLog, ReadPart, ReadSlice, RetentionOutcome};
-pub use shard::{ShardConfig, StorageShard};
+pub use shard::{FlushLatencies, ShardConfig, StorageShard, FLUSH_BUCKETS_US};

@@ -41,6 +41,35 @@ struct ShardInner {
     open_files: Cell<u32>,
     next_cache_key: Cell<u64>,
     write_buffers: RefCell<BufferPool>,
+    flushes: RefCell<FlushLatencies>,
+}
+
+/// Upper bounds of the fdatasync latency buckets, in microseconds.
+pub const FLUSH_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// fdatasync latencies of one shard's logs, in fixed buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushLatencies {
+    /// Syncs at or below each bound of [`FLUSH_BUCKETS_US`] (not cumulative); one more for the rest.
+    pub counts: [u64; FLUSH_BUCKETS_US.len() + 1],
+    /// Sum of every sync's duration.
+    pub sum_us: u64,
+    /// Number of syncs.
+    pub count: u64,
+}
+
+impl FlushLatencies {
+    fn record(&mut self, elapsed_us: u64) {
+        let bucket = FLUSH_BUCKETS_US
+            .iter()
+            .position(|bound| elapsed_us <= *bound)
+            .unwrap_or(FLUSH_BUCKETS_US.len());
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(elapsed_us);
+        self.count += 1;
+    }
 }
 
 impl StorageShard {
@@ -52,6 +81,7 @@ impl StorageShard {
             open_files: Cell::new(0),
             next_cache_key: Cell::new(1),
             write_buffers: RefCell::new(BufferPool::new(WRITE_BUFFERS_MAX, ROUND_BYTES)),
+            flushes: RefCell::new(FlushLatencies::default()),
         };
         StorageShard {
             inner: Rc::new(inner),
@@ -66,6 +96,18 @@ impl StorageShard {
     /// Files held open now by this shard's logs.
     pub fn open_files(&self) -> u32 {
         self.inner.open_files.get()
+    }
+
+    /// The fdatasync latencies recorded so far.
+    pub fn flush_latencies(&self) -> FlushLatencies {
+        self.inner.flushes.borrow().clone()
+    }
+
+    pub(crate) fn record_flush(&self, elapsed: std::time::Duration) {
+        self.inner
+            .flushes
+            .borrow_mut()
+            .record(elapsed.as_micros() as u64);
     }
 
     /// Bytes held by the tail cache now.

@@ -149,6 +149,7 @@ impl ShardMetrics {
             id,
             &self.fetch_latency_us.borrow(),
         );
+        render_flushes(&mut out, id, &shard.storage.flush_latencies());
         let mut partitions = shard.local_partitions();
         partitions.sort_by(|a, b| a.0.cmp(&b.0));
         for ((topic, partition), state) in partitions {
@@ -195,6 +196,33 @@ fn render_histogram(out: &mut String, name: &str, shard: usize, histogram: &Hist
     let sum_seconds = histogram.mean() * histogram.len() as f64 / 1e6;
     let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum_seconds}");
     let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", histogram.len());
+}
+
+fn render_flushes(out: &mut String, shard: usize, flushes: &shardlog_engine::FlushLatencies) {
+    let name = "shardlog_flush_latency_seconds";
+    let mut cumulative = 0u64;
+    for (bound, count) in shardlog_engine::FLUSH_BUCKETS_US
+        .iter()
+        .zip(flushes.counts.iter())
+    {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+        flushes.count
+    );
+    let _ = writeln!(
+        out,
+        "{name}_sum{{shard=\"{shard}\"}} {}",
+        flushes.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", flushes.count);
 }
 
 /// The HELP and TYPE lines of every series.

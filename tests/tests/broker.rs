@@ -409,6 +409,10 @@ fn metrics_show_requests_latencies_and_offsets_of_every_shard() {
     );
     assert!(value("shardlog_produce_latency_seconds_count") >= 2);
     assert!(value("shardlog_fetch_latency_seconds_count") >= 2);
+    assert!(
+        value("shardlog_flush_latency_seconds_count") >= 2,
+        "flush = always synced each produce"
+    );
     assert!(value("shardlog_bytes_in_total") > 0 && value("shardlog_bytes_out_total") > 0);
     assert!(text.contains("# TYPE shardlog_produce_latency_seconds histogram"));
     for partition in 0..2 {

@@ -384,7 +384,9 @@ impl LogInner {
                 }
                 (state.active.file.clone(), state.written_offset)
             };
+            let started = std::time::Instant::now();
             let result = file.fdatasync().await;
+            self.shard.record_flush(started.elapsed());
             let mut state = self.state.borrow_mut();
             match result {
                 Ok(()) => self.mark_durable(&mut state, target_offset),
@@ -411,7 +413,10 @@ impl LogInner {
                 state.interval_sync_scheduled = false;
                 state.active.file.clone()
             };
-            if let Err(error) = file.fdatasync().await {
+            let started = std::time::Instant::now();
+            let result = file.fdatasync().await;
+            this.shard.record_flush(started.elapsed());
+            if let Err(error) = result {
                 let mut state = this.state.borrow_mut();
                 this.poison(&mut state, Error::io("syncing segment", &this.dir, error));
             }

@@ -488,6 +488,25 @@ fn the_open_file_budget_is_enforced() {
 }
 
 #[test]
+fn fdatasync_latencies_are_recorded_per_shard() {
+    run(|dir| async move {
+        let shard = StorageShard::new(ShardConfig::default());
+        let log = PartitionLog::open(&dir, LogConfig::default(), &shard)
+            .await
+            .unwrap();
+        for i in 0..5 {
+            log.append(batch(i, 1, 10, 0)).await.unwrap();
+        }
+        let flushes = shard.flush_latencies();
+        assert!(
+            flushes.count >= 1,
+            "flush = always syncs before acknowledging"
+        );
+        assert_eq!(flushes.counts.iter().sum::<u64>(), flushes.count);
+    });
+}
+
+#[test]
 fn closed_logs_refuse_appends() {
     run(|dir| async move {
         let log = open(&dir, LogConfig::default()).await;
