@@ -166,3 +166,103 @@ pub(crate) fn unexpected(response: Response) -> Error {
         other => Error::Protocol(format!("unexpected response {other:?}")),
     }
 }
+
+/// A group's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// The group.
+    pub group_id: String,
+    /// "empty", "stable" or "reconciling".
+    pub state: String,
+    /// Members now.
+    pub members: u32,
+}
+
+impl Admin {
+    /// Every consumer group, sorted.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, Error> {
+        match self.cluster.call(Request::ListGroups).await? {
+            Response::Groups(groups) => Ok(groups
+                .into_iter()
+                .map(|(group_id, state, members)| GroupListing {
+                    group_id,
+                    state,
+                    members,
+                })
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A group's members, assignments and, per partition, its committed
+    /// offset and the log end offset (lag is their difference).
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `UnknownGroup`; I/O errors.
+    pub async fn describe_group(
+        &self,
+        group_id: &str,
+    ) -> Result<crate::protocol::GroupDescription, Error> {
+        match self
+            .cluster
+            .call(Request::DescribeGroups(vec![group_id.to_string()]))
+            .await?
+        {
+            Response::GroupDescriptions(mut groups) if !groups.is_empty() => {
+                let group = groups.remove(0);
+                match group.error {
+                    Some(error) => Err(Error::Broker(error)),
+                    None => Ok(group),
+                }
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets the committed offsets of every partition of `topic` for an empty group.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `GroupNotEmpty` while members are active; I/O errors.
+    pub async fn reset_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        to: crate::Offset,
+    ) -> Result<Vec<crate::protocol::CommittedOffset>, Error> {
+        let (spec, timestamp_ms, to_offset) = match to {
+            crate::Offset::Earliest => (OffsetSpec::Earliest, 0, None),
+            crate::Offset::Latest => (OffsetSpec::Latest, 0, None),
+            crate::Offset::At(offset) => (OffsetSpec::Earliest, 0, Some(offset as i64)),
+            crate::Offset::Timestamp(ms) => (OffsetSpec::Timestamp, ms, None),
+        };
+        let request = Request::ResetOffsets {
+            group_id: group_id.to_string(),
+            topic: topic.to_string(),
+            spec,
+            timestamp_ms,
+            to_offset,
+        };
+        match self.cluster.call(request).await? {
+            Response::Offsets(offsets) => Ok(offsets),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    ///
+    /// # Errors
+    /// [`Error::Broker`] with `GroupNotEmpty` or `UnknownGroup`; I/O errors.
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), Error> {
+        match self
+            .cluster
+            .call(Request::DeleteGroup(group_id.to_string()))
+            .await?
+        {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -109,10 +109,13 @@ impl Cluster {
         Ok(connection)
     }
 
-    /// Sends a request to the bootstrap broker.
+    /// Sends a request to the bootstrap broker; an error response becomes [`Error::Broker`].
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
         let addr = self.bootstrap_addr().await?;
-        self.connection(addr).await?.call(request).await
+        match self.connection(addr).await?.call(request).await? {
+            Response::Error(error) => Err(Error::Broker(error)),
+            response => Ok(response),
+        }
     }
 
     /// Reloads the placement of `topics` (all topics when empty).

@@ -143,10 +143,32 @@ impl Consumer {
         self.prefetched = None;
     }
 
-    /// Moves a partition's position; takes effect at the next poll.
+    /// Moves a partition's position: at once for [`Offset::At`], at the next
+    /// poll for the others (they need the broker).
     pub fn seek(&mut self, topic: &str, partition: u32, to: Offset) {
-        self.seeks.insert((topic.to_string(), partition), to);
+        let key = (topic.to_string(), partition);
+        match to {
+            Offset::At(offset) => {
+                self.seeks.remove(&key);
+                self.positions.insert(key, offset);
+            }
+            _ => {
+                self.seeks.insert(key, to);
+            }
+        }
         self.prefetched = None;
+    }
+
+    /// The positions of every assigned partition whose position is known.
+    pub fn positions(&self) -> Vec<((String, u32), u64)> {
+        self.positions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    pub(crate) fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.clone()
     }
 
     /// The next offset a poll will return for a partition, once known.

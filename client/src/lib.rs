@@ -3,7 +3,8 @@
 //! - [`Producer`]: batched, idempotent, compressed sends with retries, to
 //!   the shard owning each partition.
 //! - [`Consumer`]: assigned partitions, seek, long-poll fetch with prefetch.
-//! - [`Admin`]: create, delete, list and describe topics.
+//! - [`GroupConsumer`]: partitions assigned by the broker, committed offsets.
+//! - [`Admin`]: topics and groups.
 //! - [`protocol`] and [`blocking`]: the wire layer underneath, for tools and tests.
 //!
 //! The SDK runs on tokio. It depends on `shardlog-wire` only: no glommio, no
@@ -51,14 +52,16 @@ pub mod codec;
 mod connection;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 pub mod protocol;
 
-pub use admin::{Admin, PartitionDescription, TopicDescription};
+pub use admin::{Admin, GroupListing, PartitionDescription, TopicDescription};
 pub use cluster::ClientConfig;
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::{BrokerError, Error};
+pub use group::{GroupConsumer, GroupConsumerConfig};
 pub use producer::{
     key_partition, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };

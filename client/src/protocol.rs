@@ -92,6 +92,103 @@ pub enum Request {
         /// The current epoch, or -1.
         producer_epoch: i16,
     },
+    /// Join (epoch 0), stay in (the last epoch) or leave (-1) a consumer group.
+    GroupHeartbeat {
+        /// The group.
+        group_id: String,
+        /// Empty to join.
+        member_id: String,
+        /// 0 to join, -1 to leave, else the epoch last received.
+        member_epoch: i32,
+        /// The topics to consume (None: unchanged).
+        subscribed_topics: Option<Vec<String>>,
+        /// What the member consumes now.
+        owned: Vec<(String, u32)>,
+        /// The member is dropped after this long without a heartbeat.
+        session_timeout_ms: u32,
+        /// "sticky" or "range" (used when the group is created).
+        assignor: String,
+    },
+    /// Commit the next offsets to consume.
+    OffsetCommit {
+        /// The group.
+        group_id: String,
+        /// The committing member (empty: from outside an empty group).
+        member_id: String,
+        /// ((topic, partition), offset).
+        offsets: Vec<((String, u32), i64)>,
+    },
+    /// Committed offsets (None: every committed partition).
+    OffsetFetch {
+        /// The group.
+        group_id: String,
+        /// The partitions.
+        partitions: Option<Vec<(String, u32)>>,
+    },
+    /// Every group.
+    ListGroups,
+    /// Members, assignments, committed offsets and log end offsets of groups.
+    DescribeGroups(Vec<String>),
+    /// Delete an empty group and its offsets.
+    DeleteGroup(String),
+    /// Set an empty group's offsets for every partition of a topic.
+    ResetOffsets {
+        /// The group.
+        group_id: String,
+        /// The topic.
+        topic: String,
+        /// Earliest, latest or by timestamp (ignored with `to_offset`).
+        spec: OffsetSpec,
+        /// The timestamp for `Timestamp`.
+        timestamp_ms: i64,
+        /// Reset every partition to this offset instead.
+        to_offset: Option<i64>,
+    },
+}
+
+/// A committed offset, with what DescribeGroups adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The committed offset (-1: none).
+    pub offset: i64,
+    /// The partition's high watermark (DescribeGroups; else -1).
+    pub log_end_offset: i64,
+    /// The member the partition is assigned to (DescribeGroups; else empty).
+    pub member_id: String,
+}
+
+/// A member as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// Its epoch.
+    pub member_epoch: i32,
+    /// Its subscription.
+    pub subscribed_topics: Vec<String>,
+    /// What it consumes now.
+    pub assignment: Vec<(String, u32)>,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group.
+    pub group_id: String,
+    /// The broker's error for this group.
+    pub error: Option<BrokerError>,
+    /// "empty", "stable" or "reconciling".
+    pub state: String,
+    /// The assignor.
+    pub assignor: String,
+    /// Members.
+    pub members: Vec<MemberDescription>,
+    /// Per assigned or committed partition.
+    pub offsets: Vec<CommittedOffset>,
 }
 
 /// A partition's data in a fetch response.
@@ -177,6 +274,25 @@ pub enum Response {
     },
     /// An error not tied to one API (malformed frame, unknown API, ...).
     Error(BrokerError),
+    /// A member's identity and what it may consume now.
+    GroupHeartbeat {
+        /// The member id (assigned on join).
+        member_id: String,
+        /// The member's epoch.
+        member_epoch: i32,
+        /// How often to heartbeat.
+        heartbeat_interval_ms: u32,
+        /// The partitions to consume now.
+        assignment: Vec<(String, u32)>,
+    },
+    /// A commit, a group deletion: done.
+    Done,
+    /// Committed offsets (OffsetFetch, ResetOffsets).
+    Offsets(Vec<CommittedOffset>),
+    /// (group, state, members) of every group.
+    Groups(Vec<(String, String, u32)>),
+    /// DescribeGroups.
+    GroupDescriptions(Vec<GroupDescription>),
 }
 
 fn broker_error(code: fb::ErrorCode, message: Option<&str>) -> Option<BrokerError> {
@@ -352,6 +468,13 @@ fn encode_body<'a>(
             );
             (fb::RequestBody::ListOffsetsRequest, body.as_union_value())
         }
+        Request::GroupHeartbeat { .. }
+        | Request::OffsetCommit { .. }
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroups(_)
+        | Request::DeleteGroup(_)
+        | Request::ResetOffsets { .. } => encode_group_body(fbb, request),
         Request::InitProducer {
             producer_id,
             producer_epoch,
@@ -542,13 +665,20 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                 .body_as_init_producer_response()
                 .ok_or_else(missing)?;
             if let Some(error) = broker_error(body.error_code(), body.error_message()) {
-                return Err(Error::Broker(error));
+                return Ok(Response::Error(error));
             }
             Response::InitProducer {
                 producer_id: body.producer_id(),
                 producer_epoch: body.producer_epoch(),
             }
         }
+        fb::ResponseBody::GroupHeartbeatResponse
+        | fb::ResponseBody::OffsetCommitResponse
+        | fb::ResponseBody::OffsetFetchResponse
+        | fb::ResponseBody::ListGroupsResponse
+        | fb::ResponseBody::DescribeGroupsResponse
+        | fb::ResponseBody::DeleteGroupResponse
+        | fb::ResponseBody::ResetOffsetsResponse => decode_group_body(response)?,
         fb::ResponseBody::ErrorResponse => {
             let body = response.body_as_error_response().ok_or_else(missing)?;
             Response::Error(BrokerError {
@@ -626,4 +756,297 @@ fn decode_fetch(
         ));
     }
     Ok(results)
+}
+
+type Union = WIPOffset<flatbuffers::UnionWIPOffset>;
+
+fn encode_topic_partitions<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    list: &[(String, u32)],
+) -> WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<fb::TopicPartitions<'a>>>> {
+    let groups = group_by_topic(list.iter().map(|(t, p)| (t.as_str(), *p)));
+    let entries: Vec<_> = groups
+        .iter()
+        .map(|(topic, partitions)| {
+            let topic = fbb.create_string(topic);
+            let partitions = fbb.create_vector(partitions);
+            fb::TopicPartitions::create(
+                fbb,
+                &fb::TopicPartitionsArgs {
+                    topic: Some(topic),
+                    partitions: Some(partitions),
+                },
+            )
+        })
+        .collect();
+    fbb.create_vector(&entries)
+}
+
+fn encode_group_body<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    request: &Request,
+) -> (fb::RequestBody, Union) {
+    match request {
+        Request::GroupHeartbeat {
+            group_id,
+            member_id,
+            member_epoch,
+            subscribed_topics,
+            owned,
+            session_timeout_ms,
+            assignor,
+        } => {
+            let group_id = fbb.create_string(group_id);
+            let member_id = fbb.create_string(member_id);
+            let topics = subscribed_topics.as_ref().map(|topics| {
+                let names: Vec<_> = topics.iter().map(|t| fbb.create_string(t)).collect();
+                fbb.create_vector(&names)
+            });
+            let owned = encode_topic_partitions(fbb, owned);
+            let assignor = fbb.create_string(assignor);
+            let args = fb::GroupHeartbeatRequestArgs {
+                group_id: Some(group_id),
+                member_id: Some(member_id),
+                member_epoch: *member_epoch,
+                subscribed_topics: topics,
+                owned: Some(owned),
+                session_timeout_ms: *session_timeout_ms,
+                assignor: Some(assignor),
+            };
+            (
+                fb::RequestBody::GroupHeartbeatRequest,
+                fb::GroupHeartbeatRequest::create(fbb, &args).as_union_value(),
+            )
+        }
+        Request::OffsetCommit {
+            group_id,
+            member_id,
+            offsets,
+        } => {
+            let grouped = group_by_topic(offsets.iter().map(|((t, p), o)| (t.as_str(), (*p, *o))));
+            let topics: Vec<_> = grouped
+                .iter()
+                .map(|(topic, parts)| {
+                    let entries: Vec<_> = parts
+                        .iter()
+                        .map(|(partition, offset)| {
+                            fb::CommitPartition::create(
+                                fbb,
+                                &fb::CommitPartitionArgs {
+                                    partition: *partition,
+                                    offset: *offset,
+                                },
+                            )
+                        })
+                        .collect();
+                    let partitions = fbb.create_vector(&entries);
+                    let topic = fbb.create_string(topic);
+                    fb::CommitTopic::create(
+                        fbb,
+                        &fb::CommitTopicArgs {
+                            topic: Some(topic),
+                            partitions: Some(partitions),
+                        },
+                    )
+                })
+                .collect();
+            let topics = fbb.create_vector(&topics);
+            let (group_id, member_id) = (fbb.create_string(group_id), fbb.create_string(member_id));
+            let args = fb::OffsetCommitRequestArgs {
+                group_id: Some(group_id),
+                member_id: Some(member_id),
+                member_epoch: -1,
+                topics: Some(topics),
+            };
+            (
+                fb::RequestBody::OffsetCommitRequest,
+                fb::OffsetCommitRequest::create(fbb, &args).as_union_value(),
+            )
+        }
+        Request::OffsetFetch {
+            group_id,
+            partitions,
+        } => {
+            let topics = partitions.as_ref().map(|p| encode_topic_partitions(fbb, p));
+            let group_id = fbb.create_string(group_id);
+            let args = fb::OffsetFetchRequestArgs {
+                group_id: Some(group_id),
+                topics,
+            };
+            (
+                fb::RequestBody::OffsetFetchRequest,
+                fb::OffsetFetchRequest::create(fbb, &args).as_union_value(),
+            )
+        }
+        Request::ListGroups => (
+            fb::RequestBody::ListGroupsRequest,
+            fb::ListGroupsRequest::create(fbb, &fb::ListGroupsRequestArgs {}).as_union_value(),
+        ),
+        Request::DescribeGroups(ids) => {
+            let ids: Vec<_> = ids.iter().map(|g| fbb.create_string(g)).collect();
+            let ids = fbb.create_vector(&ids);
+            let args = fb::DescribeGroupsRequestArgs {
+                group_ids: Some(ids),
+            };
+            (
+                fb::RequestBody::DescribeGroupsRequest,
+                fb::DescribeGroupsRequest::create(fbb, &args).as_union_value(),
+            )
+        }
+        Request::DeleteGroup(id) => {
+            let id = fbb.create_string(id);
+            (
+                fb::RequestBody::DeleteGroupRequest,
+                fb::DeleteGroupRequest::create(
+                    fbb,
+                    &fb::DeleteGroupRequestArgs { group_id: Some(id) },
+                )
+                .as_union_value(),
+            )
+        }
+        Request::ResetOffsets {
+            group_id,
+            topic,
+            spec,
+            timestamp_ms,
+            to_offset,
+        } => {
+            let (group_id, topic) = (fbb.create_string(group_id), fbb.create_string(topic));
+            let args = fb::ResetOffsetsRequestArgs {
+                group_id: Some(group_id),
+                topic: Some(topic),
+                spec: *spec,
+                offset: to_offset.unwrap_or(-1),
+                timestamp_ms: *timestamp_ms,
+                to_offset: to_offset.is_some(),
+            };
+            (
+                fb::RequestBody::ResetOffsetsRequest,
+                fb::ResetOffsetsRequest::create(fbb, &args).as_union_value(),
+            )
+        }
+        _ => unreachable!("only group requests reach encode_group_body"),
+    }
+}
+
+fn decode_topic_partitions(
+    list: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::TopicPartitions<'_>>>>,
+) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for entry in list.iter().flatten() {
+        let topic = entry.topic().unwrap_or_default();
+        out.extend(
+            entry
+                .partitions()
+                .iter()
+                .flatten()
+                .map(|p| (topic.to_string(), p)),
+        );
+    }
+    out
+}
+
+fn decode_committed(
+    list: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::CommittedOffset<'_>>>>,
+) -> Vec<CommittedOffset> {
+    list.iter()
+        .flatten()
+        .map(|c| CommittedOffset {
+            topic: c.topic().unwrap_or_default().to_string(),
+            partition: c.partition(),
+            offset: c.offset(),
+            log_end_offset: c.log_end_offset(),
+            member_id: c.member_id().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// A broker error travels as `Response::Error`: it answers the request and
+/// leaves the connection intact (only malformed responses break a connection).
+fn fail_on(code: fb::ErrorCode, message: Option<&str>) -> Result<(), Response> {
+    broker_error(code, message).map_or(Ok(()), |e| Err(Response::Error(e)))
+}
+
+fn decode_group_body(response: &fb::Response<'_>) -> Result<Response, Error> {
+    Ok(match decode_group_inner(response) {
+        Ok(decoded) => decoded?,
+        Err(error_response) => error_response,
+    })
+}
+
+fn decode_group_inner(response: &fb::Response<'_>) -> Result<Result<Response, Error>, Response> {
+    let missing = || Error::Protocol(format!("{:?} without a body", response.body_type()));
+    if let Some(body) = response.body_as_group_heartbeat_response() {
+        fail_on(body.error_code(), body.error_message())?;
+        return Ok(Ok(Response::GroupHeartbeat {
+            member_id: body.member_id().unwrap_or_default().to_string(),
+            member_epoch: body.member_epoch(),
+            heartbeat_interval_ms: body.heartbeat_interval_ms(),
+            assignment: decode_topic_partitions(body.assignment()),
+        }));
+    }
+    if let Some(body) = response.body_as_offset_commit_response() {
+        fail_on(body.error_code(), body.error_message())?;
+        return Ok(Ok(Response::Done));
+    }
+    if let Some(body) = response.body_as_offset_fetch_response() {
+        fail_on(body.error_code(), body.error_message())?;
+        return Ok(Ok(Response::Offsets(decode_committed(body.offsets()))));
+    }
+    if let Some(body) = response.body_as_reset_offsets_response() {
+        fail_on(body.error_code(), body.error_message())?;
+        return Ok(Ok(Response::Offsets(decode_committed(body.offsets()))));
+    }
+    if let Some(body) = response.body_as_delete_group_response() {
+        fail_on(body.error_code(), body.error_message())?;
+        return Ok(Ok(Response::Done));
+    }
+    if let Some(body) = response.body_as_list_groups_response() {
+        let groups = body.groups();
+        return Ok(Ok(Response::Groups(
+            groups
+                .iter()
+                .flatten()
+                .map(|g| {
+                    (
+                        g.group_id().unwrap_or_default().to_string(),
+                        g.state().unwrap_or_default().to_string(),
+                        g.members(),
+                    )
+                })
+                .collect(),
+        )));
+    }
+    let Some(body) = response.body_as_describe_groups_response() else {
+        return Ok(Err(missing()));
+    };
+    let groups = body
+        .groups()
+        .iter()
+        .flatten()
+        .map(|g| GroupDescription {
+            group_id: g.group_id().unwrap_or_default().to_string(),
+            error: broker_error(g.error_code(), g.error_message()),
+            state: g.state().unwrap_or_default().to_string(),
+            assignor: g.assignor().unwrap_or_default().to_string(),
+            members: g
+                .members()
+                .iter()
+                .flatten()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id().unwrap_or_default().to_string(),
+                    member_epoch: m.member_epoch(),
+                    subscribed_topics: m
+                        .subscribed_topics()
+                        .iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect(),
+                    assignment: decode_topic_partitions(m.assignment()),
+                })
+                .collect(),
+            offsets: decode_committed(g.offsets()),
+        })
+        .collect();
+    Ok(Ok(Response::GroupDescriptions(groups)))
 }

@@ -18,6 +18,8 @@
 pub mod config;
 mod error;
 #[allow(missing_docs)]
+pub mod groups;
+#[allow(missing_docs)]
 pub mod handlers;
 pub mod metadata;
 pub mod metrics;

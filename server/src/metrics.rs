@@ -251,6 +251,10 @@ pub fn header() -> &'static str {
      # TYPE shardlog_partition_high_watermark gauge\n\
      # HELP shardlog_partition_log_start_offset The first offset still stored.\n\
      # TYPE shardlog_partition_log_start_offset gauge\n\
+     # HELP shardlog_group_committed_offset The group's committed offset (the next to consume).\n\
+     # TYPE shardlog_group_committed_offset gauge\n\
+     # HELP shardlog_group_lag Records between the committed offset and the high watermark.\n\
+     # TYPE shardlog_group_lag gauge\n\
      # HELP shardlog_partition_size_bytes Bytes of the partition's segments.\n\
      # TYPE shardlog_partition_size_bytes gauge\n"
 }
@@ -264,7 +268,39 @@ pub async fn gather(shard: &Rc<ShardState>) -> String {
             text.push_str(&rendered);
         }
     }
+    text.push_str(&group_lag(shard).await);
     text
+}
+
+/// Committed offset and lag of every group's partitions: commits come from
+/// each coordinator, log end offsets from each partition's owner.
+async fn group_lag(shard: &Rc<ShardState>) -> String {
+    use crate::shard::messages::{GroupCall, GroupReply};
+    let calls =
+        (0..shard.count).map(|target| shard.call(target, ShardRequest::Group(GroupCall::Commits)));
+    let mut commits = Vec::new();
+    for response in futures_util::future::join_all(calls).await {
+        if let ShardResponse::Group(GroupReply::Commits(list)) = response {
+            commits.extend(list);
+        }
+    }
+    commits.sort();
+    let mut out = String::new();
+    for (group, (topic, partition), committed) in commits {
+        let latest = crate::handlers::latest_offset(shard, &topic, partition).await;
+        let Some(end) = latest else { continue };
+        let labels = format!("group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"");
+        let _ = writeln!(
+            out,
+            "shardlog_group_committed_offset{{{labels}}} {committed}"
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_group_lag{{{labels}}} {}",
+            (end - committed).max(0)
+        );
+    }
+    out
 }
 
 /// Serves `GET /metrics` on `listener` until the shard shuts down.

@@ -127,6 +127,11 @@ async fn shard_main(
     );
     shard.handshake().await;
     shard.apply_metadata(metadata).await?;
+    if id == 0 {
+        crate::handlers::admin::ensure_offsets_topic(&shard)
+            .await
+            .map_err(|e| Error::Config(format!("creating the offsets topic: {}", e.message)))?;
+    }
     let shared = net::bind(config.listen)?;
     let own = net::bind(SocketAddr::new(config.listen.ip(), config.shard_port(id)))?;
     if id == 0 {
@@ -136,6 +141,7 @@ async fn shard_main(
     let _ = ready.send(Ok(()));
     glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
     glommio::spawn_local(retention_loop(shard.clone())).detach();
+    glommio::spawn_local(crate::groups::expiry_loop(shard.clone())).detach();
     let accept_shared = glommio::spawn_local(net::accept_loop(shard.clone(), shared));
     let accept_own = glommio::spawn_local(net::accept_loop(shard.clone(), own));
     accept_shared.await;

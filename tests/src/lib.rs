@@ -36,8 +36,9 @@ pub fn binary(name: &str) -> PathBuf {
                 "--quiet",
                 "-p",
                 "shardlog-server",
-                "--bin",
-                "shardlog-server",
+                "-p",
+                "shardlog-client",
+                "--bins",
             ])
             .status()
             .expect("run cargo build");

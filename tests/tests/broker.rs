@@ -80,12 +80,18 @@ fn topics_are_created_placed_over_shards_and_deleted() {
         cluster.topics[0].error.as_ref().unwrap().code,
         ErrorCode::UnknownTopicOrPartition
     );
-    let gone = broker.data_dir().join("data/topics");
-    assert_eq!(
-        std::fs::read_dir(gone).unwrap().count(),
-        0,
-        "a deleted topic's files are removed"
-    );
+    let topics_dir = broker.data_dir().join("data/topics");
+    let left = std::fs::read_dir(topics_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("orders-")
+        })
+        .count();
+    assert_eq!(left, 0, "a deleted topic's files are removed");
     create_topic(&mut connection, "orders", 2);
     assert!(
         consume_all(&mut connection, "orders", 0, 0).is_empty(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardlog_client::{
-    Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, Error, NewTopic, Offset,
-    Producer, ProducerConfig, ProducerRecord,
+    Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, Error, GroupConsumer,
+    GroupConsumerConfig, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -39,6 +39,49 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records to stdout, one value per line.
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// List groups.
+    List,
+    /// Show a group's members and, per partition, member, committed offset, log end offset and lag.
+    Describe {
+        /// The group.
+        group: String,
+    },
+    /// Set an empty group's committed offsets for every partition of a topic.
+    Reset(ResetArgs),
+    /// Delete an empty group and its offsets.
+    Delete {
+        /// The group.
+        group: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_offset", "to_timestamp"])))]
+struct ResetArgs {
+    /// The group.
+    group: String,
+    /// The topic.
+    #[arg(long)]
+    topic: String,
+    /// To the first offset still stored.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To the end.
+    #[arg(long)]
+    to_latest: bool,
+    /// To this offset.
+    #[arg(long)]
+    to_offset: Option<u64>,
+    /// To the first record at or after this timestamp (ms).
+    #[arg(long)]
+    to_timestamp: Option<i64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +162,13 @@ struct ConsumeArgs {
     /// Print `partition<TAB>offset<TAB>value`.
     #[arg(long)]
     print_offsets: bool,
+    /// Consume as a member of this group: the group assigns partitions, and
+    /// offsets are committed as the tool goes and on exit.
+    #[arg(long, conflicts_with = "partition")]
+    group: Option<String>,
+    /// With --group: the broker drops this member after this long without a heartbeat.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +189,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Topic(command) => topic(client, command).await,
             Command::Produce(args) => produce(client, args).await,
+            Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
             Command::Consume(args) => consume(client, args).await,
+            Command::Group(command) => group(client, command).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -309,4 +361,132 @@ async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
     }
     out.flush()?;
     Ok(())
+}
+
+async fn group(client: ClientConfig, command: GroupCommand) -> Result<(), Error> {
+    let admin = Admin::new(client);
+    match command {
+        GroupCommand::List => {
+            for group in admin.list_groups().await? {
+                println!(
+                    "{}\t{}\t{} members",
+                    group.group_id, group.state, group.members
+                );
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let described = admin.describe_group(&group).await?;
+            println!(
+                "group {} state {} assignor {} members {}",
+                described.group_id,
+                described.state,
+                described.assignor,
+                described.members.len()
+            );
+            println!("topic\tpartition\tmember\tcommitted_offset\tlog_end_offset\tlag");
+            for offset in described.offsets {
+                let lag = if offset.offset >= 0 && offset.log_end_offset >= 0 {
+                    (offset.log_end_offset - offset.offset).to_string()
+                } else {
+                    "-".into()
+                };
+                let member = if offset.member_id.is_empty() {
+                    "-"
+                } else {
+                    offset.member_id.as_str()
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    offset.topic,
+                    offset.partition,
+                    member,
+                    offset.offset,
+                    offset.log_end_offset,
+                    lag
+                );
+            }
+        }
+        GroupCommand::Reset(args) => {
+            let to = match (
+                args.to_earliest,
+                args.to_latest,
+                args.to_offset,
+                args.to_timestamp,
+            ) {
+                (true, ..) => Offset::Earliest,
+                (_, true, ..) => Offset::Latest,
+                (_, _, Some(offset), _) => Offset::At(offset),
+                (_, _, _, Some(ms)) => Offset::Timestamp(ms),
+                _ => Offset::Earliest,
+            };
+            for offset in admin.reset_offsets(&args.group, &args.topic, to).await? {
+                println!("{}\t{}\t{}", offset.topic, offset.partition, offset.offset);
+            }
+        }
+        GroupCommand::Delete { group } => {
+            admin.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
+    }
+    Ok(())
+}
+
+/// `consume --group`: commits exactly through the last record printed.
+async fn consume_group(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
+    let group = args.group.clone().unwrap_or_default();
+    let consumer_config = ConsumerConfig {
+        client,
+        max_wait: Duration::from_millis(200),
+        ..ConsumerConfig::default()
+    };
+    let mut config = GroupConsumerConfig::new(consumer_config, group);
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.auto_commit_interval = Some(Duration::from_secs(1));
+    config.reset = if args.from_beginning {
+        Offset::Earliest
+    } else {
+        args.offset.map_or(Offset::Latest, Offset::At)
+    };
+    let mut consumer = GroupConsumer::new(config);
+    consumer.subscribe(&[args.topic.as_str()]);
+    let idle = args.idle_timeout_ms.map(Duration::from_millis);
+    let mut last_record = tokio::time::Instant::now();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    'outer: loop {
+        if args.max_records.is_some_and(|max| printed >= max) {
+            break;
+        }
+        let records = consumer.poll().await?;
+        if records.is_empty() {
+            if idle.is_some_and(|idle| last_record.elapsed() >= idle) {
+                break;
+            }
+            continue;
+        }
+        last_record = tokio::time::Instant::now();
+        for (i, record) in records.iter().enumerate() {
+            if args.max_records.is_some_and(|max| printed >= max) {
+                // Rewind every partition to its first record not printed, so the commit covers only what was printed.
+                let mut first_unprinted = std::collections::BTreeMap::new();
+                for rest in &records[i..] {
+                    first_unprinted.entry(rest.partition).or_insert(rest.offset);
+                }
+                for (partition, offset) in first_unprinted {
+                    consumer.seek(&args.topic, partition, offset);
+                }
+                break 'outer;
+            }
+            if args.print_offsets {
+                write!(out, "{}\t{}\t", record.partition, record.offset)?;
+            }
+            out.write_all(record.value.as_deref().unwrap_or_default())?;
+            out.write_all(b"\n")?;
+            printed += 1;
+        }
+        out.flush()?;
+    }
+    out.flush()?;
+    consumer.close().await
 }

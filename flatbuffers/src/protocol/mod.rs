@@ -33,6 +33,13 @@ pub const API_VERSIONS: &[(fb::RequestBody, u16, u16)] = &[
     (fb::RequestBody::FetchRequest, 0, 0),
     (fb::RequestBody::ListOffsetsRequest, 0, 0),
     (fb::RequestBody::InitProducerRequest, 0, 0),
+    (fb::RequestBody::GroupHeartbeatRequest, 0, 0),
+    (fb::RequestBody::OffsetCommitRequest, 0, 0),
+    (fb::RequestBody::OffsetFetchRequest, 0, 0),
+    (fb::RequestBody::ListGroupsRequest, 0, 0),
+    (fb::RequestBody::DescribeGroupsRequest, 0, 0),
+    (fb::RequestBody::DeleteGroupRequest, 0, 0),
+    (fb::RequestBody::ResetOffsetsRequest, 0, 0),
 ];
 
 /// The highest version of `api` this build serves, if it serves it at all.

@@ -222,6 +222,14 @@ pub async fn delete_on_controller(
             let mut next = (*shard.metadata()).clone();
             let mut results = Vec::with_capacity(names.len());
             for name in names {
+                if name.starts_with("__") {
+                    let error = WireError::new(
+                        fb::ErrorCode::InvalidTopic,
+                        format!("{name:?} is an internal topic and cannot be deleted"),
+                    );
+                    results.push((name, Some(error)));
+                    continue;
+                }
                 let outcome = match next.topics.remove(&name) {
                     Some(_) => None,
                     None => Some(WireError::new(
@@ -233,6 +241,37 @@ pub async fn delete_on_controller(
             }
             commit(shard, next, &mut results).await;
             results
+        })
+        .await
+}
+
+/// On the controller at start-up: creates the internal `__offsets` topic if it is missing.
+///
+/// # Errors
+/// Persisting the metadata failed.
+pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireError> {
+    shard
+        .with_controller_lock(async {
+            let mut next = (*shard.metadata()).clone();
+            if next.topics.contains_key(crate::groups::OFFSETS_TOPIC) {
+                return Ok(());
+            }
+            let metadata = TopicMetadata {
+                id: next.next_topic_id,
+                partition_shards: next.place(crate::groups::OFFSETS_PARTITIONS, shard.count),
+                retention_bytes: None,
+                retention_ms: Some(u64::MAX / 2),
+                segment_bytes: Some(64 * 1024 * 1024),
+            };
+            next.next_topic_id += 1;
+            next.topics
+                .insert(crate::groups::OFFSETS_TOPIC.to_string(), metadata);
+            let mut results = vec![(crate::groups::OFFSETS_TOPIC.to_string(), None)];
+            commit(shard, next, &mut results).await;
+            results
+                .pop()
+                .and_then(|(_, error)| error)
+                .map_or(Ok(()), Err)
         })
         .await
 }

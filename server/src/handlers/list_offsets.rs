@@ -69,7 +69,7 @@ pub async fn handle(
     encode(correlation_id, &request, outcomes)
 }
 
-async fn lookup(
+pub(crate) async fn lookup(
     shard: &Rc<ShardState>,
     topic: &str,
     partition: u32,

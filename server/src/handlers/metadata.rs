@@ -58,7 +58,15 @@ pub fn metadata(
         },
     );
     let brokers = fbb.create_vector(&[broker]);
-    let names: Vec<String> = topics.unwrap_or_else(|| snapshot.topics.keys().cloned().collect());
+    // Listing every topic leaves out internal ones (`__offsets`); asking by name still shows them.
+    let names: Vec<String> = topics.unwrap_or_else(|| {
+        snapshot
+            .topics
+            .keys()
+            .filter(|t| !t.starts_with("__"))
+            .cloned()
+            .collect()
+    });
     let mut topic_offsets = Vec::with_capacity(names.len());
     for name in &names {
         let topic = snapshot.topics.get(name);

@@ -2,8 +2,9 @@
 //! (so that no borrow of the receive buffer crosses an `.await`), does its
 //! work on the shards that own the partitions, and encodes its response.
 
-mod admin;
+pub(crate) mod admin;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -32,6 +33,7 @@ pub enum Parsed {
         producer_id: i64,
         producer_epoch: i16,
     },
+    Group(groups::GroupParsed),
 }
 
 /// Parses a verified request. Errors carry the correlation id to answer with.
@@ -108,7 +110,7 @@ fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed,
                 producer_epoch: body.producer_epoch(),
             }
         }
-        _ => return Err(WireError::new(fb::ErrorCode::UnknownApi, "unknown API")),
+        _ => Parsed::Group(groups::parse(request)?),
     })
 }
 
@@ -127,6 +129,7 @@ pub async fn handle(
         Parsed::Produce(produce) => produce::handle(shard, correlation_id, produce, frame).await,
         Parsed::Fetch(fetch) => fetch::handle(shard, correlation_id, fetch).await,
         Parsed::ListOffsets(request) => list_offsets::handle(shard, correlation_id, request).await,
+        Parsed::Group(request) => groups::handle(shard, correlation_id, request).await,
         Parsed::InitProducer {
             producer_id,
             producer_epoch,
@@ -189,6 +192,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             ShardResponse::Topics(admin::delete_on_controller(shard, names).await)
         }
         ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(shard)),
+        ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
         ShardRequest::ApplyMetadata(metadata) => {
             if let Err(error) = shard.apply_metadata(metadata).await {
                 tracing::error!(shard = shard.id, %error, "applying metadata failed");
@@ -196,6 +200,18 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             ShardResponse::Applied
         }
     }
+}
+
+/// The high watermark of a partition, from its owner.
+pub(crate) async fn latest_offset(
+    shard: &Rc<ShardState>,
+    topic: &str,
+    partition: u32,
+) -> Option<i64> {
+    list_offsets::lookup(shard, topic, partition, fb::OffsetSpec::Latest, 0)
+        .await
+        .ok()
+        .map(|o| o.offset)
 }
 
 /// Finishes a response flatbuffer.

@@ -155,6 +155,16 @@ async fn produce_partition(
     batches: BytesMut,
     acks: fb::Acks,
 ) -> ProduceOutcome {
+    if topic.starts_with("__") {
+        let error = WireError::new(
+            fb::ErrorCode::InvalidTopic,
+            format!("{topic:?} is internal; clients cannot write to it"),
+        );
+        return ProduceOutcome {
+            result: Err(error),
+            log_start_offset: -1,
+        };
+    }
     let Some(owner) = shard.owner_of(&topic, partition) else {
         return ProduceOutcome {
             result: Err(WireError::unknown_partition(&topic, partition)),

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use shardlog_wire::protocol::fb;
 
 use crate::error::WireError;
+use crate::groups::TopicPartition;
 use crate::metadata::ClusterMetadata;
 
 /// A request from one shard to another, or a reply.
@@ -74,6 +75,49 @@ pub enum ShardRequest {
     ApplyMetadata(Arc<ClusterMetadata>),
     /// Render this shard's metrics (sent by shard 0 for a scrape).
     Metrics,
+    /// Work for the coordinator of a group (or, for `List` and `Commits`, every shard).
+    Group(GroupCall),
+}
+
+/// Work for a group coordinator.
+#[derive(Debug)]
+pub enum GroupCall {
+    Heartbeat {
+        group: String,
+        heartbeat: crate::groups::Heartbeat,
+    },
+    Commit {
+        group: String,
+        member_id: String,
+        commits: Vec<(TopicPartition, i64)>,
+    },
+    Fetch {
+        group: String,
+        partitions: Option<Vec<TopicPartition>>,
+    },
+    List,
+    Describe {
+        group: String,
+    },
+    Delete {
+        group: String,
+    },
+    Reset {
+        group: String,
+        offsets: Vec<(TopicPartition, i64)>,
+    },
+    Commits,
+}
+
+/// A coordinator's answer.
+#[derive(Debug)]
+pub enum GroupReply {
+    Heartbeat(Result<crate::groups::HeartbeatOutcome, WireError>),
+    Done(Result<(), WireError>),
+    Offsets(Result<Vec<(TopicPartition, i64)>, WireError>),
+    Listed(Vec<(String, &'static str, u32)>),
+    Described(Result<crate::groups::GroupSnapshot, WireError>),
+    Commits(Vec<(String, TopicPartition, i64)>),
 }
 
 /// A topic to create.
@@ -96,6 +140,7 @@ pub enum ShardResponse {
     Topics(Vec<(String, Option<WireError>)>),
     Applied,
     Metrics(String),
+    Group(GroupReply),
     /// The receiving shard is stopping.
     Unavailable,
 }

@@ -64,6 +64,9 @@ pub struct ShardState {
     pub request_bytes: Semaphore,
     pub connections: Cell<usize>,
     pub metrics: crate::metrics::ShardMetrics,
+    pub coordinator: crate::groups::Coordinator,
+    /// Serializes metadata application (opening and deleting partitions).
+    apply_lock: Semaphore,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -108,6 +111,8 @@ impl ShardState {
             shutdown: Shutdown::default(),
             connections: Cell::new(0),
             metrics: crate::metrics::ShardMetrics::default(),
+            coordinator: crate::groups::Coordinator::default(),
+            apply_lock: Semaphore::new(1),
         });
         let mut receivers = receivers;
         for (peer, receiver) in receivers.streams() {
@@ -227,6 +232,11 @@ impl ShardState {
     /// # Errors
     /// Opening a partition log failed.
     pub async fn apply_metadata(&self, metadata: Arc<ClusterMetadata>) -> Result<()> {
+        let _permit = self
+            .apply_lock
+            .acquire_permit(1)
+            .await
+            .expect("the apply lock is never closed");
         if metadata.revision < self.metadata.borrow().revision {
             return Ok(());
         }
@@ -237,6 +247,9 @@ impl ShardState {
                     && self.partition(name, partition).is_none()
                 {
                     let state = self.open_partition(name, topic, partition).await?;
+                    if name == crate::groups::OFFSETS_TOPIC {
+                        self.coordinator.replay(&state).await?;
+                    }
                     self.partitions
                         .borrow_mut()
                         .insert((name.clone(), partition), Rc::new(state));

@@ -1,0 +1,156 @@
+//! Records of the `__offsets` topic.
+//!
+//! ```text
+//!  commit:  key = 0x01 | u16 len | group | u16 len | topic | u32 partition   value = i64 offset
+//!  delete:  key = 0x02 | u16 len | group                                     value = null
+//! ```
+//! All integers little-endian. Replay applies records in offset order.
+
+use bytes::{Bytes, BytesMut};
+use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
+
+use super::TopicPartition;
+
+const COMMIT: u8 = 1;
+const DELETE: u8 = 2;
+
+/// One replayed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Commit {
+        group: String,
+        tp: TopicPartition,
+        offset: i64,
+    },
+    Delete {
+        group: String,
+    },
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A batch of commit records.
+pub fn encode_commits(group: &str, commits: &[(TopicPartition, i64)]) -> BytesMut {
+    let mut builder = BatchBuilder::new(BatchBuilderOptions::default());
+    let now = now_ms();
+    for ((topic, partition), offset) in commits {
+        let mut key = vec![COMMIT];
+        put_str(&mut key, group);
+        put_str(&mut key, topic);
+        key.extend_from_slice(&partition.to_le_bytes());
+        let appended = builder.append(now, Some(&key), Some(&offset.to_le_bytes()), &[]);
+        assert!(appended.is_ok(), "commit records are small");
+    }
+    builder.finish().expect("at least one commit")
+}
+
+/// A batch with a group's deletion.
+pub fn encode_delete(group: &str) -> BytesMut {
+    let mut builder = BatchBuilder::new(BatchBuilderOptions::default());
+    let mut key = vec![DELETE];
+    put_str(&mut key, group);
+    let appended = builder.append(now_ms(), Some(&key), None, &[]);
+    assert!(appended.is_ok(), "delete records are small");
+    builder.finish().expect("one record")
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let slice = self.buf.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(slice)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+fn decode_record(key: &[u8], value: Option<&[u8]>) -> Option<Event> {
+    let mut reader = Reader { buf: key, at: 1 };
+    match *key.first()? {
+        COMMIT => {
+            let group = reader.string()?;
+            let topic = reader.string()?;
+            let partition = u32::from_le_bytes(reader.take(4)?.try_into().ok()?);
+            let offset = i64::from_le_bytes(value?.try_into().ok()?);
+            Some(Event::Commit {
+                group,
+                tp: (topic, partition),
+                offset,
+            })
+        }
+        DELETE => Some(Event::Delete {
+            group: reader.string()?,
+        }),
+        _ => None,
+    }
+}
+
+/// The events in stored batches; records that do not decode are skipped with a warning.
+pub fn decode(bytes: Bytes) -> Vec<Event> {
+    let mut events = Vec::new();
+    for batch in BatchIter::new(bytes, BatchLimits::default()) {
+        let Ok(batch) = batch else { break };
+        let Ok(records) = batch.records() else {
+            continue;
+        };
+        for record in records.flatten() {
+            match record
+                .key
+                .as_deref()
+                .and_then(|key| decode_record(key, record.value.as_deref()))
+            {
+                Some(event) => events.push(event),
+                None => tracing::warn!(
+                    offset = record.offset,
+                    "skipping an __offsets record that does not decode"
+                ),
+            }
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_and_deletes_round_trip() {
+        let mut all = encode_commits("g", &[(("t".into(), 3), 42), (("u".into(), 0), 7)]).to_vec();
+        all.extend_from_slice(&encode_delete("g"));
+        let events = decode(Bytes::from(all));
+        assert_eq!(
+            events,
+            vec![
+                Event::Commit {
+                    group: "g".into(),
+                    tp: ("t".into(), 3),
+                    offset: 42
+                },
+                Event::Commit {
+                    group: "g".into(),
+                    tp: ("u".into(), 0),
+                    offset: 7
+                },
+                Event::Delete { group: "g".into() },
+            ]
+        );
+    }
+}

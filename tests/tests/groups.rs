@@ -1,0 +1,338 @@
+//! End-to-end tests of consumer groups: the real broker, the SDK and the CLI.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardlog_client::{
+    Admin, ConsumerConfig, ErrorCode, GroupConsumer, GroupConsumerConfig, NewTopic, Offset,
+    Producer, ProducerConfig, ProducerRecord,
+};
+use shardlog_tests::{binary, client_config, runtime, Broker};
+
+fn member_config(broker: &Broker, group: &str) -> GroupConsumerConfig {
+    let consumer = ConsumerConfig {
+        client: client_config(broker),
+        max_wait: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut config = GroupConsumerConfig::new(consumer, group);
+    config.session_timeout = Duration::from_secs(3);
+    config.auto_commit_interval = Some(Duration::from_millis(300));
+    config
+}
+
+/// Produces the values, keyed by themselves so that they spread over the partitions.
+async fn produce(broker: &Broker, topic: &str, values: impl Iterator<Item = String>) {
+    let producer = Producer::new(ProducerConfig {
+        client: client_config(broker),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut deliveries = Vec::new();
+    for value in values {
+        deliveries.push(
+            producer
+                .enqueue(ProducerRecord::new(topic, value.clone()).key(value))
+                .await
+                .unwrap(),
+        );
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    producer.close().await.unwrap();
+}
+
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A member that records every value it receives until `stop` is set, then closes.
+fn spawn_member(
+    rt: &tokio::runtime::Runtime,
+    config: GroupConsumerConfig,
+    topic: &'static str,
+    name: &str,
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let name = name.to_string();
+    rt.spawn(async move {
+        let mut member = GroupConsumer::new(config);
+        member.subscribe(&[topic]);
+        while !stop.load(Ordering::SeqCst) {
+            for record in member.poll().await.unwrap() {
+                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                seen.lock().unwrap().push((name.clone(), value));
+            }
+        }
+        member.close().await.unwrap();
+    })
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_stable_group_gives_each_record_to_exactly_one_member() {
+    let broker = Broker::start(2, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("work", 6)))
+        .unwrap();
+    let (seen, stop): (Seen, _) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+    let members: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            spawn_member(
+                &rt,
+                member_config(&broker, "workers"),
+                "work",
+                n,
+                seen.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    rt.block_on(wait_for("a stable group of three", async || {
+        admin.describe_group("workers").await.is_ok_and(|g| {
+            g.members.len() == 3
+                && g.state == "stable"
+                && g.members.iter().all(|m| m.assignment.len() == 2)
+        })
+    }));
+    rt.block_on(produce(&broker, "work", (0..600).map(|i| format!("w{i}"))));
+    rt.block_on(wait_for("every record", async || {
+        seen.lock().unwrap().len() >= 600
+    }));
+    stop.store(true, Ordering::SeqCst);
+    for member in members {
+        rt.block_on(member).unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (_, value) in seen.iter() {
+        *counts.entry(value).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 600);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "no record reached two members"
+    );
+    let members_used: std::collections::HashSet<&str> =
+        seen.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(members_used.len(), 3, "every member got work");
+}
+
+#[test]
+fn members_join_and_leave_while_producers_write_and_nothing_is_lost() {
+    let broker = Broker::start(2, &[]);
+    let rt = runtime();
+    rt.block_on(Admin::new(client_config(&broker)).create_topic(NewTopic::new("flow", 4)))
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let producer_config = ProducerConfig {
+        client: client_config(&broker),
+        ..Default::default()
+    };
+    let producing = rt.spawn(async move {
+        let producer = Producer::new(producer_config).await.unwrap();
+        for i in 0..3000u32 {
+            producer
+                .send(ProducerRecord::new("flow", format!("f{i}")))
+                .await
+                .unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        producer.close().await.unwrap();
+    });
+    let stops: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let mut members = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        members.push(spawn_member(
+            &rt,
+            member_config(&broker, "flowing"),
+            "flow",
+            name,
+            seen.clone(),
+            stops[i].clone(),
+        ));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for stop in &stops[..2] {
+        stop.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    rt.block_on(producing).unwrap();
+    rt.block_on(wait_for("every record at least once", async || {
+        let seen = seen.lock().unwrap();
+        let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v)| v).collect();
+        distinct.len() >= 3000
+    }));
+    stops[2].store(true, Ordering::SeqCst);
+    for member in members {
+        rt.block_on(member).unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v)| v).collect();
+    assert_eq!(distinct.len(), 3000, "at least once: no record is lost");
+}
+
+#[test]
+fn a_member_killed_with_kill_9_loses_its_partitions_after_its_session_timeout() {
+    let broker = Broker::start(2, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("jobs", 2)))
+        .unwrap();
+    let mut cli = Command::new(binary("shardlog"))
+        .args([
+            "consume",
+            "jobs",
+            "--group",
+            "crew",
+            "--from-beginning",
+            "--session-timeout-ms",
+            "2000",
+        ])
+        .env("SHARDLOG_BROKER", broker.addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    rt.block_on(wait_for(
+        "the CLI member to own both partitions",
+        async || {
+            admin
+                .describe_group("crew")
+                .await
+                .is_ok_and(|g| g.members.len() == 1 && g.members[0].assignment.len() == 2)
+        },
+    ));
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    rt.block_on(async {
+        let mut member = GroupConsumer::new(member_config(&broker, "crew"));
+        member.subscribe(&["jobs"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while member.assignment().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the dead member's partitions never moved"
+            );
+            member.poll().await.unwrap();
+        }
+        let group = admin.describe_group("crew").await.unwrap();
+        assert_eq!(group.members.len(), 1, "the killed member was dropped");
+        member.close().await.unwrap();
+    });
+}
+
+#[test]
+fn committed_offsets_survive_a_restart_and_describe_shows_the_lag() {
+    let mut broker = Broker::start(2, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("ledger", 2)))
+        .unwrap();
+    rt.block_on(produce(
+        &broker,
+        "ledger",
+        (0..100).map(|i| format!("l{i}")),
+    ));
+    rt.block_on(async {
+        let mut member = GroupConsumer::new(member_config(&broker, "auditors"));
+        member.subscribe(&["ledger"]);
+        let mut count = 0;
+        while count < 100 {
+            count += member.poll().await.unwrap().len();
+        }
+        member.close().await.unwrap();
+    });
+    rt.block_on(produce(&broker, "ledger", (0..20).map(|i| format!("m{i}"))));
+    let lag = |group: &shardlog_client::protocol::GroupDescription| {
+        group
+            .offsets
+            .iter()
+            .map(|o| o.log_end_offset - o.offset)
+            .sum::<i64>()
+    };
+    let described = rt.block_on(admin.describe_group("auditors")).unwrap();
+    assert_eq!(described.state, "empty");
+    assert_eq!(lag(&described), 20);
+    broker.stop();
+    broker.restart();
+    let admin = Admin::new(client_config(&broker));
+    let described = rt.block_on(admin.describe_group("auditors")).unwrap();
+    assert_eq!(
+        described.offsets.iter().map(|o| o.offset).sum::<i64>(),
+        100,
+        "commits survive the restart"
+    );
+    assert_eq!(lag(&described), 20);
+    let metrics = broker.scrape_metrics();
+    let lag_series: i64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("shardlog_group_lag{group=\"auditors\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(lag_series, 20, "lag is on /metrics");
+    let cli = Command::new(binary("shardlog"))
+        .args(["group", "describe", "auditors"])
+        .env("SHARDLOG_BROKER", broker.addr.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cli.stdout);
+    let cli_lag: i64 = text
+        .lines()
+        .skip(2)
+        .map(|l| l.split('\t').nth(5).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(cli_lag, 20, "{text}");
+}
+
+#[test]
+fn reset_works_on_an_empty_group_and_is_refused_otherwise() {
+    let broker = Broker::start(2, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("replay", 2)))
+        .unwrap();
+    rt.block_on(produce(&broker, "replay", (0..40).map(|i| format!("r{i}"))));
+    rt.block_on(async {
+        let mut member = GroupConsumer::new(member_config(&broker, "readers"));
+        member.subscribe(&["replay"]);
+        let mut count = 0;
+        while count < 40 {
+            count += member.poll().await.unwrap().len();
+        }
+        let refused = admin.reset_offsets("readers", "replay", Offset::Earliest).await;
+        assert!(matches!(refused, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::GroupNotEmpty), "{refused:?}");
+        let refused = admin.delete_group("readers").await;
+        assert!(matches!(refused, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::GroupNotEmpty));
+        member.close().await.unwrap();
+        let reset = admin.reset_offsets("readers", "replay", Offset::Earliest).await.unwrap();
+        assert!(reset.iter().all(|o| o.offset == 0));
+        let mut member = GroupConsumer::new(member_config(&broker, "readers"));
+        member.subscribe(&["replay"]);
+        let mut again = 0;
+        while again < 40 {
+            again += member.poll().await.unwrap().len();
+        }
+        assert_eq!(again, 40, "after a reset to earliest everything is delivered again");
+        member.close().await.unwrap();
+        let to_offset = admin.reset_offsets("readers", "replay", Offset::At(5)).await.unwrap();
+        assert!(to_offset.iter().all(|o| o.offset == 5));
+        admin.delete_group("readers").await.unwrap();
+        assert!(admin.list_groups().await.unwrap().iter().all(|g| g.group_id != "readers"));
+    });
+}
