@@ -47,7 +47,8 @@ async fn produce(broker: &Broker, topic: &str, values: impl Iterator<Item = Stri
     producer.close().await.unwrap();
 }
 
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
+/// (member, value, partition) of every delivery.
+type Seen = Arc<Mutex<Vec<(String, String, u32)>>>;
 
 /// A member that records every value it receives until `stop` is set, then closes.
 fn spawn_member(
@@ -65,7 +66,9 @@ fn spawn_member(
         while !stop.load(Ordering::SeqCst) {
             for record in member.poll().await.unwrap() {
                 let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
-                seen.lock().unwrap().push((name.clone(), value));
+                seen.lock()
+                    .unwrap()
+                    .push((name.clone(), value, record.partition));
             }
         }
         member.close().await.unwrap();
@@ -118,7 +121,7 @@ fn a_stable_group_gives_each_record_to_exactly_one_member() {
     }
     let seen = seen.lock().unwrap();
     let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (_, value) in seen.iter() {
+    for (_, value, _) in seen.iter() {
         *counts.entry(value).or_default() += 1;
     }
     assert_eq!(counts.len(), 600);
@@ -175,7 +178,7 @@ fn members_join_and_leave_while_producers_write_and_nothing_is_lost() {
     rt.block_on(producing).unwrap();
     rt.block_on(wait_for("every record at least once", async || {
         let seen = seen.lock().unwrap();
-        let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v)| v).collect();
+        let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v, _)| v).collect();
         distinct.len() >= 3000
     }));
     stops[2].store(true, Ordering::SeqCst);
@@ -183,8 +186,21 @@ fn members_join_and_leave_while_producers_write_and_nothing_is_lost() {
         rt.block_on(member).unwrap();
     }
     let seen = seen.lock().unwrap();
-    let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v)| v).collect();
+    let distinct: std::collections::HashSet<&String> = seen.iter().map(|(_, v, _)| v).collect();
     assert_eq!(distinct.len(), 3000, "at least once: no record is lost");
+    // A record is delivered twice only when its partition moved between members.
+    let mut owners: HashMap<u32, std::collections::HashSet<&str>> = HashMap::new();
+    let mut deliveries: HashMap<&str, (usize, u32)> = HashMap::new();
+    for (member, value, partition) in seen.iter() {
+        owners.entry(*partition).or_default().insert(member);
+        deliveries.entry(value).or_insert((0, *partition)).0 += 1;
+    }
+    for (value, (count, partition)) in deliveries {
+        assert!(
+            count == 1 || owners[&partition].len() > 1,
+            "{value} was delivered {count} times from partition {partition}, which never moved"
+        );
+    }
 }
 
 #[test]
