@@ -130,7 +130,7 @@ fn a_stable_group_gives_each_record_to_exactly_one_member() {
         "no record reached two members"
     );
     let members_used: std::collections::HashSet<&str> =
-        seen.iter().map(|(m, _)| m.as_str()).collect();
+        seen.iter().map(|(m, _, _)| m.as_str()).collect();
     assert_eq!(members_used.len(), 3, "every member got work");
 }
 
