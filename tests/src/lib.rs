@@ -38,14 +38,13 @@ pub fn binary(name: &str) -> PathBuf {
                 "shardlog-server",
                 "-p",
                 "shardlog-client",
+                "-p",
+                "shardlog-bench",
                 "--bins",
             ])
             .status()
             .expect("run cargo build");
-        assert!(
-            status.success(),
-            "building shardlog-server and shardlog failed"
-        );
+        assert!(status.success(), "building the workspace binaries failed");
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -329,38 +329,76 @@ async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
             consumer.assign_all(&args.topic, from).await?;
         }
     }
-    let idle = args.idle_timeout_ms.map(Duration::from_millis);
-    let mut last_record = tokio::time::Instant::now();
-    let mut printed = 0u64;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    loop {
-        if args.max_records.is_some_and(|max| printed >= max) {
-            break;
-        }
+    let mut printer = Printer::new(&args);
+    while !printer.done() {
         let records = consumer.poll().await?;
         if records.is_empty() {
-            if idle.is_some_and(|idle| last_record.elapsed() >= idle) {
+            if printer.idle_expired() {
                 break;
             }
             continue;
         }
-        last_record = tokio::time::Instant::now();
-        for record in records {
-            if args.max_records.is_some_and(|max| printed >= max) {
-                break;
-            }
-            let value = record.value.as_deref().unwrap_or_default();
-            if args.print_offsets {
-                write!(out, "{}\t{}\t", record.partition, record.offset)?;
-            }
-            out.write_all(value)?;
-            out.write_all(b"\n")?;
-            printed += 1;
+        printer.print(&records)?;
+    }
+    printer.finish()
+}
+
+/// Prints records as `consume` does, counting them against --max-records and --idle-timeout-ms.
+struct Printer {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    printed: u64,
+    max_records: Option<u64>,
+    idle: Option<Duration>,
+    last_record: tokio::time::Instant,
+    print_offsets: bool,
+}
+
+impl Printer {
+    fn new(args: &ConsumeArgs) -> Printer {
+        Printer {
+            out: std::io::BufWriter::new(std::io::stdout().lock()),
+            printed: 0,
+            max_records: args.max_records,
+            idle: args.idle_timeout_ms.map(Duration::from_millis),
+            last_record: tokio::time::Instant::now(),
+            print_offsets: args.print_offsets,
         }
     }
-    out.flush()?;
-    Ok(())
+
+    fn done(&self) -> bool {
+        self.max_records.is_some_and(|max| self.printed >= max)
+    }
+
+    fn idle_expired(&self) -> bool {
+        self.idle
+            .is_some_and(|idle| self.last_record.elapsed() >= idle)
+    }
+
+    /// Prints records until --max-records is reached; returns how many it printed.
+    fn print(&mut self, records: &[shardlog_client::ConsumerRecord]) -> std::io::Result<usize> {
+        self.last_record = tokio::time::Instant::now();
+        let mut count = 0;
+        for record in records {
+            if self.done() {
+                break;
+            }
+            if self.print_offsets {
+                write!(self.out, "{}\t{}\t", record.partition, record.offset)?;
+            }
+            self.out
+                .write_all(record.value.as_deref().unwrap_or_default())?;
+            self.out.write_all(b"\n")?;
+            self.printed += 1;
+            count += 1;
+        }
+        self.out.flush()?;
+        Ok(count)
+    }
+
+    fn finish(mut self) -> Result<(), Error> {
+        self.out.flush()?;
+        Ok(())
+    }
 }
 
 async fn group(client: ClientConfig, command: GroupCommand) -> Result<(), Error> {
@@ -449,44 +487,27 @@ async fn consume_group(client: ClientConfig, args: ConsumeArgs) -> Result<(), Er
     };
     let mut consumer = GroupConsumer::new(config);
     consumer.subscribe(&[args.topic.as_str()]);
-    let idle = args.idle_timeout_ms.map(Duration::from_millis);
-    let mut last_record = tokio::time::Instant::now();
-    let mut printed = 0u64;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    'outer: loop {
-        if args.max_records.is_some_and(|max| printed >= max) {
-            break;
-        }
+    let mut printer = Printer::new(&args);
+    while !printer.done() {
         let records = consumer.poll().await?;
         if records.is_empty() {
-            if idle.is_some_and(|idle| last_record.elapsed() >= idle) {
+            if printer.idle_expired() {
                 break;
             }
             continue;
         }
-        last_record = tokio::time::Instant::now();
-        for (i, record) in records.iter().enumerate() {
-            if args.max_records.is_some_and(|max| printed >= max) {
-                // Rewind every partition to its first record not printed, so the commit covers only what was printed.
-                let mut first_unprinted = std::collections::BTreeMap::new();
-                for rest in &records[i..] {
-                    first_unprinted.entry(rest.partition).or_insert(rest.offset);
-                }
-                for (partition, offset) in first_unprinted {
-                    consumer.seek(&args.topic, partition, offset);
-                }
-                break 'outer;
+        let printed = printer.print(&records)?;
+        if printed < records.len() {
+            // Rewind every partition to its first record not printed, so the commit covers only what was printed.
+            let mut first_unprinted = std::collections::BTreeMap::new();
+            for rest in &records[printed..] {
+                first_unprinted.entry(rest.partition).or_insert(rest.offset);
             }
-            if args.print_offsets {
-                write!(out, "{}\t{}\t", record.partition, record.offset)?;
+            for (partition, offset) in first_unprinted {
+                consumer.seek(&args.topic, partition, offset);
             }
-            out.write_all(record.value.as_deref().unwrap_or_default())?;
-            out.write_all(b"\n")?;
-            printed += 1;
         }
-        out.flush()?;
     }
-    out.flush()?;
+    printer.finish()?;
     consumer.close().await
 }
