@@ -60,6 +60,12 @@ pub struct BenchConfig {
     /// With --embedded: the broker's flush policy.
     #[arg(long, default_value = "always")]
     pub flush: String,
+    /// With --embedded: the broker's segment size (small segments make catch-up reads come from sealed segments).
+    #[arg(long)]
+    pub segment_bytes: Option<u64>,
+    /// With --embedded: the broker's tail cache per shard (0 sends every read to disk).
+    #[arg(long)]
+    pub cache_bytes: Option<u64>,
     /// The topic (created if missing).
     #[arg(long, default_value = "bench")]
     pub topic: String,

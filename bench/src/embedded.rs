@@ -46,7 +46,8 @@ impl EmbeddedBroker {
     ///
     /// # Errors
     /// The binary is missing or the broker did not start.
-    pub fn start(shards: Option<usize>, flush: &str) -> anyhow::Result<EmbeddedBroker> {
+    pub fn start(config: &crate::config::BenchConfig) -> anyhow::Result<EmbeddedBroker> {
+        let (shards, flush) = (config.shards, config.flush.as_str());
         let data_dir = tempfile::tempdir_in(std::env::current_dir()?)?;
         let shard_count =
             shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -69,6 +70,8 @@ impl EmbeddedBroker {
                 "--log-level",
                 "warn",
             ])
+            .args(config.segment_bytes.map(|b| format!("--segment-bytes={b}")))
+            .args(config.cache_bytes.map(|b| format!("--cache-bytes={b}")))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

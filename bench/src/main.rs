@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let embedded = if config.embedded {
-        Some(EmbeddedBroker::start(config.shards, &config.flush)?)
+        Some(EmbeddedBroker::start(config)?)
     } else {
         None
     };
