@@ -19,7 +19,7 @@ pub mod partition;
 pub mod producers;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -50,7 +50,8 @@ pub struct ShardState {
     pub config: Arc<ServerConfig>,
     pub storage: StorageShard,
     metadata: RefCell<Arc<ClusterMetadata>>,
-    partitions: RefCell<HashMap<PartitionKey, Rc<PartitionState>>>,
+    /// By topic, then partition: a lookup by `&str` allocates nothing.
+    partitions: RefCell<HashMap<String, BTreeMap<u32, Rc<PartitionState>>>>,
     senders: Senders<ShardMessage>,
     /// Mesh peer index of each shard id (learned from Hello messages).
     peer_of_shard: RefCell<Vec<Option<usize>>>,
@@ -213,17 +214,20 @@ impl ShardState {
     pub fn partition(&self, topic: &str, partition: u32) -> Option<Rc<PartitionState>> {
         self.partitions
             .borrow()
-            .get(&(topic.to_string(), partition))
+            .get(topic)?
+            .get(&partition)
             .cloned()
     }
 
     /// Every partition this shard owns.
     pub fn local_partitions(&self) -> Vec<(PartitionKey, Rc<PartitionState>)> {
-        self.partitions
-            .borrow()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        let partitions = self.partitions.borrow();
+        let by_topic = partitions.iter().flat_map(|(topic, by_partition)| {
+            by_partition
+                .iter()
+                .map(move |(p, state)| ((topic.clone(), *p), state.clone()))
+        });
+        by_topic.collect()
     }
 
     /// Adopts a newer metadata snapshot: opens the partitions it places
@@ -252,21 +256,26 @@ impl ShardState {
                     }
                     self.partitions
                         .borrow_mut()
-                        .insert((name.clone(), partition), Rc::new(state));
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(partition, Rc::new(state));
                 }
             }
         }
-        let gone: Vec<PartitionKey> = {
+        let gone: Vec<String> = {
             let partitions = self.partitions.borrow();
-            partitions
+            let names = partitions
                 .keys()
-                .filter(|(name, _)| !metadata.topics.contains_key(name))
-                .cloned()
-                .collect()
+                .filter(|name| !metadata.topics.contains_key(*name));
+            names.cloned().collect()
         };
-        for key in gone {
-            let removed = self.partitions.borrow_mut().remove(&key);
-            if let Some(state) = removed {
+        for name in gone {
+            let removed = self
+                .partitions
+                .borrow_mut()
+                .remove(&name)
+                .unwrap_or_default();
+            for state in removed.into_values() {
                 let _ = state.log.close().await;
                 state.notify_appended();
                 let dir = state.log.dir().to_path_buf();
@@ -275,10 +284,10 @@ impl ShardState {
                     tracing::warn!(dir = %dir.display(), %error, "could not delete a deleted topic's partition");
                 }
             }
-            if let Some(topic) = previous.topics.get(&key.0) {
+            if let Some(topic) = previous.topics.get(&name) {
                 let _ = std::fs::remove_dir(metadata::topic_dir(
                     &self.config.data_dir,
-                    &key.0,
+                    &name,
                     topic.id,
                 ));
             }
@@ -308,7 +317,8 @@ impl ShardState {
 
     /// Closes every partition: flushes and syncs what was acknowledged.
     pub async fn close_partitions(&self) {
-        let partitions: Vec<_> = self.partitions.borrow_mut().drain().collect();
+        let partitions = self.local_partitions();
+        self.partitions.borrow_mut().clear();
         for ((topic, partition), state) in partitions {
             if let Err(error) = state.log.close().await {
                 tracing::warn!(topic, partition, %error, "closing a partition failed");
