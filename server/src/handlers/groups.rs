@@ -249,7 +249,7 @@ pub async fn serve(shard: &Rc<ShardState>, call: GroupCall) -> GroupReply {
 pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupParsed) -> Outgoing {
     match request {
         GroupParsed::Heartbeat { group, heartbeat } => {
-            let outcome = match ask(
+            let outcome = ask(
                 shard,
                 &group,
                 GroupCall::Heartbeat {
@@ -258,11 +258,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
                 },
             )
             .await
-            {
-                Ok(GroupReply::Heartbeat(outcome)) => outcome,
-                Ok(_) => Err(unavailable()),
-                Err(error) => Err(error),
-            };
+            .and_then(GroupReply::into_heartbeat);
             encode_heartbeat(correlation_id, outcome)
         }
         GroupParsed::Commit {
@@ -270,7 +266,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
             member_id,
             commits,
         } => {
-            let outcome = match ask(
+            let outcome = ask(
                 shard,
                 &group,
                 GroupCall::Commit {
@@ -280,11 +276,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
                 },
             )
             .await
-            {
-                Ok(GroupReply::Done(result)) => result,
-                Ok(_) => Err(unavailable()),
-                Err(error) => Err(error),
-            };
+            .and_then(GroupReply::into_done);
             let mut fbb = FlatBufferBuilder::new();
             let (error_code, error_message) = error_parts(&mut fbb, outcome.as_ref().err());
             let args = fb::OffsetCommitResponseArgs {
@@ -304,7 +296,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
             }
         }
         GroupParsed::Fetch { group, partitions } => {
-            let outcome = match ask(
+            let outcome = ask(
                 shard,
                 &group,
                 GroupCall::Fetch {
@@ -313,11 +305,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
                 },
             )
             .await
-            {
-                Ok(GroupReply::Offsets(result)) => result,
-                Ok(_) => Err(unavailable()),
-                Err(error) => Err(error),
-            };
+            .and_then(GroupReply::into_offsets);
             let offsets = outcome.map(|o| {
                 o.into_iter()
                     .map(|(tp, off)| (tp, off, -1, String::new()))
@@ -350,7 +338,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
             )
         }
         GroupParsed::Delete { group } => {
-            let outcome = match ask(
+            let outcome = ask(
                 shard,
                 &group,
                 GroupCall::Delete {
@@ -358,11 +346,7 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: GroupP
                 },
             )
             .await
-            {
-                Ok(GroupReply::Done(result)) => result,
-                Ok(_) => Err(unavailable()),
-                Err(error) => Err(error),
-            };
+            .and_then(GroupReply::into_done);
             let mut fbb = FlatBufferBuilder::new();
             let (error_code, error_message) = error_parts(&mut fbb, outcome.as_ref().err());
             let body = fb::DeleteGroupResponse::create(
@@ -421,19 +405,13 @@ async fn reset(
         };
         offsets.push(((topic.to_string(), partition), target));
     }
-    match ask(
-        shard,
-        group,
-        GroupCall::Reset {
-            group: group.to_string(),
-            offsets,
-        },
-    )
-    .await?
-    {
-        GroupReply::Offsets(result) => result,
-        _ => Err(unavailable()),
-    }
+    let call = GroupCall::Reset {
+        group: group.to_string(),
+        offsets,
+    };
+    ask(shard, group, call)
+        .await
+        .and_then(GroupReply::into_offsets)
 }
 
 async fn list(shard: &Rc<ShardState>, correlation_id: u32) -> Outgoing {
@@ -485,19 +463,12 @@ type Described = (GroupSnapshot, Vec<i64>);
 async fn describe(shard: &Rc<ShardState>, correlation_id: u32, groups: Vec<String>) -> Outgoing {
     let mut described: Vec<(String, Result<Described, WireError>)> = Vec::new();
     for group in groups {
-        let snapshot = match ask(
-            shard,
-            &group,
-            GroupCall::Describe {
-                group: group.clone(),
-            },
-        )
-        .await
-        {
-            Ok(GroupReply::Described(result)) => result,
-            Ok(_) => Err(unavailable()),
-            Err(error) => Err(error),
+        let call = GroupCall::Describe {
+            group: group.clone(),
         };
+        let snapshot = ask(shard, &group, call)
+            .await
+            .and_then(GroupReply::into_described);
         let outcome = match snapshot {
             Ok(snapshot) => {
                 let ends = snapshot.offsets.iter().map(|((topic, partition), _, _)| {

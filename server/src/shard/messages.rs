@@ -120,6 +120,44 @@ pub enum GroupReply {
     Commits(Vec<(String, TopicPartition, i64)>),
 }
 
+impl GroupReply {
+    fn mismatch() -> WireError {
+        crate::handlers::unavailable()
+    }
+
+    /// The heartbeat outcome; any other reply means the coordinator could not answer.
+    pub fn into_heartbeat(self) -> Result<crate::groups::HeartbeatOutcome, WireError> {
+        match self {
+            GroupReply::Heartbeat(outcome) => outcome,
+            _ => Err(Self::mismatch()),
+        }
+    }
+
+    /// The outcome of a commit or a deletion.
+    pub fn into_done(self) -> Result<(), WireError> {
+        match self {
+            GroupReply::Done(outcome) => outcome,
+            _ => Err(Self::mismatch()),
+        }
+    }
+
+    /// Committed offsets (fetch, reset).
+    pub fn into_offsets(self) -> Result<Vec<(TopicPartition, i64)>, WireError> {
+        match self {
+            GroupReply::Offsets(outcome) => outcome,
+            _ => Err(Self::mismatch()),
+        }
+    }
+
+    /// A group's description.
+    pub fn into_described(self) -> Result<crate::groups::GroupSnapshot, WireError> {
+        match self {
+            GroupReply::Described(outcome) => outcome,
+            _ => Err(Self::mismatch()),
+        }
+    }
+}
+
 /// A topic to create.
 #[derive(Debug, Clone)]
 pub struct TopicRequest {
