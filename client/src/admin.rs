@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::cluster::{unknown_topic, ClientConfig, Cluster};
 use crate::protocol::{NewTopic, OffsetSpec, Request, Response};
-use crate::{Error, ErrorCode};
+use crate::Error;
 
 /// One partition as [`Admin::describe_topic`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +161,6 @@ impl Admin {
 
 pub(crate) fn unexpected(response: Response) -> Error {
     match response {
-        Response::Error(error) if error.code == ErrorCode::ShuttingDown => Error::Broker(error),
         Response::Error(error) => Error::Broker(error),
         other => Error::Protocol(format!("unexpected response {other:?}")),
     }

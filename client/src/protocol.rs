@@ -590,35 +590,13 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
             let body = response
                 .body_as_create_topics_response()
                 .ok_or_else(missing)?;
-            Response::Topics(
-                body.results()
-                    .iter()
-                    .flatten()
-                    .map(|r| {
-                        (
-                            r.name().unwrap_or_default().to_string(),
-                            broker_error(r.error_code(), r.error_message()),
-                        )
-                    })
-                    .collect(),
-            )
+            Response::Topics(decode_topic_results(body.results()))
         }
         fb::ResponseBody::DeleteTopicsResponse => {
             let body = response
                 .body_as_delete_topics_response()
                 .ok_or_else(missing)?;
-            Response::Topics(
-                body.results()
-                    .iter()
-                    .flatten()
-                    .map(|r| {
-                        (
-                            r.name().unwrap_or_default().to_string(),
-                            broker_error(r.error_code(), r.error_message()),
-                        )
-                    })
-                    .collect(),
-            )
+            Response::Topics(decode_topic_results(body.results()))
         }
         fb::ResponseBody::ProduceResponse => {
             let body = response.body_as_produce_response().ok_or_else(missing)?;
@@ -693,6 +671,21 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
             )))
         }
     })
+}
+
+/// (name, error) per topic of a CreateTopics or DeleteTopics response.
+fn decode_topic_results(
+    results: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::TopicResult<'_>>>>,
+) -> Vec<(String, Option<BrokerError>)> {
+    let results = results.iter().flatten();
+    results
+        .map(|r| {
+            (
+                r.name().unwrap_or_default().to_string(),
+                broker_error(r.error_code(), r.error_message()),
+            )
+        })
+        .collect()
 }
 
 fn decode_metadata(body: fb::MetadataResponse<'_>) -> ClusterDescription {

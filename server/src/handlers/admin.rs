@@ -62,16 +62,7 @@ pub async fn create_topics(
     topics: Vec<TopicRequest>,
 ) -> Outgoing {
     let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-    let results = match shard
-        .call(CONTROLLER_SHARD, ShardRequest::CreateTopics(topics))
-        .await
-    {
-        ShardResponse::Topics(results) => results,
-        _ => names
-            .into_iter()
-            .map(|n| (n, Some(unavailable())))
-            .collect(),
-    };
+    let results = ask_controller(shard, ShardRequest::CreateTopics(topics), names).await;
     topic_results(correlation_id, &results, true)
 }
 
@@ -80,17 +71,23 @@ pub async fn delete_topics(
     correlation_id: u32,
     names: Vec<String>,
 ) -> Outgoing {
-    let results = match shard
-        .call(CONTROLLER_SHARD, ShardRequest::DeleteTopics(names.clone()))
-        .await
-    {
+    let results = ask_controller(shard, ShardRequest::DeleteTopics(names.clone()), names).await;
+    topic_results(correlation_id, &results, false)
+}
+
+/// Sends a topic change to the controller; if it cannot answer, every named topic fails.
+async fn ask_controller(
+    shard: &Rc<ShardState>,
+    request: ShardRequest,
+    names: Vec<String>,
+) -> Vec<(String, Option<WireError>)> {
+    match shard.call(CONTROLLER_SHARD, request).await {
         ShardResponse::Topics(results) => results,
         _ => names
             .into_iter()
             .map(|n| (n, Some(unavailable())))
             .collect(),
-    };
-    topic_results(correlation_id, &results, false)
+    }
 }
 
 fn topic_results(
