@@ -285,10 +285,13 @@ async fn group_lag(shard: &Rc<ShardState>) -> String {
         }
     }
     commits.sort();
+    let ends = commits
+        .iter()
+        .map(|(_, (topic, partition), _)| crate::handlers::latest_offset(shard, topic, *partition));
+    let ends = futures_util::future::join_all(ends).await;
     let mut out = String::new();
-    for (group, (topic, partition), committed) in commits {
-        let latest = crate::handlers::latest_offset(shard, &topic, partition).await;
-        let Some(end) = latest else { continue };
+    for ((group, (topic, partition), committed), end) in commits.into_iter().zip(ends) {
+        let Some(end) = end else { continue };
         let labels = format!("group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"");
         let _ = writeln!(
             out,
