@@ -92,7 +92,7 @@ impl LogInner {
     pub(super) fn start_writer(self: &Rc<Self>) {
         {
             let mut state = self.state.borrow_mut();
-            if state.writer_running || state.pending.is_empty() {
+            if state.writer_running || state.pending.is_empty() || state.role_wanted > 0 {
                 return;
             }
             state.writer_running = true;
@@ -112,7 +112,10 @@ impl LogInner {
             // Issue rounds while the pipeline has room and nothing blocks them.
             while pipe.in_flight.len() < IN_FLIGHT_MAX {
                 match self.plan_round(&mut pipe) {
-                    Step::Idle => return,
+                    Step::Idle => {
+                        self.wake_role_waiters();
+                        return;
+                    }
                     Step::Wait => break,
                     Step::Roll => {
                         if let Err(error) = self.roll().await {
@@ -165,8 +168,11 @@ impl LogInner {
     fn plan_round(&self, pipe: &mut Pipeline) -> Step {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
+        // A maintenance operation waits for the role: hand it over at a batch boundary.
+        let yielding = state.role_wanted > 0;
         if pipe.split_bytes.is_none() {
-            let Some(first) = state.pending.front() else {
+            let first = state.pending.front().filter(|_| !yielding);
+            let Some(first) = first else {
                 if pipe.in_flight.is_empty() {
                     state.writer_running = false;
                     return Step::Idle;
@@ -197,8 +203,8 @@ impl LogInner {
         if head_bytes > 0 {
             assert!(active.written_bytes == pipe.plan_end && active.tail.len() == head_bytes);
         }
-        // Size the round: the rest of a split batch, then whole queued batches
-        // that fit in the segment, cut at ROUND_BYTES.
+        // Size the round: the rest of a split batch, then (unless yielding)
+        // whole queued batches that fit in the segment, cut at ROUND_BYTES.
         let room_bytes = ROUND_BYTES - head_bytes;
         let mut data_bytes = 0usize;
         let mut split_rest = 0usize;
@@ -210,7 +216,8 @@ impl LogInner {
         let (mut take_count, mut take_bytes) = (0usize, 0u64);
         for pending in &state.pending {
             let len = pending.bytes.len();
-            if data_bytes == room_bytes || end + len as u64 > self.config.segment_bytes {
+            if yielding || data_bytes == room_bytes || end + len as u64 > self.config.segment_bytes
+            {
                 break;
             }
             let part = len.min(room_bytes - data_bytes);

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use super::append::sync_dir;
 use super::open::recover_active;
-use super::{LogInner, PartitionLog};
+use super::{LogConfig, LogInner, LogState, PartitionLog};
 use crate::segment::scan;
 use crate::segment::{index_path, log_path, SegmentFile};
 use crate::{Error, Result};
@@ -31,14 +31,66 @@ struct WriterRole {
 impl Drop for WriterRole {
     fn drop(&mut self) {
         self.inner.state.borrow_mut().writer_running = false;
+        self.inner.wake_role_waiters();
         self.inner.start_writer();
     }
 }
 
+/// Counts a task in `role_wanted` for as long as it waits for the role.
+struct RoleWanted<'a> {
+    inner: &'a Rc<LogInner>,
+}
+
+impl<'a> RoleWanted<'a> {
+    fn new(inner: &'a Rc<LogInner>) -> RoleWanted<'a> {
+        inner.state.borrow_mut().role_wanted += 1;
+        RoleWanted { inner }
+    }
+}
+
+impl Drop for RoleWanted<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.borrow_mut();
+        assert!(state.role_wanted > 0);
+        state.role_wanted -= 1;
+        drop(state);
+        // Appends queued while the writer was held back get written now
+        // (a no-op while this task holds the role).
+        self.inner.start_writer();
+    }
+}
+
+/// How many of the oldest sealed segments retention deletes now: while the
+/// log would still hold `retention_bytes` without the oldest, or its newest
+/// record is older than `retention_age`.
+fn doomed_count(state: &LogState, config: &LogConfig, now_ms: i64) -> usize {
+    let mut total_bytes: u64 =
+        state.sealed.iter().map(|s| s.meta.log_bytes).sum::<u64>() + state.active.written_bytes;
+    let age_ms = config.retention_age.map(|age| age.as_millis() as i64);
+    let mut count = 0;
+    for oldest in &state.sealed {
+        let size = oldest.meta.log_bytes;
+        let over_size = config
+            .retention_bytes
+            .is_some_and(|max| total_bytes - size >= max);
+        let too_old = age_ms
+            .is_some_and(|age_ms| oldest.meta.max_timestamp_ms < now_ms.saturating_sub(age_ms));
+        if !(over_size || too_old) {
+            break;
+        }
+        total_bytes -= size;
+        count += 1;
+    }
+    count
+}
+
 impl LogInner {
-    /// Waits for the writer task to go idle and takes its role. With
-    /// `drained`, also waits until no append is queued or unsynced.
+    /// Waits for the writer task to go idle and takes its role. Without
+    /// `drained` the writer is asked to stop at the next batch boundary, so
+    /// the wait is at most the writes in flight, however busy the log is.
+    /// With `drained`, also waits until no append is queued or unsynced.
     async fn take_writer_role(self: &Rc<Self>, drained: bool) -> Result<WriterRole> {
+        let _wanted = (!drained).then(|| RoleWanted::new(self));
         loop {
             {
                 let mut state = self.state.borrow_mut();
@@ -58,7 +110,27 @@ impl LogInner {
                 .flush()
                 .await?;
             }
-            futures_lite::future::yield_now().await;
+            self.writer_idle().await;
+        }
+    }
+
+    /// Resolves once the writer role is free.
+    async fn writer_idle(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if !self.state.borrow().writer_running {
+                return std::task::Poll::Ready(());
+            }
+            self.role_waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+    }
+
+    /// Wakes the tasks waiting in [`LogInner::writer_idle`].
+    pub(super) fn wake_role_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.role_waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
         }
     }
 }
@@ -83,29 +155,17 @@ impl PartitionLog {
     /// # Errors
     /// I/O errors deleting files.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        if !self.retention_due(now_ms) {
+            return Ok(RetentionOutcome {
+                log_start_offset: self.log_start_offset(),
+                ..RetentionOutcome::default()
+            });
+        }
         let _role = self.inner.take_writer_role(false).await?;
-        let config = &self.inner.config;
-        let doomed = {
+        let doomed: Vec<_> = {
             let mut state = self.inner.state.borrow_mut();
-            let mut total_bytes: u64 = state.sealed.iter().map(|s| s.meta.log_bytes).sum::<u64>()
-                + state.active.written_bytes;
-            let mut doomed = Vec::new();
-            while let Some(oldest) = state.sealed.front() {
-                let size = oldest.meta.log_bytes;
-                let over_size = config
-                    .retention_bytes
-                    .is_some_and(|max| total_bytes - size >= max);
-                let age_ms = config.retention_age.map(|age| age.as_millis() as i64);
-                let too_old = age_ms.is_some_and(|age_ms| {
-                    oldest.meta.max_timestamp_ms < now_ms.saturating_sub(age_ms)
-                });
-                if !(over_size || too_old) {
-                    break;
-                }
-                total_bytes -= size;
-                doomed.extend(state.sealed.pop_front().map(|s| s.meta));
-            }
-            doomed
+            let count = doomed_count(&state, &self.inner.config, now_ms);
+            state.sealed.drain(..count).map(|s| s.meta).collect()
         };
         let mut outcome = RetentionOutcome::default();
         for meta in &doomed {
@@ -119,6 +179,11 @@ impl PartitionLog {
         }
         outcome.log_start_offset = self.log_start_offset();
         Ok(outcome)
+    }
+
+    /// True when [`PartitionLog::apply_retention`] would delete a segment now.
+    fn retention_due(&self, now_ms: i64) -> bool {
+        doomed_count(&self.inner.state.borrow(), &self.inner.config, now_ms) > 0
     }
 
     /// Removes every record at or after `offset` (rounded down to the start of

@@ -67,6 +67,8 @@ struct LogInner {
     /// Units are bytes of queued batches; `append` waits here when the queue is full.
     pending_permits: Semaphore,
     state: RefCell<LogState>,
+    /// Tasks waiting for the writer to go idle so they can take its role.
+    role_waiters: RefCell<Vec<std::task::Waker>>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,9 @@ struct LogState {
     pending_bytes: u64,
     waiters: VecDeque<Waiter>,
     writer_running: bool,
+    /// Maintenance operations waiting for the writer role; while non-zero the
+    /// writer finishes its rounds in flight and stops instead of starting new ones.
+    role_wanted: u32,
     syncer_running: bool,
     interval_sync_scheduled: bool,
     failed: bool,

@@ -69,6 +69,7 @@ pub(super) async fn open(
         pending_bytes: 0,
         waiters: VecDeque::new(),
         writer_running: false,
+        role_wanted: 0,
         syncer_running: false,
         interval_sync_scheduled: false,
         failed: false,
@@ -82,6 +83,7 @@ pub(super) async fn open(
         shard: shard.clone(),
         cache_key: shard.new_cache_key(),
         state: RefCell::new(state),
+        role_waiters: RefCell::new(Vec::new()),
     };
     tracing::debug!(dir = %dir.display(), next_offset, "opened log");
     Ok(PartitionLog {

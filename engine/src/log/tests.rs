@@ -395,6 +395,102 @@ fn retention_deletes_whole_sealed_segments_by_size_and_age() {
 }
 
 #[test]
+fn maintenance_gets_the_writer_role_while_appenders_keep_it_busy() {
+    run(|dir| async move {
+        let config = LogConfig {
+            retention_bytes: Some(128 * 1024),
+            retention_age: None,
+            ..small_segments()
+        };
+        let log = open(&dir, config).await;
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let appended = Rc::new(std::cell::Cell::new(0u64));
+        // Four appenders keep the queue non-empty, so the writer never idles by itself.
+        let appenders: Vec<_> = (0..4)
+            .map(|_| {
+                let (log, stop, appended) = (log.clone(), stop.clone(), appended.clone());
+                glommio::spawn_local(async move {
+                    while !stop.get() {
+                        log.append(batch(0, 1, 900, 0)).await.unwrap();
+                        appended.set(appended.get() + 1);
+                    }
+                })
+            })
+            .collect();
+        while log.segment_count() < 4 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let segments = log.segment_count();
+        log.roll().await.unwrap();
+        assert!(
+            log.segment_count() > segments,
+            "roll sealed the active segment"
+        );
+        let outcome = log.apply_retention(0).await.unwrap();
+        assert!(outcome.segments_deleted > 0);
+        let before = appended.get();
+        while appended.get() < before + 10 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        stop.set(true);
+        for appender in appenders {
+            appender.await;
+        }
+        let start = log.log_start_offset();
+        assert_eq!(
+            read_all(&log, start).await.len() as u64,
+            log.high_watermark() - start
+        );
+        assert_eq!(log.high_watermark(), appended.get());
+    });
+}
+
+#[test]
+fn roll_takes_the_writer_role_at_a_batch_boundary_without_draining_the_queue() {
+    run(|dir| async move {
+        let config = LogConfig {
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        };
+        let log = open(&dir, config).await;
+        // 24 MiB queued: more than the writer's rounds in flight (2 × 2 MiB).
+        const BATCHES: u64 = 48;
+        let appends: Vec<_> = (0..BATCHES)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(batch(i, 1, 512 << 10, 0)).await })
+            })
+            .collect();
+        while log.high_watermark() == 0 {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        log.roll().await.unwrap();
+        for append in appends {
+            append.await.unwrap();
+        }
+        let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(crate::segment::LOG_SUFFIX)?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        assert_eq!(bases.len(), 2, "one roll: {bases:?}");
+        assert!(
+            bases[1] < BATCHES,
+            "the roll waited only for the writes in flight, not for all {BATCHES} queued appends: {bases:?}"
+        );
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len() as u64, BATCHES);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, (offset, _))| *offset == i as u64));
+    });
+}
+
+#[test]
 fn truncate_cuts_the_tail_in_the_active_and_in_sealed_segments() {
     run(|dir| async move {
         let log = open(&dir, small_segments()).await;
