@@ -309,6 +309,15 @@ pub async fn append_local(
                 fb::ErrorCode::Busy,
                 "a retry of a batch still being appended; retry shortly",
             ),
+            SequenceCheck::UnknownProducer => WireError::new(
+                fb::ErrorCode::UnknownProducerId,
+                format!(
+                    "producer {} has no sequence state in this partition (new here, or forgotten) \
+                     and sent sequence {}; a producer starts each partition at sequence 0 \
+                     (the SDK starts over with a new producer id)",
+                    header.producer_id, header.base_sequence
+                ),
+            ),
             SequenceCheck::OutOfOrder { expected } => WireError::new(
                 fb::ErrorCode::OutOfOrderSequence,
                 format!(

@@ -4,7 +4,11 @@
 //! sequence of its first record. The broker accepts a batch only if it
 //! continues the producer's last sequence, answers a retry of one of the
 //! last [`BATCHES_PER_PRODUCER`] batches with the batch's original offset,
-//! and refuses anything else. Sequences are recorded when the append is
+//! and refuses anything else. A producer the partition has no state for
+//! (new here, or forgotten) must start at sequence 0: accepting any sequence
+//! would let a pipelined batch that overtook the first one (say, the first
+//! failed because the partition was still opening) set the expectation, and
+//! the first one's retry could then never be stored. Sequences are recorded when the append is
 //! submitted (so pipelined batches are checked against each other) and
 //! removed again if the append fails, so that the retry is not mistaken for
 //! a duplicate.
@@ -45,6 +49,8 @@ pub enum SequenceCheck {
     },
     /// A retry of a batch whose append has not finished yet.
     DuplicateInFlight,
+    /// No state for this producer here and a sequence other than 0.
+    UnknownProducer,
     /// Not the sequence that was expected.
     OutOfOrder {
         /// The sequence the broker expected.
@@ -105,11 +111,15 @@ impl ProducerTable {
                 None => SequenceCheck::DuplicateInFlight,
             };
         }
-        if let Some(last) = entry.batches.back() {
-            let expected = last.last_sequence.wrapping_add(1);
-            if header.base_sequence != expected {
-                return SequenceCheck::OutOfOrder { expected };
+        match entry.batches.back() {
+            Some(last) => {
+                let expected = last.last_sequence.wrapping_add(1);
+                if header.base_sequence != expected {
+                    return SequenceCheck::OutOfOrder { expected };
+                }
             }
+            None if header.base_sequence != 0 => return SequenceCheck::UnknownProducer,
+            None => {}
         }
         entry.batches.push_back(SequenceRange {
             base_sequence: header.base_sequence,
@@ -246,10 +256,15 @@ mod tests {
     #[test]
     fn epochs_fence_zombies_and_reset_sequences() {
         let mut table = ProducerTable::default();
-        assert_eq!(table.check(&header(1, 1, 10, 1, 0)), SequenceCheck::Append);
+        assert_eq!(table.check(&header(1, 1, 0, 10, 0)), SequenceCheck::Append);
         assert_eq!(
-            table.check(&header(1, 0, 11, 1, 0)),
+            table.check(&header(1, 0, 10, 1, 0)),
             SequenceCheck::Fenced { current_epoch: 1 }
+        );
+        assert_eq!(
+            table.check(&header(1, 2, 10, 1, 0)),
+            SequenceCheck::UnknownProducer,
+            "a new epoch starts over at sequence 0"
         );
         assert_eq!(table.check(&header(1, 2, 0, 1, 0)), SequenceCheck::Append);
     }
@@ -276,8 +291,20 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_that_overtakes_the_first_one_is_refused_until_the_first_lands() {
+        let mut table = ProducerTable::default();
+        assert_eq!(
+            table.check(&header(4, 0, 30, 10, 0)),
+            SequenceCheck::UnknownProducer
+        );
+        assert_eq!(table.check(&header(4, 0, 0, 30, 0)), SequenceCheck::Append);
+        assert_eq!(table.check(&header(4, 0, 30, 10, 0)), SequenceCheck::Append);
+    }
+
+    #[test]
     fn sequences_wrap() {
         let mut table = ProducerTable::default();
+        table.restore(&header(5, 0, i32::MAX - 3, 2, 0));
         assert_eq!(
             table.check(&header(5, 0, i32::MAX - 1, 2, 0)),
             SequenceCheck::Append
