@@ -95,6 +95,72 @@ fn order_per_partition_holds_with_many_batches_in_flight() {
 }
 
 #[test]
+fn callbacks_run_once_per_record_and_linger_seals_a_lone_batch() {
+    let broker = Broker::start(2, &[]);
+    runtime().block_on(async {
+        Admin::new(client_config(&broker))
+            .create_topic(NewTopic::new("called-back", 3))
+            .await
+            .unwrap();
+        let config = ProducerConfig {
+            client: client_config(&broker),
+            batch_size: 4096,
+            linger: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let producer = Producer::new(config).await.unwrap();
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for i in 0..3000u32 {
+            let outcomes = outcomes.clone();
+            // Keyless: sticky partitioning spreads batches over the partitions.
+            let record = ProducerRecord::new("called-back", format!("{i:06}"));
+            producer
+                .send_with_callback(record, move |result| {
+                    let delivered = result.unwrap();
+                    outcomes.lock().unwrap().push((
+                        i,
+                        delivered.partition,
+                        delivered.offset.unwrap(),
+                    ));
+                })
+                .await
+                .unwrap();
+        }
+        producer.flush().await.unwrap();
+        let outcomes = outcomes.lock().unwrap().clone();
+        assert_eq!(outcomes.len(), 3000, "flush waits for every callback");
+        let mut sent: Vec<u32> = outcomes.iter().map(|o| o.0).collect();
+        sent.sort_unstable();
+        assert_eq!(sent, (0..3000).collect::<Vec<_>>(), "each callback once");
+        let partitions: std::collections::HashSet<u32> = outcomes.iter().map(|o| o.1).collect();
+        assert_eq!(partitions.len(), 3, "sticky batches rotate over partitions");
+        let mut last: HashMap<u32, (u32, u64)> = HashMap::new();
+        for (i, partition, offset) in outcomes {
+            if let Some((previous_i, previous_offset)) = last.insert(partition, (i, offset)) {
+                assert!(
+                    previous_i < i && previous_offset < offset,
+                    "a partition's callbacks come in send order"
+                );
+            }
+        }
+
+        // One record, far below batch_size: only linger can seal its batch.
+        let started = std::time::Instant::now();
+        let lone = producer
+            .send(ProducerRecord::new("called-back", "lone"))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "sealed by linger"
+        );
+        assert!(lone.offset.is_some());
+        producer.close().await.unwrap();
+        assert_eq!(consume_everything(&broker, "called-back").await.len(), 3001);
+    });
+}
+
+#[test]
 fn compressed_batches_round_trip() {
     let broker = Broker::start(2, &[]);
     runtime().block_on(async {

@@ -58,6 +58,14 @@ impl BatchBuilder {
         }
     }
 
+    /// Sets the idempotent producer's fields, for a batch numbered only when
+    /// it is sealed; saves recomputing the CRC with `set_producer` afterwards.
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.options.producer_id = producer_id;
+        self.options.producer_epoch = producer_epoch;
+        self.options.base_sequence = base_sequence;
+    }
+
     /// Appends one record and returns its offset delta within the batch.
     ///
     /// # Errors

@@ -306,6 +306,23 @@ fn compressed_records_round_trip_through_the_hooks() {
 }
 
 #[test]
+fn producer_fields_set_before_finishing_are_covered_by_the_crc() {
+    let mut builder = BatchBuilder::new(BatchBuilderOptions::default());
+    builder.append(1, None, Some(b"v"), &[]).unwrap();
+    builder.set_producer(42, 3, 1000);
+    let bytes = builder.finish().unwrap();
+    let header = validate(&bytes, &BatchLimits::default()).unwrap();
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (42, 3, 1000)
+    );
+}
+
+#[test]
 fn producer_fields_can_be_restamped_with_a_valid_crc() {
     let mut bytes = one_batch();
     set_producer(&mut bytes, 42, 3, 1000);
