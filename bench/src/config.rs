@@ -152,9 +152,9 @@ impl BenchConfig {
         if self
             .plot
             .as_ref()
-            .is_some_and(|p| p.extension().is_none_or(|e| e != "svg"))
+            .is_some_and(|p| p.extension().is_none_or(|e| e != "svg" && e != "png"))
         {
-            return Err("--plot writes SVG: give a path ending in .svg".into());
+            return Err("--plot writes SVG or PNG: give a path ending in .svg or .png".into());
         }
         Ok(())
     }
@@ -216,6 +216,9 @@ mod tests {
         assert!(tiny.validate().is_err());
         let png =
             BenchConfig::try_parse_from(["shardlog-bench", "produce", "--plot", "x.png"]).unwrap();
-        assert!(png.validate().is_err());
+        assert!(png.validate().is_ok());
+        let gif =
+            BenchConfig::try_parse_from(["shardlog-bench", "produce", "--plot", "x.gif"]).unwrap();
+        assert!(gif.validate().is_err());
     }
 }

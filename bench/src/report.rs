@@ -157,13 +157,31 @@ impl Report {
         Ok(())
     }
 
-    /// Draws throughput over time and the latency percentile curve as SVG.
+    /// Draws throughput over time and the latency percentile curve, as SVG
+    /// or PNG by the extension of `path`.
     ///
     /// # Errors
-    /// Drawing or writing failed.
+    /// No TrueType font to draw text with (see [`register_font`]), or drawing
+    /// or writing failed.
     pub fn plot(&self, path: &Path, latency: &Latency) -> anyhow::Result<()> {
         use plotters::prelude::*;
-        let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+        register_font()?;
+        let size = (1000, 420);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("png") => self.draw(BitMapBackend::new(path, size).into_drawing_area(), latency),
+            _ => self.draw(SVGBackend::new(path, size).into_drawing_area(), latency),
+        }
+    }
+
+    fn draw<DB: plotters::prelude::DrawingBackend>(
+        &self,
+        root: plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+        latency: &Latency,
+    ) -> anyhow::Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        use plotters::prelude::*;
         root.fill(&WHITE)?;
         let (left, right) = root.split_horizontally(500);
         let max_rate = self
@@ -174,12 +192,16 @@ impl Report {
             * 1.1;
         let seconds = self.throughput_per_second.len().max(1) as f64;
         let mut chart = ChartBuilder::on(&left)
-            .caption("throughput (records/s)", ("sans-serif", 18))
+            .caption("throughput (records/s)", (FONT_FAMILY, 18))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..seconds, 0f64..max_rate)?;
-        chart.configure_mesh().x_desc("seconds").draw()?;
+        chart
+            .configure_mesh()
+            .label_style((FONT_FAMILY, 12))
+            .x_desc("seconds")
+            .draw()?;
         chart.draw_series(LineSeries::new(
             self.throughput_per_second
                 .iter()
@@ -194,7 +216,7 @@ impl Report {
             .fold(0.001, f64::max)
             * 1.1;
         let mut chart = ChartBuilder::on(&right)
-            .caption("latency by percentile (ms)", ("sans-serif", 18))
+            .caption("latency by percentile (ms)", (FONT_FAMILY, 18))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
@@ -202,6 +224,7 @@ impl Report {
         let labels: Vec<String> = curve.iter().map(|(p, _)| format!("{p}")).collect();
         chart
             .configure_mesh()
+            .label_style((FONT_FAMILY, 12))
             .x_labels(curve.len())
             .x_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
             .x_desc("percentile")
@@ -216,6 +239,49 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// The family name plots register their font under.
+const FONT_FAMILY: &str = "sans-serif";
+
+/// Where plots look for a TrueType font, after `SHARDLOG_BENCH_FONT`.
+const FONT_PATHS: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Loads a TrueType font for the plots' text, once per process: the file
+/// in `SHARDLOG_BENCH_FONT`, or the first of [`FONT_PATHS`] that exists.
+///
+/// # Errors
+/// No font found, or the file is not a font.
+pub fn register_font() -> anyhow::Result<()> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let mut candidates = std::env::var("SHARDLOG_BENCH_FONT")
+                .ok()
+                .into_iter()
+                .chain(FONT_PATHS.iter().map(|p| p.to_string()));
+            let Some((path, bytes)) =
+                candidates.find_map(|p| std::fs::read(&p).ok().map(|bytes| (p, bytes)))
+            else {
+                return Err(format!(
+                    "plots need a TrueType font for their text: install one \
+                     (Debian: apt-get install fonts-dejavu-core) or set \
+                     SHARDLOG_BENCH_FONT=/path/to/font.ttf; looked in {FONT_PATHS:?}"
+                ));
+            };
+            // The plotting library keeps registered fonts for the whole
+            // process; this runs once, so the one leaked copy is bounded.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FONT_FAMILY, plotters::style::FontStyle::Normal, bytes)
+                .map_err(|_| format!("{path} is not a TrueType font"))
+        })
+        .clone()
+        .map_err(|message| anyhow::anyhow!(message))
 }
 
 #[cfg(test)]
@@ -288,5 +354,9 @@ mod tests {
         let svg = dir.path().join("out.svg");
         report.plot(&svg, &latency).unwrap();
         assert!(std::fs::read_to_string(svg).unwrap().starts_with("<svg"));
+        let png = dir.path().join("out.png");
+        report.plot(&png, &latency).unwrap();
+        let png = std::fs::read(png).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
     }
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::stream::FuturesUnordered;
 use shardlog_client::{
     Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, NewTopic, Offset, Producer,
     ProducerConfig, ProducerRecord,
@@ -203,31 +202,12 @@ async fn produce_one(run: Arc<Run>, index: usize, producers: usize) -> anyhow::R
     let interval = config
         .rate
         .map(|rate| Duration::from_secs_f64(producers as f64 / rate));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let completions = tokio::spawn({
-        let run = run.clone();
-        async move {
-            use futures_util::StreamExt;
-            let mut pending = FuturesUnordered::new();
-            let mut latency = Latency::default();
-            loop {
-                tokio::select! {
-                    next = rx.recv() => match next {
-                        Some((intended, delivery)) => pending.push(async move { (intended, delivery.await) }),
-                        None => break,
-                    },
-                    Some((intended, result)) = pending.next(), if !pending.is_empty() => record(&run, &mut latency, intended, result)?,
-                }
-            }
-            while let Some((intended, result)) = pending.next().await {
-                record(&run, &mut latency, intended, result)?;
-            }
-            if let Ok(mut shared) = run.publish.lock() {
-                shared.merge(&latency);
-            }
-            anyhow::Ok(())
-        }
+    let stats = Arc::new(ProducerStats {
+        run: run.clone(),
+        latency: Mutex::new(Latency::default()),
+        error: Mutex::new(None),
     });
+    let mut values = ValueArena::default();
     let mut sent = 0u64;
     let start = Instant::now();
     while share.is_none_or(|n| sent < n) && !run.expired() {
@@ -239,47 +219,89 @@ async fn produce_one(run: Arc<Run>, index: usize, producers: usize) -> anyhow::R
             }
             None => Instant::now(),
         };
-        let value = record_value(config.record_size, intended.duration_since(run.start));
+        let value = values.value(config.record_size, intended.duration_since(run.start));
         let mut record = ProducerRecord::new(config.topic.clone(), value);
         if config.key_space > 0 {
             record.key = Some(Bytes::from(
                 (sent.wrapping_mul(2_654_435_761) % config.key_space).to_string(),
             ));
         }
-        let delivery = producer.enqueue(record).await?;
-        if tx.send((intended, delivery)).is_err() {
-            break;
-        }
+        let stats_for_record = stats.clone();
+        producer
+            .send_with_callback(record, move |result| {
+                stats_for_record.delivered(intended, result)
+            })
+            .await?;
         sent += 1;
     }
-    drop(tx);
     producer.flush().await?;
-    completions.await??;
     producer.close().await?;
-    Ok(())
-}
-
-fn record(
-    run: &Run,
-    latency: &mut Latency,
-    intended: Instant,
-    result: Result<shardlog_client::RecordMetadata, shardlog_client::Error>,
-) -> anyhow::Result<()> {
-    result?;
-    let now = Instant::now();
-    if run.measuring(now) {
-        latency.record_us(now.duration_since(intended).as_micros() as u64);
-        run.count(run.config.record_size);
+    if let Some(error) = lock(&stats.error).take() {
+        anyhow::bail!("a record failed: {error}");
     }
+    let latency = lock(&stats.latency).clone();
+    lock(&run.publish).merge(&latency);
     Ok(())
 }
 
-/// A value of `size` bytes that starts with its send time.
-fn record_value(size: usize, since_start: Duration) -> Bytes {
-    let mut value = BytesMut::with_capacity(size);
-    value.put_u64_le(since_start.as_micros() as u64);
-    value.resize(size, 0x61);
-    value.freeze()
+/// What one producer's delivery callbacks collect.
+struct ProducerStats {
+    run: Arc<Run>,
+    latency: Mutex<Latency>,
+    /// The first failure; the run stops at it.
+    error: Mutex<Option<shardlog_client::Error>>,
+}
+
+impl ProducerStats {
+    /// A delivery callback: records the latency from the intended send time.
+    fn delivered(
+        &self,
+        intended: Instant,
+        result: Result<shardlog_client::RecordMetadata, shardlog_client::Error>,
+    ) {
+        let run = &self.run;
+        match result {
+            Ok(_) => {
+                let now = Instant::now();
+                if run.measuring(now) {
+                    lock(&self.latency).record_us(now.duration_since(intended).as_micros() as u64);
+                    run.count(run.config.record_size);
+                }
+            }
+            Err(error) => {
+                lock(&self.error).get_or_insert(error);
+                run.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Record values carved from 1 MiB chunks, one allocation per chunk rather
+/// than per record (the producer copies each value into its batch).
+#[derive(Default)]
+struct ValueArena {
+    chunk: BytesMut,
+}
+
+impl ValueArena {
+    const CHUNK_BYTES: usize = 1 << 20;
+
+    /// A value of `size` bytes (at least 8) that starts with its send time.
+    fn value(&mut self, size: usize, since_start: Duration) -> Bytes {
+        let size = size.max(8);
+        if self.chunk.capacity() < size {
+            self.chunk = BytesMut::with_capacity(Self::CHUNK_BYTES.max(size));
+        }
+        self.chunk.put_u64_le(since_start.as_micros() as u64);
+        self.chunk.resize(size, 0x61);
+        self.chunk.split().freeze()
+    }
 }
 
 async fn consume_all(run: Arc<Run>, from: Offset, expected: u64) -> anyhow::Result<()> {
@@ -389,8 +411,22 @@ mod tests {
 
     #[test]
     fn values_carry_their_send_time() {
-        let value = record_value(64, Duration::from_micros(123_456));
+        let mut values = ValueArena::default();
+        let value = values.value(64, Duration::from_micros(123_456));
         assert_eq!(value.len(), 64);
         assert_eq!(u64::from_le_bytes(value[..8].try_into().unwrap()), 123_456);
+        assert!(value[8..].iter().all(|b| *b == 0x61));
+        // The next value is its own bytes, not an alias of the first.
+        let next = values.value(64, Duration::from_micros(7));
+        assert_eq!(u64::from_le_bytes(next[..8].try_into().unwrap()), 7);
+        assert_eq!(u64::from_le_bytes(value[..8].try_into().unwrap()), 123_456);
+    }
+
+    #[test]
+    fn values_larger_than_a_chunk_get_their_own() {
+        let mut values = ValueArena::default();
+        let size = ValueArena::CHUNK_BYTES + 10;
+        let value = values.value(size, Duration::from_micros(1));
+        assert_eq!(value.len(), size);
     }
 }
