@@ -105,8 +105,21 @@ impl Cluster {
             self.config.request_timeout,
         )
         .await?;
-        self.lock().connections.insert(addr, connection.clone());
-        Ok(connection)
+        // Another task may have connected meanwhile: everyone uses the first
+        // one, so that one caller's requests never split over two connections.
+        let mut state = self.lock();
+        let open = state
+            .connections
+            .get(&addr)
+            .filter(|c| !c.is_closed())
+            .cloned();
+        Ok(match open {
+            Some(first) => first,
+            None => {
+                state.connections.insert(addr, connection.clone());
+                connection
+            }
+        })
     }
 
     /// Sends a request to the bootstrap broker; an error response becomes [`Error::Broker`].

@@ -6,13 +6,18 @@
 //! ```
 //!
 //! The broker answers in request order, so the reader pairs each response
-//! with the oldest pending call and checks the correlation id. Calls in
-//! flight are bounded by `max_in_flight` (a semaphore); a call waits for a
-//! permit. Any I/O or protocol error closes the connection and fails every
-//! pending call; the owner reconnects.
+//! with the oldest pending call and checks the correlation id. Requests go
+//! on the wire in the order [`Connection::send`] calls complete, which is
+//! what keeps one producer partition's batches in sequence order. Calls in
+//! flight are bounded by `max_in_flight` (a semaphore): a call waits for a
+//! permit, which the reader gives back when the response arrives (not when
+//! the caller gets around to looking at it). Any I/O or protocol error
+//! closes the connection and fails every pending call; the owner reconnects.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,17 +26,23 @@ use bytes::{Bytes, BytesMut};
 use shardlog_wire::protocol::{parse_prefix, ProtocolLimits, FRAME_PREFIX_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{decode_response, encode_request, Request, Response};
 use crate::Error;
 
 type Reply = oneshot::Sender<Result<Response, Error>>;
 
+/// A request on its way, with the reply slot and the in-flight permit it holds.
+type Queued = (Request, Reply, OwnedSemaphorePermit);
+
+/// The response to a request [`Connection::send`] put on the wire.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
+
 /// A cheap, cloneable handle to one connection.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    queue: mpsc::Sender<(Request, Reply)>,
+    queue: mpsc::Sender<Queued>,
     permits: Arc<Semaphore>,
     closed: Arc<AtomicBool>,
     request_timeout: Duration,
@@ -58,7 +69,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         let (queue_tx, queue_rx) = mpsc::channel(max_in_flight.max(1));
-        let pending: Arc<Mutex<VecDeque<(u32, Reply)>>> = Arc::default();
+        let pending: Arc<Mutex<VecDeque<Pending>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(write_loop(
             writer,
@@ -91,27 +102,42 @@ impl Connection {
     /// # Errors
     /// [`Error::Io`] on a broken connection or a timeout; [`Error::Protocol`] on a bad response.
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
-        let _permit = self.permits.acquire().await.map_err(|_| closed_error())?;
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.queue
-            .send((request, reply_tx))
+        self.send(request).await?.await
+    }
+
+    /// Queues a request for the wire (after any queued before it) and
+    /// returns the future of its response, bounded by `request_timeout`.
+    /// Waits while `max_in_flight` requests are outstanding.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on a broken connection.
+    pub async fn send(&self, request: Request) -> Result<ResponseFuture, Error> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| closed_error())?;
-        match tokio::time::timeout(self.request_timeout, reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(closed_error()),
-            Err(_) => {
-                // The response would arrive out of step with what follows: start afresh.
-                self.closed.store(true, Ordering::SeqCst);
-                Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no response from {} within {:?}",
-                        self.addr, self.request_timeout
-                    ),
-                )))
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.queue
+            .send((request, reply_tx, permit))
+            .await
+            .map_err(|_| closed_error())?;
+        let (timeout, closed, addr) = (self.request_timeout, self.closed.clone(), self.addr);
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, reply_rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(closed_error()),
+                Err(_) => {
+                    // The response would arrive out of step with what follows: start afresh.
+                    closed.store(true, Ordering::SeqCst);
+                    Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no response from {addr} within {timeout:?}"),
+                    )))
+                }
             }
-        }
+        }))
     }
 }
 
@@ -122,20 +148,24 @@ fn closed_error() -> Error {
     ))
 }
 
+/// A request on the wire: its correlation id, where its response goes, and
+/// the in-flight permit it holds until the response is read.
+type Pending = (u32, Reply, OwnedSemaphorePermit);
+
 async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut queue: mpsc::Receiver<(Request, Reply)>,
-    pending: Arc<Mutex<VecDeque<(u32, Reply)>>>,
+    mut queue: mpsc::Receiver<Queued>,
+    pending: Arc<Mutex<VecDeque<Pending>>>,
     closed: Arc<AtomicBool>,
 ) {
     let mut correlation_id = 1u32;
-    while let Some((request, reply)) = queue.recv().await {
+    while let Some((request, reply, permit)) = queue.recv().await {
         if closed.load(Ordering::SeqCst) {
             let _ = reply.send(Err(closed_error()));
             continue;
         }
         let frame = encode_request(correlation_id, &request);
-        lock(&pending).push_back((correlation_id, reply));
+        lock(&pending).push_back((correlation_id, reply, permit));
         correlation_id = correlation_id.wrapping_add(1);
         if writer.write_all(&frame).await.is_err() {
             closed.store(true, Ordering::SeqCst);
@@ -147,7 +177,7 @@ async fn write_loop(
 
 async fn read_loop(
     mut reader: tokio::net::tcp::OwnedReadHalf,
-    pending: Arc<Mutex<VecDeque<(u32, Reply)>>>,
+    pending: Arc<Mutex<VecDeque<Pending>>>,
     closed: Arc<AtomicBool>,
 ) {
     let limits = ProtocolLimits::default();
@@ -158,10 +188,10 @@ async fn read_loop(
         };
         let next = lock(&pending).pop_front();
         match next {
-            Some((expected, reply)) if expected == correlation_id => {
+            Some((expected, reply, _permit)) if expected == correlation_id => {
                 let _ = reply.send(Ok(response));
             }
-            Some((expected, reply)) => {
+            Some((expected, reply, _permit)) => {
                 let message =
                     format!("response {correlation_id} arrived where {expected} was expected");
                 let _ = reply.send(Err(Error::Protocol(message)));
@@ -194,8 +224,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn fail_all(pending: &Mutex<VecDeque<(u32, Reply)>>) {
-    for (_, reply) in lock(pending).drain(..) {
+fn fail_all(pending: &Mutex<VecDeque<Pending>>) {
+    for (_, reply, _permit) in lock(pending).drain(..) {
         let _ = reply.send(Err(closed_error()));
     }
 }

@@ -95,6 +95,41 @@ fn order_per_partition_holds_with_many_batches_in_flight() {
 }
 
 #[test]
+fn pipelined_batches_stay_in_sequence_when_connections_are_contended() {
+    // Partitions share one connection per shard with 4 requests in flight,
+    // and tiny batches keep every partition's sender busy: senders queue for
+    // the connection all the time. A batch that overtook the one before it
+    // on the wire would be refused for good (OutOfOrderSequence), and its
+    // records would fail.
+    let broker = Broker::start(2, &[]);
+    runtime().block_on(async {
+        Admin::new(client_config(&broker))
+            .create_topic(NewTopic::new("contended", 8))
+            .await
+            .unwrap();
+        let mut client = client_config(&broker);
+        client.max_in_flight_per_connection = 4;
+        let config = ProducerConfig {
+            client,
+            batch_size: 1024,
+            linger: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let producer = Producer::new(config).await.unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..30_000u32 {
+            let record = ProducerRecord::new("contended", vec![b'x'; 200]).key(i.to_string());
+            deliveries.push(producer.enqueue(record).await.unwrap());
+        }
+        for delivery in deliveries {
+            delivery.await.expect("every record is stored");
+        }
+        producer.close().await.unwrap();
+        assert_eq!(consume_everything(&broker, "contended").await.len(), 30_000);
+    });
+}
+
+#[test]
 fn callbacks_run_once_per_record_and_linger_seals_a_lone_batch() {
     let broker = Broker::start(2, &[]);
     runtime().block_on(async {

@@ -1,6 +1,13 @@
 //! One sender task per partition: finishes sealed batches, numbers them,
 //! keeps up to `max_in_flight` of them on the wire, and resolves them in order.
 //!
+//! Batches go on the wire in sequence order because this task queues them
+//! on one pinned connection one after another ([`Connection::send`]) and
+//! only then waits for their responses. (Letting each request's future
+//! queue itself was not enough: tokio's cooperative budget can make an
+//! earlier future yield and a later one get the connection first, and the
+//! broker then refuses the overtaking batch for good.)
+//!
 //! The window slides: as soon as the oldest batch is acknowledged the next
 //! one goes out, so a partition always has `max_in_flight` requests in the
 //! broker's pipeline while it has batches queued. On the first failure every
@@ -11,8 +18,6 @@
 //! queue is numbered again from 0 under a new producer id.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +29,7 @@ use tokio::time::Instant;
 use super::accumulator::{OpenBatch, Waiting};
 use super::{init_producer, Outstanding, ProducerConfig, RecordMetadata};
 use crate::cluster::Cluster;
-use crate::connection::Connection;
+use crate::connection::{Connection, ResponseFuture};
 use crate::protocol::{Request, Response};
 use crate::{codec, Error};
 
@@ -46,14 +51,16 @@ struct Queued {
     deadline: Instant,
 }
 
-type Call = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
-
 pub(super) struct PartitionSender {
     context: Arc<SenderContext>,
     topic: String,
     partition: u32,
     identity: (i64, i16),
     next_sequence: i32,
+    /// The connection this partition's batches go over. Requests on one
+    /// connection reach the broker in order; two connections would let a
+    /// later batch overtake an earlier one.
+    connection: Option<Connection>,
 }
 
 impl PartitionSender {
@@ -65,6 +72,7 @@ impl PartitionSender {
             partition,
             identity,
             next_sequence: 0,
+            connection: None,
         }
     }
 
@@ -72,11 +80,14 @@ impl PartitionSender {
         let max_in_flight = self.context.config.max_in_flight.max(1);
         // Batches not yet acknowledged, oldest first; the first `calls.len()` are on the wire.
         let mut queue: VecDeque<Queued> = VecDeque::new();
-        let mut calls: FuturesOrdered<Call> = FuturesOrdered::new();
+        let mut calls: FuturesOrdered<ResponseFuture> = FuturesOrdered::new();
         let mut incoming_open = true;
         loop {
             while calls.len() < max_in_flight && calls.len() < queue.len() {
-                match self.call(queue[calls.len()].batch.clone()).await {
+                match self
+                    .call(queue[calls.len()].batch.clone(), calls.len())
+                    .await
+                {
                     Ok(call) => calls.push_back(call),
                     Err(error) => {
                         calls = FuturesOrdered::new();
@@ -151,17 +162,36 @@ impl PartitionSender {
         })
     }
 
-    /// Puts one batch on the wire to the partition's shard.
-    async fn call(&self, batch: Bytes) -> Result<Call, Error> {
-        let cluster = &self.context.cluster;
-        let addr = cluster.route(&self.topic, self.partition).await?;
-        let connection: Connection = cluster.connection(addr).await?;
+    /// Puts one batch on the wire to the partition's shard, over the same
+    /// connection as the batches before it and behind them (this returns
+    /// once the request is queued on the connection; the result is the
+    /// response's future). A new connection is taken only with nothing in
+    /// flight: if the pinned one broke with `in_flight` batches on it, they
+    /// fail, and the queue is sent again from the first.
+    async fn call(&mut self, batch: Bytes, in_flight: usize) -> Result<ResponseFuture, Error> {
+        let pinned = self.connection.as_ref().filter(|c| !c.is_closed()).cloned();
+        let connection = match pinned {
+            Some(connection) => connection,
+            None if in_flight > 0 => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the connection broke with batches in flight",
+                )))
+            }
+            None => {
+                let cluster = &self.context.cluster;
+                let addr = cluster.route(&self.topic, self.partition).await?;
+                let connection = cluster.connection(addr).await?;
+                self.connection = Some(connection.clone());
+                connection
+            }
+        };
         let request = Request::Produce {
             acks: self.context.config.acks,
             timeout_ms: self.context.config.client.request_timeout.as_millis() as u32,
             partitions: vec![(self.topic.clone(), self.partition, batch)],
         };
-        Ok(Box::pin(async move { connection.call(request).await }))
+        connection.send(request).await
     }
 
     /// After a failed batch: waits `retry_backoff` before the queue is sent
@@ -174,6 +204,8 @@ impl PartitionSender {
         if let Error::Broker(broker) = &error {
             if broker.code == crate::ErrorCode::UnknownTopicOrPartition {
                 self.context.cluster.forget(&self.topic);
+                // The partition may have moved: route afresh.
+                self.connection = None;
             }
             if broker.code == crate::ErrorCode::UnknownProducerId && self.identity.0 >= 0 {
                 // The partition has no state for this producer (it forgot
