@@ -159,7 +159,7 @@ awk -v rps="$RPS" -v n="$RECORDS" -v sz="$VALUE_SIZE" -v s="$START" -v e="$END" 
     printf "latency ms:  avg %s  min %s  p50 %s  p95 %s  p99 %s  max %s  (per request = per pipeline round trip)\n", avg, min, p50, p95, p99, max
     printf "XLEN:        %d (expected %d)%s\n", xlen, n, (xlen == n ? "" : "  MISMATCH")
     printf "value size:  first %d B, last %d B (expected %d)%s\n", f, l, sz, (f == sz && l == sz ? "" : "  MISMATCH")
-    printf "AOF:         %d B total, +%d B = %.1f B/record (%.2f x value size)\n", aof, g, g / n, g / n / sz
+    printf "AOF:         %.0f B total, +%.0f B = %.1f B/record (%.2f x value size)\n", aof, g, g / n, g / n / sz
     printf "server:      used_memory %s, aof_delayed_fsync %s\n", mem, dfs
 }'
 [[ $XLEN == "$RECORDS" && $FIRST_LEN == "$VALUE_SIZE" && $LAST_LEN == "$VALUE_SIZE" ]] || exit 1

@@ -40,7 +40,7 @@ for args in "--bs=1m --iodepth=1" "--bs=1m --iodepth=4" "--bs=64k --iodepth=1" \
     # shellcheck disable=SC2086
     echo "\$ ${FIO[*]} $args"
     # shellcheck disable=SC2086
-    "${FIO[@]}" $args | grep -E "WRITE:|lat \(usec\).*avg" | head -2
+    "${FIO[@]}" $args | grep -E "WRITE:|^ +clat \(usec\)"
 done
 rm -rf "$SCRATCH"
 iperf3 -s -p 5299 -D --one-off >/dev/null
@@ -67,12 +67,21 @@ echo "## 3. e2e latency at 50% of run 1a"
 rate=$(python3 -c "import json; print(int(json.load(open('$OUT/1a.json'))['records_per_sec'] / 2))")
 run $B e2e "${common[@]}" --flush always --consumers 2 --rate "$rate" --duration 15 --warmup 3 \
     --json "$OUT/3.json" --plot docs/e2e-always.png
+run $B e2e "${common[@]}" --flush always --consumers 2 --rate "$rate" --duration 15 --warmup 3 \
+    --linger-ms 1 --json "$OUT/3-linger1.json"
 
 echo "## 4. partition scaling (flush always)"
 for partitions in 16 1000 10000; do
     run $B produce --embedded --shards 2 --partitions "$partitions" --producers 4 \
         --record-size 1024 --quiet --flush always --duration 15 --warmup 3 \
         --topic "scale-$partitions" --json "$OUT/4-$partitions.json"
+done
+
+echo "## 4n. partition scaling (flush never)"
+for partitions in 16 10000; do
+    run $B produce --embedded --shards 2 --partitions "$partitions" --producers 4 \
+        --record-size 1024 --quiet --flush never --duration 10 --warmup 2 \
+        --topic "scale-$partitions" --json "$OUT/4n-$partitions.json"
 done
 
 echo "## 5. shards (flush always)"

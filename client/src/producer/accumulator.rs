@@ -139,22 +139,25 @@ impl Accumulator {
         if topic.partitions.len() < count {
             topic.partitions.resize_with(count, PartitionSlot::default);
         }
-        let partition = match incoming.partition {
-            Some(partition) => partition,
-            None => *topic.sticky.get_or_insert_with(|| {
-                state.sticky_seed = state.sticky_seed.wrapping_add(1);
-                state.sticky_seed % count as u32
-            }),
-        };
         let topic_name = &incoming.record.topic;
         let size_bytes = incoming.record.size_bytes();
-        let index = partition as usize;
-        let slot = &mut topic.partitions[index];
-        if slot
-            .open
-            .as_ref()
-            .is_some_and(|b| b.builder.size_bytes() + size_bytes > config.batch_size)
-        {
+        let mut partition = match incoming.partition {
+            Some(partition) => partition,
+            None => sticky_partition(&mut topic.sticky, &mut state.sticky_seed, count),
+        };
+        // Seal a batch the record does not fit in. A keyless record then
+        // moves on to the next sticky partition rather than opening a batch
+        // of one record here (which linger would send alone when many
+        // partitions make the sticky choice come back here only rarely).
+        loop {
+            let slot = &mut topic.partitions[partition as usize];
+            let full = slot
+                .open
+                .as_ref()
+                .is_some_and(|b| b.builder.size_bytes() + size_bytes > config.batch_size);
+            if !full {
+                break;
+            }
             seal_slot(
                 &self.context,
                 topic_name,
@@ -163,7 +166,12 @@ impl Accumulator {
                 &mut topic.sticky,
             );
             state.open_count -= 1;
+            if incoming.partition.is_some() {
+                break;
+            }
+            partition = sticky_partition(&mut topic.sticky, &mut state.sticky_seed, count);
         }
+        let slot = &mut topic.partitions[partition as usize];
         let mut opened = false;
         let batch = slot.open.get_or_insert_with(|| {
             opened = true;
@@ -295,6 +303,14 @@ impl Accumulator {
             self.seal_where(|batch| batch.sealed_at <= now);
         }
     }
+}
+
+/// The topic's sticky partition, choosing the next one when there is none.
+fn sticky_partition(sticky: &mut Option<u32>, seed: &mut u32, count: usize) -> u32 {
+    *sticky.get_or_insert_with(|| {
+        *seed = seed.wrapping_add(1);
+        *seed % count as u32
+    })
 }
 
 /// Takes the slot's open batch and hands it to the partition's sender,
