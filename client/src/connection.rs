@@ -160,16 +160,21 @@ async fn write_loop(
 ) {
     let mut correlation_id = 1u32;
     while let Some((request, reply, permit)) = queue.recv().await {
-        if closed.load(Ordering::SeqCst) {
-            let _ = reply.send(Err(closed_error()));
-            continue;
-        }
         let frame = encode_request(correlation_id, &request);
-        lock(&pending).push_back((correlation_id, reply, permit));
+        {
+            // `closed` is checked and set under the pending lock, so a
+            // request never joins `pending` after the reader failed it all.
+            let mut waiting = lock(&pending);
+            if closed.load(Ordering::SeqCst) {
+                drop(waiting);
+                let _ = reply.send(Err(closed_error()));
+                continue;
+            }
+            waiting.push_back((correlation_id, reply, permit));
+        }
         correlation_id = correlation_id.wrapping_add(1);
         if writer.write_all(&frame).await.is_err() {
-            closed.store(true, Ordering::SeqCst);
-            fail_all(&pending);
+            fail_all(&pending, &closed);
         }
     }
     let _ = writer.shutdown().await;
@@ -200,8 +205,7 @@ async fn read_loop(
             None => break,
         }
     }
-    closed.store(true, Ordering::SeqCst);
-    fail_all(&pending);
+    fail_all(&pending, &closed);
 }
 
 async fn read_response(
@@ -224,8 +228,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn fail_all(pending: &Mutex<VecDeque<Pending>>) {
-    for (_, reply, _permit) in lock(pending).drain(..) {
+/// Marks the connection closed and fails every request waiting for a response.
+fn fail_all(pending: &Mutex<VecDeque<Pending>>, closed: &AtomicBool) {
+    let failed: Vec<Pending> = {
+        let mut waiting = lock(pending);
+        closed.store(true, Ordering::SeqCst);
+        waiting.drain(..).collect()
+    };
+    for (_, reply, _permit) in failed {
         let _ = reply.send(Err(closed_error()));
     }
 }

@@ -74,8 +74,8 @@ struct PartitionSlot {
     sender: Option<mpsc::UnboundedSender<OpenBatch>>,
 }
 
-#[derive(Default)]
 struct TopicBatches {
+    name: String,
     /// The partition keyless records fill now.
     sticky: Option<u32>,
     partitions: Vec<PartitionSlot>,
@@ -128,9 +128,14 @@ impl Accumulator {
         let mut guard = self.lock();
         let state = &mut *guard;
         if !state.topics.contains_key(&incoming.record.topic) {
-            state
-                .topics
-                .insert(incoming.record.topic.clone(), TopicBatches::default());
+            state.topics.insert(
+                incoming.record.topic.clone(),
+                TopicBatches {
+                    name: incoming.record.topic.clone(),
+                    sticky: None,
+                    partitions: Vec::new(),
+                },
+            );
         }
         let Some(topic) = state.topics.get_mut(&incoming.record.topic) else {
             return Err(Error::Protocol("topic vanished under the lock".into()));
@@ -139,7 +144,6 @@ impl Accumulator {
         if topic.partitions.len() < count {
             topic.partitions.resize_with(count, PartitionSlot::default);
         }
-        let topic_name = &incoming.record.topic;
         let size_bytes = incoming.record.size_bytes();
         let mut partition = match incoming.partition {
             Some(partition) => partition,
@@ -158,14 +162,7 @@ impl Accumulator {
             if !full {
                 break;
             }
-            seal_slot(
-                &self.context,
-                topic_name,
-                partition,
-                slot,
-                &mut topic.sticky,
-            );
-            state.open_count -= 1;
+            topic.seal(&self.context, partition, &mut state.open_count);
             if incoming.partition.is_some() {
                 break;
             }
@@ -224,14 +221,7 @@ impl Accumulator {
             None => batch.permit = Some(incoming.permit),
         }
         if batch.builder.size_bytes() >= config.batch_size {
-            seal_slot(
-                &self.context,
-                topic_name,
-                partition,
-                slot,
-                &mut topic.sticky,
-            );
-            state.open_count -= 1;
+            topic.seal(&self.context, partition, &mut state.open_count);
         }
         let wake_linger = state.linger_due.is_none() && state.open_count > 0;
         if wake_linger {
@@ -258,14 +248,16 @@ impl Accumulator {
             return None;
         }
         let mut next: Option<Instant> = None;
-        for (name, topic) in &mut state.topics {
-            for (index, slot) in topic.partitions.iter_mut().enumerate() {
-                let Some(batch) = &slot.open else { continue };
+        for topic in state.topics.values_mut() {
+            for index in 0..topic.partitions.len() {
+                let Some(batch) = &topic.partitions[index].open else {
+                    continue;
+                };
+                let sealed_at = batch.sealed_at;
                 if due(batch) {
-                    seal_slot(&self.context, name, index as u32, slot, &mut topic.sticky);
-                    state.open_count -= 1;
+                    topic.seal(&self.context, index as u32, &mut state.open_count);
                 } else {
-                    next = Some(next.map_or(batch.sealed_at, |n| n.min(batch.sealed_at)));
+                    next = Some(next.map_or(sealed_at, |n| n.min(sealed_at)));
                 }
             }
         }
@@ -313,32 +305,30 @@ fn sticky_partition(sticky: &mut Option<u32>, seed: &mut u32, count: usize) -> u
     })
 }
 
-/// Takes the slot's open batch and hands it to the partition's sender,
-/// starting the sender on first use.
-fn seal_slot(
-    context: &Arc<SenderContext>,
-    topic: &str,
-    partition: u32,
-    slot: &mut PartitionSlot,
-    sticky: &mut Option<u32>,
-) {
-    let Some(batch) = slot.open.take() else {
-        return;
-    };
-    if *sticky == Some(partition) {
-        *sticky = None;
-    }
-    let sender = slot.sender.get_or_insert_with(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sender = PartitionSender::new(context.clone(), topic.to_string(), partition);
-        tokio::spawn(sender.run(rx));
-        tx
-    });
-    if let Err(mpsc::error::SendError(batch)) = sender.send(batch) {
-        // The sender task is gone (its runtime shut down): fail the records.
-        for waiting in batch.waiting {
-            waiting.reply.resolve(Err(Error::Closed));
-            context.outstanding.done();
+impl TopicBatches {
+    /// Takes the partition's open batch, if any, and hands it to the
+    /// partition's sender, starting the sender on first use.
+    fn seal(&mut self, context: &Arc<SenderContext>, partition: u32, open_count: &mut usize) {
+        let slot = &mut self.partitions[partition as usize];
+        let Some(batch) = slot.open.take() else {
+            return;
+        };
+        *open_count -= 1;
+        if self.sticky == Some(partition) {
+            self.sticky = None;
+        }
+        let sender = slot.sender.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sender = PartitionSender::new(context.clone(), self.name.clone(), partition);
+            tokio::spawn(sender.run(rx));
+            tx
+        });
+        if let Err(mpsc::error::SendError(batch)) = sender.send(batch) {
+            // The sender task is gone (its runtime shut down): fail the records.
+            for waiting in batch.waiting {
+                waiting.reply.resolve(Err(Error::Closed));
+                context.outstanding.done();
+            }
         }
     }
 }
