@@ -365,9 +365,7 @@ async fn consume_one(
             break;
         }
     }
-    if let Ok(mut shared) = run.e2e.lock() {
-        shared.merge(&latency);
-    }
+    lock(&run.e2e).merge(&latency);
     Ok(())
 }
 

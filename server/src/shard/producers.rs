@@ -8,10 +8,11 @@
 //! (new here, or forgotten) must start at sequence 0: accepting any sequence
 //! would let a pipelined batch that overtook the first one (say, the first
 //! failed because the partition was still opening) set the expectation, and
-//! the first one's retry could then never be stored. Sequences are recorded when the append is
-//! submitted (so pipelined batches are checked against each other) and
-//! removed again if the append fails, so that the retry is not mistaken for
-//! a duplicate.
+//! the first one's retry could then never be stored.
+//!
+//! Sequences are recorded when the append is submitted (so pipelined
+//! batches are checked against each other) and removed again if the append
+//! fails, so that the retry is not mistaken for a duplicate.
 
 use std::collections::{HashMap, VecDeque};
 
