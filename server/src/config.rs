@@ -1,7 +1,15 @@
 //! Broker configuration: defaults, then a TOML file (`--config`), then flags.
+//!
+//! Every setting is one field of [`Settings`]: the same name is a flag
+//! (`--connection-idle-timeout-ms`) and a TOML key
+//! (`connection-idle-timeout-ms = 600000`), and flags win. Limits carry
+//! their unit and `_max` in the name; each has a default, and
+//! [`ServerConfig::resolve`] checks them against each other at start, so a
+//! broker never starts with limits that cannot hold. Relative paths are
+//! resolved against the working directory at start.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -9,8 +17,89 @@ use shardlog_engine::FlushPolicy;
 
 use crate::{Error, Result};
 
-/// Command-line flags. Every flag except `--config` may also be set in the
-/// TOML file under the same name; flags win.
+/// Declares [`Settings`]: one optional field per setting, usable as a flag and a TOML key.
+macro_rules! settings {
+    ($( $(#[doc = $doc:expr])* $field:ident : $ty:ty ),* $(,)?) => {
+        /// Every setting, each optional: flags and the TOML file fill what they name.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* #[arg(long)] pub $field: Option<$ty>, )*
+        }
+
+        impl Settings {
+            /// Each setting from `self`, or else from `fallback`.
+            fn or(self, fallback: Settings) -> Settings {
+                Settings { $( $field: self.$field.or(fallback.$field), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Directory holding metadata and partition logs; relative to the working directory [default: ./data].
+    data_dir: PathBuf,
+    /// Address every shard accepts on (SO_REUSEPORT); shard i also accepts on port + 1 + i [default: 127.0.0.1:7070].
+    listen: SocketAddr,
+    /// Number of shards (one pinned thread each) [default: one per available core].
+    shards: usize,
+    /// When appends are forced to disk: always | interval=<ms> | never [default: always].
+    flush: String,
+    /// Address of the Prometheus endpoint /metrics [default: 127.0.0.1:9644].
+    metrics_listen: SocketAddr,
+    /// Roll segments past this many bytes, for topics that set no size [default: 1073741824].
+    segment_bytes: u64,
+    /// Bytes of recent batches each shard keeps in memory [default: 268435456].
+    cache_bytes: u64,
+    /// Delete sealed segments older than this, for topics that set no retention [default: 604800000 (7 days)].
+    retention_ms: u64,
+    /// How often each shard applies retention [default: 30000].
+    retention_check_interval_ms: u64,
+    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set [default: info].
+    log_level: String,
+    /// Log line format on stderr: text | json (one object per line) [default: text].
+    log_format: String,
+    /// Open client connections per shard; more are refused [default: from RLIMIT_NOFILE, at most 4096].
+    connections_per_shard_max: usize,
+    /// Segment files each shard holds open; idle sealed ones are closed least recently used first [default: from RLIMIT_NOFILE, at most 10000].
+    open_files_per_shard_max: u32,
+    /// Requests one connection may have in flight before the broker stops reading it [default: 64].
+    inflight_requests_max: usize,
+    /// Largest request frame, prefix included [default: 67108864].
+    frame_bytes_max: u32,
+    /// Bytes of requests and responses one connection holds at once [default: 134217728].
+    connection_memory_bytes_max: u64,
+    /// Bytes of requests and responses one shard holds at once; reading sockets pauses when it is spent [default: 536870912].
+    shard_memory_bytes_max: u64,
+    /// Close a connection that sends nothing for this long [default: 600000].
+    connection_idle_timeout_ms: u64,
+    /// Close a connection whose frame, once begun, does not arrive whole within this time [default: 30000].
+    frame_read_timeout_ms: u64,
+    /// Close a connection that does not take a response within this time [default: 60000].
+    response_write_timeout_ms: u64,
+    /// Bytes one fetch response may carry, whatever the client asks [default: 52428800].
+    fetch_bytes_max: u64,
+    /// Bytes one partition may contribute to a fetch response [default: 10485760].
+    fetch_partition_bytes_max: u64,
+    /// The longest a fetch may wait for data [default: 60000].
+    fetch_wait_ms_max: u64,
+    /// The longest a produce may wait for its appends [default: 300000].
+    produce_timeout_ms_max: u64,
+    /// Largest record batch accepted (capped by the segment size) [default: 1048576].
+    batch_bytes_max: u32,
+    /// Bytes of appends queued per partition before producers wait [default: 33554432].
+    partition_pending_bytes_max: u64,
+    /// Partitions one topic may have [default: 100000].
+    partitions_per_topic_max: u32,
+    /// Open connections to the metrics endpoint; more are refused [default: 16].
+    metrics_connections_max: usize,
+    /// The longest one metrics request may take, reading and answering [default: 10000].
+    metrics_request_timeout_ms: u64,
+    /// Space kept in a reserve file in the data directory and given up when the disk is full, so that metadata changes (deleting a topic) still work [default: 16777216].
+    disk_reserve_bytes: u64,
+}
+
+/// Command-line flags: every setting, plus `--config`.
 #[derive(Debug, Parser, Default)]
 #[command(
     name = "shardlog-server",
@@ -18,53 +107,27 @@ use crate::{Error, Result};
     about = "The shardlog broker: a persistent, partitioned log."
 )]
 pub struct Cli {
-    /// TOML file with the same keys as the flags (e.g. `data-dir = "/var/lib/shardlog"`).
+    /// TOML file with the same keys as the flags (e.g. `data-dir = "/var/lib/shardlog"`); flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Directory holding metadata and partition logs [default: ./data].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Address every shard accepts on; shard i also accepts on port + 1 + i [default: 127.0.0.1:7070].
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Number of shards (one pinned thread each) [default: one per available core].
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// When appends are forced to disk: always | interval=<ms> | never [default: always].
-    #[arg(long)]
-    pub flush: Option<String>,
-    /// Address of the Prometheus endpoint /metrics [default: 127.0.0.1:7071].
-    #[arg(long)]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Roll segments past this many bytes [default: 1073741824].
-    #[arg(long)]
-    pub segment_bytes: Option<u64>,
-    /// Bytes of recent batches each shard keeps in memory [default: 268435456].
-    #[arg(long)]
-    pub cache_bytes: Option<u64>,
-    /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
-/// The same keys as [`Cli`], from a TOML file.
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    shards: Option<usize>,
-    flush: Option<String>,
-    metrics_listen: Option<SocketAddr>,
-    segment_bytes: Option<u64>,
-    cache_bytes: Option<u64>,
-    log_level: Option<String>,
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (ANSI colours only on a terminal).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// The resolved configuration of a broker.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Directory holding metadata and partition logs.
+    /// Directory holding metadata and partition logs (absolute).
     pub data_dir: PathBuf,
     /// The shared listen address.
     pub listen: SocketAddr,
@@ -78,164 +141,523 @@ pub struct ServerConfig {
     pub segment_bytes: u64,
     /// Tail cache bytes per shard.
     pub cache_bytes: u64,
-    /// Log filter.
-    pub log_level: String,
-    /// Open connections per shard before new ones are refused.
-    pub connections_per_shard_max: usize,
-    /// Requests a connection may have in flight before the broker stops reading it.
-    pub inflight_requests_max: usize,
-    /// Bytes of requests a shard holds at once before it stops reading sockets.
-    pub request_bytes_per_shard_max: u64,
-    /// Partitions one topic may have.
-    pub partitions_per_topic_max: u32,
     /// Retention of topics that do not set their own.
     pub retention_ms_default: Option<u64>,
     /// How often each shard applies retention.
     pub retention_check_interval_ms: u64,
+    /// Log filter.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Every limit, checked against the others.
+    pub limits: Limits,
 }
+
+/// The broker's limits. Each is a setting of the same name (see [`Settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections per shard.
+    pub connections_per_shard_max: usize,
+    /// Segment files each shard holds open.
+    pub open_files_per_shard_max: u32,
+    /// Requests a connection may have in flight.
+    pub inflight_requests_max: usize,
+    /// Largest request frame.
+    pub frame_bytes_max: u32,
+    /// Request and response bytes one connection holds.
+    pub connection_memory_bytes_max: u64,
+    /// Request and response bytes one shard holds.
+    pub shard_memory_bytes_max: u64,
+    /// Idle connections are closed after this.
+    pub connection_idle_timeout_ms: u64,
+    /// A begun frame must arrive whole within this.
+    pub frame_read_timeout_ms: u64,
+    /// A response must be taken within this.
+    pub response_write_timeout_ms: u64,
+    /// Bytes of one fetch response.
+    pub fetch_bytes_max: u64,
+    /// Bytes one partition adds to a fetch response.
+    pub fetch_partition_bytes_max: u64,
+    /// The longest fetch wait.
+    pub fetch_wait_ms_max: u64,
+    /// The longest produce wait.
+    pub produce_timeout_ms_max: u64,
+    /// Largest batch.
+    pub batch_bytes_max: u32,
+    /// Queued append bytes per partition.
+    pub partition_pending_bytes_max: u64,
+    /// Partitions per topic.
+    pub partitions_per_topic_max: u32,
+    /// Connections to the metrics endpoint.
+    pub metrics_connections_max: usize,
+    /// Time for one metrics request.
+    pub metrics_request_timeout_ms: u64,
+    /// Bytes of the disk reserve file.
+    pub disk_reserve_bytes: u64,
+}
+
+/// File descriptors kept out of the shards' budgets: listeners, the mesh,
+/// the metrics endpoint, metadata writes, the lock file.
+const FILE_DESCRIPTORS_RESERVED: u64 = 256;
+/// Largest default connection budget of a shard.
+const CONNECTIONS_PER_SHARD_DEFAULT_MAX: u64 = 4096;
+/// Largest default open-file budget of a shard.
+const OPEN_FILES_PER_SHARD_DEFAULT_MAX: u64 = 10_000;
 
 impl ServerConfig {
     /// Defaults, then the file named by `--config`, then the flags.
+    /// `descriptors_max` is the process's RLIMIT_NOFILE (as raised at start);
+    /// the default connection and open-file budgets share it.
     ///
     /// # Errors
     /// [`Error::Config`] for an unreadable file or a value out of range.
-    pub fn resolve(cli: Cli) -> Result<ServerConfig> {
+    pub fn resolve(cli: Cli, descriptors_max: u64) -> Result<ServerConfig> {
         let file = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::io("reading config", path, e))?;
-                toml::from_str::<FileConfig>(&text)
+                toml::from_str::<Settings>(&text)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
             }
-            None => FileConfig::default(),
+            None => Settings::default(),
         };
+        let s = cli.settings.or(file);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let flush_text = cli.flush.or(file.flush).unwrap_or_else(|| "always".into());
-        let flush = flush_text
+        let shards = s.shards.unwrap_or(cores);
+        let flush = s
+            .flush
+            .as_deref()
+            .unwrap_or("always")
             .parse::<FlushPolicy>()
             .map_err(|e| Error::Config(e.to_string()))?;
-        let config = ServerConfig {
-            data_dir: cli
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./data")),
-            listen: cli
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
-            shards: cli.shards.or(file.shards).unwrap_or(cores),
-            flush,
-            metrics_listen: cli
-                .metrics_listen
-                .or(file.metrics_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7071))),
-            segment_bytes: cli
-                .segment_bytes
-                .or(file.segment_bytes)
-                .unwrap_or(1024 * 1024 * 1024),
-            cache_bytes: cli
-                .cache_bytes
-                .or(file.cache_bytes)
-                .unwrap_or(256 * 1024 * 1024),
-            log_level: cli
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
-            connections_per_shard_max: 4096,
-            inflight_requests_max: 64,
-            request_bytes_per_shard_max: 512 * 1024 * 1024,
-            partitions_per_topic_max: 100_000,
-            retention_ms_default: Some(7 * 24 * 3600 * 1000),
-            retention_check_interval_ms: 30_000,
+        let log_format = match s.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(Error::Config(format!(
+                    "--log-format {other:?}: use text or json"
+                )))
+            }
         };
-        config.validate()?;
+        let data_dir = absolute(&s.data_dir.clone().unwrap_or_else(|| "./data".into()))?;
+        let config = ServerConfig {
+            data_dir,
+            listen: s.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            shards,
+            flush,
+            metrics_listen: s
+                .metrics_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9644))),
+            segment_bytes: s.segment_bytes.unwrap_or(1 << 30),
+            cache_bytes: s.cache_bytes.unwrap_or(256 << 20),
+            retention_ms_default: Some(s.retention_ms.unwrap_or(7 * 24 * 3600 * 1000)),
+            retention_check_interval_ms: s.retention_check_interval_ms.unwrap_or(30_000),
+            log_level: s.log_level.clone().unwrap_or_else(|| "info".into()),
+            log_format,
+            limits: Limits::from_settings(&s, shards, descriptors_max),
+        };
+        config.validate(descriptors_max)?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, descriptors_max: u64) -> Result<()> {
+        let bad = |message: String| Err(Error::Config(message));
         if self.shards == 0 || self.shards > 256 {
-            return Err(Error::Config(format!(
-                "--shards {} must be in 1..=256",
-                self.shards
-            )));
+            return bad(format!("--shards {} must be in 1..=256", self.shards));
         }
-        let last_port = u32::from(self.listen.port()) + self.shards as u32;
-        if self.listen.port() == 0 || last_port > u32::from(u16::MAX) {
-            return Err(Error::Config(format!(
-                "--listen port {} leaves no room for {} shard ports",
-                self.listen.port(),
-                self.shards
-            )));
+        self.validate_ports()?;
+        if self.retention_check_interval_ms == 0 {
+            return bad("--retention-check-interval-ms must be positive".into());
         }
-        log_config(self.flush, self.segment_bytes)
+        self.limits.validate(self.shards, descriptors_max)?;
+        self.log_config(self.segment_bytes)
             .validate()
             .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The shared port, the shard ports after it and the metrics port must
+    /// not overlap: a port shared by accident splits its connections between
+    /// two listeners.
+    fn validate_ports(&self) -> Result<()> {
+        let first = u32::from(self.listen.port());
+        let last = first + self.shards as u32;
+        if first == 0 || last > u32::from(u16::MAX) {
+            return Err(Error::Config(format!(
+                "--listen port {first} leaves no room for {} shard ports after it",
+                self.shards
+            )));
+        }
+        let metrics = u32::from(self.metrics_listen.port());
+        let same_host = self.metrics_listen.ip() == self.listen.ip()
+            || self.metrics_listen.ip().is_unspecified()
+            || self.listen.ip().is_unspecified();
+        if metrics == 0 || (same_host && (first..=last).contains(&metrics)) {
+            return Err(Error::Config(format!(
+                "--metrics-listen port {metrics} overlaps the broker's ports {first}..={last} \
+                 (the shared port and one per shard); pick a port outside them"
+            )));
+        }
+        Ok(())
     }
 
     /// The port shard `shard` accepts on besides the shared one.
     pub fn shard_port(&self, shard: usize) -> u16 {
         self.listen.port() + 1 + shard as u16
     }
+
+    /// The log configuration of a partition whose segments roll at `segment_bytes`.
+    pub fn log_config(&self, segment_bytes: u64) -> shardlog_engine::LogConfig {
+        log_config(
+            self.flush,
+            segment_bytes,
+            self.limits.batch_bytes_max,
+            self.limits.partition_pending_bytes_max,
+        )
+    }
 }
 
-/// The log configuration of a partition: batches are capped at 1 MiB, or at
-/// the segment size when segments are smaller (a segment holds at least one batch).
-pub fn log_config(flush: FlushPolicy, segment_bytes: u64) -> shardlog_engine::LogConfig {
+impl Limits {
+    fn from_settings(s: &Settings, shards: usize, descriptors_max: u64) -> Limits {
+        // Without explicit budgets, a shard gets its share of the descriptors:
+        // two thirds for files, one third for connections.
+        let per_shard =
+            descriptors_max.saturating_sub(FILE_DESCRIPTORS_RESERVED) / shards.max(1) as u64;
+        let files_default = (per_shard * 2 / 3).min(OPEN_FILES_PER_SHARD_DEFAULT_MAX);
+        let connections_default = (per_shard / 3).min(CONNECTIONS_PER_SHARD_DEFAULT_MAX);
+        Limits {
+            connections_per_shard_max: s
+                .connections_per_shard_max
+                .unwrap_or(connections_default as usize),
+            open_files_per_shard_max: s.open_files_per_shard_max.unwrap_or(files_default as u32),
+            inflight_requests_max: s.inflight_requests_max.unwrap_or(64),
+            frame_bytes_max: s.frame_bytes_max.unwrap_or(64 << 20),
+            connection_memory_bytes_max: s.connection_memory_bytes_max.unwrap_or(128 << 20),
+            shard_memory_bytes_max: s.shard_memory_bytes_max.unwrap_or(512 << 20),
+            connection_idle_timeout_ms: s.connection_idle_timeout_ms.unwrap_or(600_000),
+            frame_read_timeout_ms: s.frame_read_timeout_ms.unwrap_or(30_000),
+            response_write_timeout_ms: s.response_write_timeout_ms.unwrap_or(60_000),
+            fetch_bytes_max: s.fetch_bytes_max.unwrap_or(50 << 20),
+            fetch_partition_bytes_max: s.fetch_partition_bytes_max.unwrap_or(10 << 20),
+            fetch_wait_ms_max: s.fetch_wait_ms_max.unwrap_or(60_000),
+            produce_timeout_ms_max: s.produce_timeout_ms_max.unwrap_or(300_000),
+            batch_bytes_max: s.batch_bytes_max.unwrap_or(1 << 20),
+            partition_pending_bytes_max: s.partition_pending_bytes_max.unwrap_or(32 << 20),
+            partitions_per_topic_max: s.partitions_per_topic_max.unwrap_or(100_000),
+            metrics_connections_max: s.metrics_connections_max.unwrap_or(16),
+            metrics_request_timeout_ms: s.metrics_request_timeout_ms.unwrap_or(10_000),
+            disk_reserve_bytes: s.disk_reserve_bytes.unwrap_or(16 << 20),
+        }
+    }
+
+    /// Checks each limit against its range and the others.
+    fn validate(&self, shards: usize, descriptors_max: u64) -> Result<()> {
+        let bad = |message: String| Err(Error::Config(message));
+        let positive = [
+            (
+                "connections-per-shard-max",
+                self.connections_per_shard_max as u64,
+            ),
+            (
+                "open-files-per-shard-max",
+                u64::from(self.open_files_per_shard_max),
+            ),
+            ("inflight-requests-max", self.inflight_requests_max as u64),
+            (
+                "connection-idle-timeout-ms",
+                self.connection_idle_timeout_ms,
+            ),
+            ("frame-read-timeout-ms", self.frame_read_timeout_ms),
+            ("response-write-timeout-ms", self.response_write_timeout_ms),
+            ("fetch-bytes-max", self.fetch_bytes_max),
+            ("fetch-partition-bytes-max", self.fetch_partition_bytes_max),
+            ("produce-timeout-ms-max", self.produce_timeout_ms_max),
+            (
+                "partitions-per-topic-max",
+                u64::from(self.partitions_per_topic_max),
+            ),
+            (
+                "metrics-connections-max",
+                self.metrics_connections_max as u64,
+            ),
+            (
+                "metrics-request-timeout-ms",
+                self.metrics_request_timeout_ms,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return bad(format!("--{name} must be positive"));
+        }
+        let frame = u64::from(self.frame_bytes_max);
+        if !(4096..=1 << 30).contains(&frame) {
+            return bad(format!(
+                "--frame-bytes-max {frame} must be in 4096..=1073741824"
+            ));
+        }
+        if u64::from(self.batch_bytes_max) + 4096 > frame {
+            return bad(format!(
+                "--batch-bytes-max {} must leave room for a request header inside --frame-bytes-max {frame}",
+                self.batch_bytes_max
+            ));
+        }
+        if self.connection_memory_bytes_max < frame {
+            return bad(format!(
+                "--connection-memory-bytes-max {} must hold one whole frame (--frame-bytes-max {frame})",
+                self.connection_memory_bytes_max
+            ));
+        }
+        if self.shard_memory_bytes_max < self.connection_memory_bytes_max {
+            return bad(format!(
+                "--shard-memory-bytes-max {} must be at least --connection-memory-bytes-max {}",
+                self.shard_memory_bytes_max, self.connection_memory_bytes_max
+            ));
+        }
+        // A response is one frame: the cap plus one batch returned whole for progress.
+        if self.fetch_bytes_max + u64::from(self.batch_bytes_max) + 65_536 > frame {
+            return bad(format!(
+                "--fetch-bytes-max {} plus one batch (--batch-bytes-max {}) must fit in --frame-bytes-max {frame}",
+                self.fetch_bytes_max, self.batch_bytes_max
+            ));
+        }
+        if self.fetch_partition_bytes_max > self.fetch_bytes_max {
+            return bad(format!(
+                "--fetch-partition-bytes-max {} must not exceed --fetch-bytes-max {}",
+                self.fetch_partition_bytes_max, self.fetch_bytes_max
+            ));
+        }
+        if self.fetch_wait_ms_max > u64::from(u32::MAX)
+            || self.produce_timeout_ms_max > u64::from(u32::MAX)
+        {
+            return bad("--fetch-wait-ms-max and --produce-timeout-ms-max must fit 32 bits".into());
+        }
+        let per_shard =
+            self.connections_per_shard_max as u64 + u64::from(self.open_files_per_shard_max);
+        let needed = per_shard * shards as u64 + FILE_DESCRIPTORS_RESERVED;
+        if needed > descriptors_max {
+            return bad(format!(
+                "{shards} shards × (--connections-per-shard-max {} + --open-files-per-shard-max {}) \
+                 need {needed} file descriptors but RLIMIT_NOFILE allows {descriptors_max}; \
+                 lower them or raise the limit (ulimit -n, LimitNOFILE=)",
+                self.connections_per_shard_max, self.open_files_per_shard_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `path` made absolute against the working directory (it need not exist yet).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io("resolving path", path, e))
+}
+
+/// The log configuration of a partition: batches are capped at
+/// `batch_bytes_max`, or at the segment size when segments are smaller (a
+/// segment holds at least one batch).
+pub fn log_config(
+    flush: FlushPolicy,
+    segment_bytes: u64,
+    batch_bytes_max: u32,
+    pending_bytes_max: u64,
+) -> shardlog_engine::LogConfig {
     let mut config = shardlog_engine::LogConfig {
         flush,
         segment_bytes,
+        pending_bytes_max,
         ..Default::default()
     };
     let cap = u32::try_from(segment_bytes).unwrap_or(u32::MAX);
-    config.batch_limits.batch_bytes_max = config.batch_limits.batch_bytes_max.min(cap);
+    config.batch_limits.batch_bytes_max = batch_bytes_max.min(cap);
     config
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    #[test]
-    fn defaults_make_a_durable_local_broker() {
-        let config = ServerConfig::resolve(Cli::default()).unwrap();
-        assert_eq!(config.flush, FlushPolicy::Always);
-        assert_eq!(config.listen.to_string(), "127.0.0.1:7070");
-        assert_eq!(config.data_dir, PathBuf::from("./data"));
-        assert_eq!(config.shard_port(1), 7072);
+    const DESCRIPTORS: u64 = 1 << 20;
+
+    fn resolve(settings: Settings) -> Result<ServerConfig> {
+        ServerConfig::resolve(
+            Cli {
+                config: None,
+                settings,
+            },
+            DESCRIPTORS,
+        )
     }
 
     #[test]
-    fn flags_win_over_the_file() {
+    fn defaults_make_a_durable_local_broker_with_separate_ports() {
+        let config = resolve(Settings::default()).unwrap();
+        assert_eq!(config.flush, FlushPolicy::Always);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9644");
+        assert!(config.data_dir.is_absolute());
+        assert_eq!(
+            config.data_dir,
+            std::env::current_dir().unwrap().join("data"),
+            "./data resolves against the working directory"
+        );
+        assert_eq!(config.shard_port(1), 7072);
+        assert_eq!(config.limits.connections_per_shard_max, 4096);
+    }
+
+    #[test]
+    fn relative_paths_from_the_file_resolve_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.toml");
-        std::fs::write(&path, "shards = 3\nflush = \"never\"\ndata-dir = \"/x\"\n").unwrap();
+        std::fs::write(&path, "data-dir = \"rel/dir\"\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            settings: Settings::default(),
+        };
+        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
+        assert_eq!(
+            config.data_dir,
+            std::env::current_dir().unwrap().join("rel/dir")
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "shards = 3\nflush = \"never\"\ndata-dir = \"/x\"\nfetch-bytes-max = 16777216\n",
+        )
+        .unwrap();
         let cli = Cli {
             config: Some(path.clone()),
-            shards: Some(2),
-            ..Cli::default()
+            settings: Settings {
+                shards: Some(2),
+                ..Settings::default()
+            },
         };
-        let config = ServerConfig::resolve(cli).unwrap();
+        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
         assert_eq!(config.shards, 2);
         assert_eq!(config.flush, FlushPolicy::Never);
         assert_eq!(config.data_dir, PathBuf::from("/x"));
+        assert_eq!(config.limits.fetch_bytes_max, 16 << 20);
         std::fs::write(&path, "shard = 3\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            settings: Settings::default(),
+        };
         assert!(
-            ServerConfig::resolve(Cli {
-                config: Some(path),
-                ..Cli::default()
-            })
-            .is_err(),
+            ServerConfig::resolve(cli, DESCRIPTORS).is_err(),
             "unknown keys are refused"
         );
-        assert!(ServerConfig::resolve(Cli {
-            flush: Some("sometimes".into()),
-            ..Cli::default()
-        })
-        .is_err());
-        assert!(ServerConfig::resolve(Cli {
-            shards: Some(0),
-            ..Cli::default()
-        })
-        .is_err());
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused() {
+        let cases = [
+            Settings {
+                flush: Some("sometimes".into()),
+                ..Settings::default()
+            },
+            Settings {
+                shards: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                log_format: Some("xml".into()),
+                ..Settings::default()
+            },
+            Settings {
+                connection_idle_timeout_ms: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                connection_memory_bytes_max: Some(1 << 20),
+                ..Settings::default()
+            },
+            Settings {
+                fetch_bytes_max: Some(1 << 30),
+                ..Settings::default()
+            },
+            Settings {
+                fetch_partition_bytes_max: Some(60 << 20),
+                ..Settings::default()
+            },
+        ];
+        for settings in cases {
+            let shown = format!("{settings:?}");
+            assert!(resolve(settings).is_err(), "{shown}");
+        }
+    }
+
+    #[test]
+    fn overlapping_ports_are_refused() {
+        for metrics_port in [7070, 7071, 7072] {
+            let settings = Settings {
+                shards: Some(2),
+                metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], metrics_port))),
+                ..Settings::default()
+            };
+            let error = resolve(settings).unwrap_err().to_string();
+            assert!(error.contains("overlaps"), "{metrics_port}: {error}");
+        }
+        let elsewhere = Settings {
+            shards: Some(2),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7073))),
+            ..Settings::default()
+        };
+        assert!(resolve(elsewhere).is_ok());
+    }
+
+    #[test]
+    fn budgets_follow_the_descriptor_limit_and_explicit_ones_must_fit() {
+        let settings = Settings {
+            shards: Some(2),
+            ..Settings::default()
+        };
+        let config = ServerConfig::resolve(
+            Cli {
+                config: None,
+                settings: settings.clone(),
+            },
+            20_000,
+        )
+        .unwrap();
+        let limits = config.limits;
+        let used = 2
+            * (limits.connections_per_shard_max as u64
+                + u64::from(limits.open_files_per_shard_max));
+        assert!(used + FILE_DESCRIPTORS_RESERVED <= 20_000, "{limits:?}");
+        let too_many = Settings {
+            connections_per_shard_max: Some(9_000),
+            ..settings
+        };
+        let error = ServerConfig::resolve(
+            Cli {
+                config: None,
+                settings: too_many,
+            },
+            20_000,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("RLIMIT_NOFILE"), "{error}");
+    }
+
+    /// The README's limits table lists every setting by its flag.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../README.md");
+        let command = Cli::command();
+        for argument in command.get_arguments() {
+            let Some(flag) = argument.get_long() else {
+                continue;
+            };
+            if matches!(flag, "help" | "version") {
+                continue;
+            }
+            assert!(
+                readme.contains(&format!("`--{flag}`")),
+                "README.md has no row for `--{flag}`"
+            );
+        }
     }
 }

@@ -92,14 +92,20 @@ pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
 }
 
 impl ClusterMetadata {
-    /// Places `partitions` new partitions on the least loaded shards, round robin.
-    pub fn place(&self, partitions: u32, shard_count: usize) -> Vec<u16> {
+    /// How many partitions each of `shard_count` shards owns.
+    pub fn partitions_per_shard(&self, shard_count: usize) -> Vec<u64> {
         let mut load = vec![0u64; shard_count];
         for topic in self.topics.values() {
             for shard in &topic.partition_shards {
                 load[usize::from(*shard) % shard_count] += 1;
             }
         }
+        load
+    }
+
+    /// Places `partitions` new partitions on the least loaded shards, round robin.
+    pub fn place(&self, partitions: u32, shard_count: usize) -> Vec<u16> {
+        let mut load = self.partitions_per_shard(shard_count);
         (0..partitions)
             .map(|_| {
                 let (shard, _) = load
@@ -129,11 +135,25 @@ impl ClusterMetadata {
         }
     }
 
-    /// Persists the metadata atomically and durably.
+    /// Persists the metadata atomically and durably. On a full disk it gives
+    /// up the disk reserve (see [`ensure_disk_reserve`]) and tries once more,
+    /// so that deleting a topic to free space works when nothing else does.
     ///
     /// # Errors
     /// I/O errors; the previous file stays in place.
     pub fn store(&self, data_dir: &Path) -> Result<()> {
+        match self.store_once(data_dir) {
+            Err(Error::Io { source, .. }) if is_disk_full(&source) => {
+                if release_disk_reserve(data_dir) {
+                    tracing::warn!(data_dir = %data_dir.display(), "the disk is full: gave up the disk reserve to write the metadata; free space soon");
+                }
+                self.store_once(data_dir)
+            }
+            outcome => outcome,
+        }
+    }
+
+    fn store_once(&self, data_dir: &Path) -> Result<()> {
         let path = metadata_path(data_dir);
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Metadata {
@@ -156,6 +176,61 @@ impl ClusterMetadata {
 
 fn metadata_path(data_dir: &Path) -> PathBuf {
     data_dir.join("metadata.json")
+}
+
+fn reserve_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("disk-reserve")
+}
+
+fn is_disk_full(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOSPC)
+}
+
+/// Keeps `reserve_bytes` of allocated space in `<data-dir>/disk-reserve`,
+/// a file that [`ClusterMetadata::store`] deletes when the disk is full:
+/// with every block taken, even the write that deletes a topic (and so
+/// frees space) would fail. Made again at the next start once space is back.
+/// A disk too full to make it now is not an error: there is nothing to keep.
+///
+/// # Errors
+/// I/O errors other than a full disk.
+pub fn ensure_disk_reserve(data_dir: &Path, reserve_bytes: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = reserve_path(data_dir);
+    if reserve_bytes == 0 {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("creating the disk reserve", &path, e))?;
+    let length = libc::off_t::try_from(reserve_bytes).unwrap_or(libc::off_t::MAX);
+    // SAFETY: the descriptor is open and owned by `file` for the whole call.
+    let status = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, length) };
+    match status {
+        0 => file
+            .sync_all()
+            .map_err(|e| Error::io("syncing the disk reserve", &path, e)),
+        libc::ENOSPC => {
+            tracing::warn!(path = %path.display(), "the disk is too full for the disk reserve; it is made again at the next start");
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+        errno => Err(Error::io(
+            "allocating the disk reserve",
+            &path,
+            std::io::Error::from_raw_os_error(errno),
+        )),
+    }
+}
+
+/// Deletes the disk reserve; true when there was one.
+fn release_disk_reserve(data_dir: &Path) -> bool {
+    std::fs::remove_file(reserve_path(data_dir)).is_ok()
 }
 
 #[cfg(test)]

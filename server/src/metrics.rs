@@ -37,6 +37,14 @@ const BUCKETS_US: [u64; 14] = [
 const LATENCY_US_MAX: u64 = 600_000_000;
 /// The most bytes of an HTTP request to the metrics endpoint.
 const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Why the broker closed connections, as counted by `shardlog_connections_closed_total`.
+pub const CLOSE_REASONS: [&str; 5] = [
+    "idle",
+    "stalled_frame",
+    "write_timeout",
+    "broken",
+    "refused",
+];
 
 /// The counters of one shard.
 #[derive(Debug)]
@@ -45,6 +53,7 @@ pub struct ShardMetrics {
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
     cross_shard_messages: Cell<u64>,
+    connections_closed: [Cell<u64>; CLOSE_REASONS.len()],
     produce_latency_us: RefCell<Histogram<u64>>,
     fetch_latency_us: RefCell<Histogram<u64>>,
 }
@@ -61,6 +70,7 @@ impl Default for ShardMetrics {
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             cross_shard_messages: Cell::new(0),
+            connections_closed: Default::default(),
             produce_latency_us: histogram(),
             fetch_latency_us: histogram(),
         }
@@ -88,6 +98,15 @@ impl ShardMetrics {
     /// Counts a message sent to another shard.
     pub fn cross_shard_message(&self) {
         add(&self.cross_shard_messages, 1);
+    }
+
+    /// Counts a connection the broker closed (or refused) for `reason`, one of [`CLOSE_REASONS`].
+    pub fn connection_closed(&self, reason: &str) {
+        let at = CLOSE_REASONS.iter().position(|r| *r == reason);
+        assert!(at.is_some(), "unknown close reason {reason}");
+        if let Some(at) = at {
+            add(&self.connections_closed[at], 1);
+        }
     }
 
     /// Records how long a request of API `api` took.
@@ -131,6 +150,18 @@ impl ShardMetrics {
             out,
             "shardlog_connections{{shard=\"{id}\"}} {}",
             shard.connections.get()
+        );
+        for (reason, count) in CLOSE_REASONS.iter().zip(&self.connections_closed) {
+            let _ = writeln!(
+                out,
+                "shardlog_connections_closed_total{{shard=\"{id}\",reason=\"{reason}\"}} {}",
+                count.get()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shardlog_memory_available_bytes{{shard=\"{id}\"}} {}",
+            shard.memory.available()
         );
         let _ = writeln!(
             out,
@@ -237,6 +268,10 @@ pub fn header() -> &'static str {
      # TYPE shardlog_cross_shard_messages_total counter\n\
      # HELP shardlog_connections Open client connections.\n\
      # TYPE shardlog_connections gauge\n\
+     # HELP shardlog_connections_closed_total Connections the broker closed or refused, by reason.\n\
+     # TYPE shardlog_connections_closed_total counter\n\
+     # HELP shardlog_memory_available_bytes What is left of the shard's memory budget for requests and responses.\n\
+     # TYPE shardlog_memory_available_bytes gauge\n\
      # HELP shardlog_cache_bytes Bytes held by the tail cache.\n\
      # TYPE shardlog_cache_bytes gauge\n\
      # HELP shardlog_produce_latency_seconds Produce requests, from read to response ready.\n\

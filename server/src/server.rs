@@ -3,9 +3,15 @@
 //! ```text
 //!  main thread: lock data dir ─► load metadata ─► spawn N shard threads ─► wait "ready" ×N ─► print listening line
 //!                                                      │                                     └► wait for SIGINT/SIGTERM
-//!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port ─► ready ─► serve
+//!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port       or a shard that died
+//!            shard 0 also: create internal topics (opened on every shard), bind metrics ─► ready ─► serve
 //!            on shutdown: stop accepting, let connections finish, close (flush + fsync) partitions
 //! ```
+//!
+//! The listening line is printed only once every shard has opened every
+//! partition it owns and the internal topics exist. Anything that fails
+//! before that ends the process with one line naming what failed; a shard
+//! that stops later, for any reason but a requested shutdown, ends it too.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -28,16 +34,66 @@ const IO_MEMORY_BYTES: usize = 64 << 20;
 const STOP_POLL_MS: u64 = 20;
 /// The longest a shard waits for its connections to finish at shutdown.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// How often the main thread looks for a stop request while shards run.
+const MAIN_POLL_MS: u64 = 50;
+
+/// What a shard thread tells the main thread.
+enum ShardEvent {
+    /// Every partition it owns is open and its listeners are bound.
+    Ready,
+    /// Start-up failed.
+    Failed(Error),
+    /// The shard's thread ended (normally only after a stop request).
+    Exited(usize),
+}
+
+/// Sends [`ShardEvent::Exited`] when the shard thread ends, however it ends.
+struct ExitNotice {
+    shard: usize,
+    events: mpsc::Sender<ShardEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ShardEvent::Exited(self.shard));
+    }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit and returns the limit now in force.
+pub fn raise_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the rlimit we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    limit.rlim_cur
+}
 
 /// Runs a broker until SIGINT or SIGTERM; returns once every shard has
 /// flushed and closed its partitions.
 ///
 /// # Errors
-/// A locked data directory, unreadable metadata, a taken port, a shard that failed.
+/// A locked data directory, unreadable metadata, a partition that does not
+/// open, a taken port, a shard that failed.
 pub fn run(config: ServerConfig) -> Result<()> {
+    assert!(config.data_dir.is_absolute(), "paths are resolved at start");
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::io("creating data directory", &config.data_dir, e))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    crate::metadata::ensure_disk_reserve(&config.data_dir, config.limits.disk_reserve_bytes)?;
     let metadata = Arc::new(ClusterMetadata::load(&config.data_dir)?);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -45,51 +101,49 @@ pub fn run(config: ServerConfig) -> Result<()> {
             .map_err(|e| Error::io("installing signal handler", "", e))?;
     }
     let config = Arc::new(config);
-    let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut handles = Vec::with_capacity(config.shards);
-    for id in 0..config.shards {
-        let (config, metadata, mesh, ready_tx, stop) = (
-            config.clone(),
-            metadata.clone(),
-            mesh.clone(),
-            ready_tx.clone(),
-            stop.clone(),
-        );
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
-            .name(&format!("shard-{id}"))
-            .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                let result = shard_main(id, config, metadata, mesh, &ready_tx, stop).await;
-                if let Err(error) = &result {
-                    let _ = ready_tx.send(Err(Error::Config(format!("shard {id}: {error}"))));
-                }
-                result
-            })
-            .map_err(|e| Error::Config(format!("starting shard {id}: {e}")))?;
-        handles.push(handle);
-    }
-    drop(ready_tx);
-    let mut failure = None;
+    // The ports that are ours alone are bound first, so a second broker on
+    // the same ports stops here before it binds the shared one.
+    let mut listeners = (0..config.shards)
+        .map(|id| net::bind_exclusive(SocketAddr::new(config.listen.ip(), config.shard_port(id))))
+        .collect::<Result<Vec<_>>>()?;
+    let mut metrics = Some(net::bind_exclusive(config.metrics_listen)?);
+    let listeners = listeners
+        .drain(..)
+        .enumerate()
+        .map(|(id, own)| OwnListeners {
+            own,
+            metrics: if id == 0 { metrics.take() } else { None },
+        })
+        .collect();
+    let (events_tx, events) = mpsc::channel::<ShardEvent>();
+    let handles = spawn_shards(&config, &metadata, &stop, &events_tx, listeners)?;
+    drop(events_tx);
     for _ in 0..config.shards {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                failure = Some(error);
-                break;
+        match events.recv() {
+            Ok(ShardEvent::Ready) => {}
+            Ok(ShardEvent::Failed(error)) => return Err(error),
+            Ok(ShardEvent::Exited(shard)) => {
+                return Err(Error::Config(format!(
+                    "shard {shard} stopped during start-up"
+                )))
             }
-            Err(_) => break,
+            Err(mpsc::RecvError) => {
+                return Err(Error::Config("every shard stopped during start-up".into()))
+            }
         }
     }
-    match failure {
-        None => {
-            println!("shardlog-server listening on {}", config.listen);
-            tracing::info!(listen = %config.listen, shards = config.shards, data_dir = %config.data_dir.display(), "broker ready");
-        }
-        Some(_) => stop.store(true, Ordering::SeqCst),
+    println!(
+        "shardlog-server listening on {}, data in {}",
+        config.listen,
+        config.data_dir.display()
+    );
+    tracing::info!(listen = %config.listen, shards = config.shards, data_dir = %config.data_dir.display(), metrics = %config.metrics_listen, "broker ready");
+    if let Some(shard) = wait_for_stop(&stop, &events) {
+        return Err(Error::Config(format!(
+            "shard {shard} stopped unexpectedly; the broker cannot serve its partitions"
+        )));
     }
-    let mut outcome = failure.map_or(Ok(()), Err);
+    let mut outcome = Ok(());
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
@@ -104,12 +158,74 @@ pub fn run(config: ServerConfig) -> Result<()> {
     outcome
 }
 
+/// Waits for a stop request; returns the shard that ended first if one ended before it.
+fn wait_for_stop(stop: &AtomicBool, events: &mpsc::Receiver<ShardEvent>) -> Option<usize> {
+    while !stop.load(Ordering::SeqCst) {
+        match events.recv_timeout(Duration::from_millis(MAIN_POLL_MS)) {
+            Ok(ShardEvent::Exited(shard)) if !stop.load(Ordering::SeqCst) => return Some(shard),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+    None
+}
+
+type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
+
+/// The listeners a shard gets from the main thread.
+struct OwnListeners {
+    own: std::net::TcpListener,
+    /// Shard 0 serves the metrics endpoint.
+    metrics: Option<std::net::TcpListener>,
+}
+
+fn spawn_shards(
+    config: &Arc<ServerConfig>,
+    metadata: &Arc<ClusterMetadata>,
+    stop: &Arc<AtomicBool>,
+    events: &mpsc::Sender<ShardEvent>,
+    listeners: Vec<OwnListeners>,
+) -> Result<Vec<ShardHandle>> {
+    let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut handles = Vec::with_capacity(config.shards);
+    for (id, listeners) in listeners.into_iter().enumerate() {
+        let (config, metadata, mesh, events, stop) = (
+            config.clone(),
+            metadata.clone(),
+            mesh.clone(),
+            events.clone(),
+            stop.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let _notice = ExitNotice {
+                    shard: id,
+                    events: events.clone(),
+                };
+                let result = shard_main(id, config, metadata, mesh, listeners, &events, stop).await;
+                if let Err(error) = &result {
+                    let _ = events.send(ShardEvent::Failed(Error::Config(format!(
+                        "shard {id}: {error}"
+                    ))));
+                }
+                result
+            })
+            .map_err(|e| Error::Config(format!("starting shard {id}: {e}")))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
 async fn shard_main(
     id: usize,
     config: Arc<ServerConfig>,
     metadata: Arc<ClusterMetadata>,
     mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
-    ready: &mpsc::Sender<Result<()>>,
+    listeners: OwnListeners,
+    events: &mpsc::Sender<ShardEvent>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let (senders, receivers) = mesh
@@ -132,13 +248,12 @@ async fn shard_main(
             .await
             .map_err(|e| Error::Config(format!("creating the offsets topic: {}", e.message)))?;
     }
-    let shared = net::bind(config.listen)?;
-    let own = net::bind(SocketAddr::new(config.listen.ip(), config.shard_port(id)))?;
-    if id == 0 {
-        let metrics = net::bind(config.metrics_listen)?;
-        glommio::spawn_local(crate::metrics::serve(shard.clone(), metrics)).detach();
+    let own = net::adopt(listeners.own);
+    let shared = net::bind_shared(config.listen)?;
+    if let Some(metrics) = listeners.metrics {
+        glommio::spawn_local(crate::metrics::serve(shard.clone(), net::adopt(metrics))).detach();
     }
-    let _ = ready.send(Ok(()));
+    let _ = events.send(ShardEvent::Ready);
     glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(crate::groups::expiry_loop(shard.clone())).detach();

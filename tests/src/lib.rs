@@ -149,7 +149,14 @@ impl Broker {
             };
             match rx.recv_timeout(wait) {
                 Ok(line) => {
-                    assert_eq!(line, format!("shardlog-server listening on {addr}"));
+                    let data_dir = self.data_dir.path().join("data");
+                    assert_eq!(
+                        line,
+                        format!(
+                            "shardlog-server listening on {addr}, data in {}",
+                            data_dir.display()
+                        )
+                    );
                     self.child = Some(child);
                     self.addr = addr;
                     return;

@@ -110,18 +110,31 @@ fn check_frame_len(frame_len: u32, limits: &ProtocolLimits) -> Result<(), Prefix
     Ok(())
 }
 
-/// The 8-byte prefix of a frame carrying `message_bytes` of flatbuffer and `payload_bytes` after it.
-///
-/// # Panics
-/// If the frame would exceed 4 GiB: callers bound payloads far below that.
-pub fn encode_prefix(message_bytes: usize, payload_bytes: usize) -> [u8; FRAME_PREFIX_BYTES] {
-    let frame_len =
-        u32::try_from(4 + message_bytes + payload_bytes).expect("frames stay below 4 GiB");
-    let message_len = u32::try_from(message_bytes).expect("messages stay below 4 GiB");
+/// The 8-byte prefix of a frame carrying `message_bytes` of flatbuffer and
+/// `payload_bytes` after it, or `None` when the frame would not fit the
+/// 32-bit length field.
+pub fn checked_prefix(
+    message_bytes: usize,
+    payload_bytes: u64,
+) -> Option<[u8; FRAME_PREFIX_BYTES]> {
+    let frame_len = (message_bytes as u64)
+        .checked_add(payload_bytes)?
+        .checked_add(4)?;
+    let frame_len = u32::try_from(frame_len).ok()?;
+    let message_len = u32::try_from(message_bytes).ok()?;
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     prefix[..4].copy_from_slice(&frame_len.to_le_bytes());
     prefix[4..].copy_from_slice(&message_len.to_le_bytes());
-    prefix
+    Some(prefix)
+}
+
+/// The 8-byte prefix of a frame carrying `message_bytes` of flatbuffer and `payload_bytes` after it.
+///
+/// # Panics
+/// If the frame would exceed 4 GiB: for requests a client builds, which
+/// stay far below that. Anything sized by the network uses [`checked_prefix`].
+pub fn encode_prefix(message_bytes: usize, payload_bytes: usize) -> [u8; FRAME_PREFIX_BYTES] {
+    checked_prefix(message_bytes, payload_bytes as u64).expect("frames stay below 4 GiB")
 }
 
 fn verifier_options(limits: &ProtocolLimits) -> VerifierOptions {

@@ -109,3 +109,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn prefixes_past_four_gib_are_refused_not_panicked() {
+    assert!(super::checked_prefix(10, u64::from(u32::MAX)).is_none());
+    assert!(super::checked_prefix(10, u64::MAX).is_none());
+    let prefix = super::checked_prefix(10, 20).unwrap();
+    assert_eq!(u32::from_le_bytes(prefix[..4].try_into().unwrap()), 34);
+    assert_eq!(u32::from_le_bytes(prefix[4..].try_into().unwrap()), 10);
+}

@@ -139,17 +139,21 @@ fn topic_results(
     }
 }
 
-/// On the controller: adds the valid topics to the metadata.
+/// On the controller: adds the valid topics to the metadata. If a shard
+/// cannot open a new partition, the topics are taken out again, so that
+/// metadata never names a partition that does not open.
 pub async fn create_on_controller(
     shard: &Rc<ShardState>,
     topics: Vec<TopicRequest>,
 ) -> Vec<(String, Option<WireError>)> {
     shard
         .with_controller_lock(async {
-            let mut next = (*shard.metadata()).clone();
+            let before = shard.metadata();
+            let mut next = (*before).clone();
             let mut results = Vec::with_capacity(topics.len());
             for topic in topics {
-                let outcome = check_new_topic(shard, &next, &topic);
+                let outcome = check_new_topic(shard, &next, &topic)
+                    .or_else(|| check_open_files(shard, &next, topic.partitions));
                 if outcome.is_none() {
                     let partition_shards = next.place(topic.partitions, shard.count);
                     let metadata = TopicMetadata {
@@ -164,10 +168,55 @@ pub async fn create_on_controller(
                 }
                 results.push((topic.name, outcome));
             }
-            commit(shard, next, &mut results).await;
+            if let Err(error) = commit(shard, next, &mut results).await {
+                let mut undo = (*before).clone();
+                undo.revision = shard.metadata().revision;
+                if let Err(undo_error) = publish(shard, undo).await {
+                    tracing::error!(%undo_error, "taking back topics that did not open failed");
+                }
+                let failed = WireError::new(
+                    fb::ErrorCode::StorageError,
+                    format!("a partition of the topic did not open, so the topic was not created: {error}"),
+                );
+                for (_, outcome) in results.iter_mut().filter(|(_, e)| e.is_none()) {
+                    *outcome = Some(failed.clone());
+                }
+            }
             results
         })
         .await
+}
+
+/// Files kept free on every shard for reading sealed segments, beyond the
+/// active segment that each partition holds open for good.
+const SEALED_FILES_RESERVED: u32 = 32;
+
+/// Refuses partitions that would leave a shard unable to hold its active
+/// segments open (`open_files_per_shard_max`), before anything is created.
+fn check_open_files(
+    shard: &ShardState,
+    metadata: &ClusterMetadata,
+    partitions: u32,
+) -> Option<WireError> {
+    let budget = shard.config.limits.open_files_per_shard_max;
+    let pinned_max = budget.saturating_sub(SEALED_FILES_RESERVED);
+    let placement = metadata.place(partitions, shard.count);
+    let mut owned = metadata.partitions_per_shard(shard.count);
+    for placed in placement {
+        owned[usize::from(placed)] += 1;
+    }
+    let (busiest, count) = owned.iter().enumerate().max_by_key(|(_, c)| **c)?;
+    (*count > u64::from(pinned_max)).then(|| {
+        WireError::new(
+            fb::ErrorCode::InvalidPartitions,
+            format!(
+                "{partitions} more partitions would put {count} on shard {busiest}, but a shard \
+                 holds at most {pinned_max} (--open-files-per-shard-max {budget} less \
+                 {SEALED_FILES_RESERVED} kept for reading sealed segments); raise the limit \
+                 or create fewer partitions"
+            ),
+        )
+    })
 }
 
 fn check_new_topic(
@@ -187,7 +236,7 @@ fn check_new_topic(
             format!("topic {:?} already exists", topic.name),
         ));
     }
-    let max = shard.config.partitions_per_topic_max;
+    let max = shard.config.limits.partitions_per_topic_max;
     if topic.partitions == 0 || topic.partitions > max {
         return Some(WireError::new(
             fb::ErrorCode::InvalidPartitions,
@@ -198,8 +247,7 @@ fn check_new_topic(
         ));
     }
     if let Some(segment_bytes) = topic.segment_bytes {
-        if let Err(error) = crate::config::log_config(shard.config.flush, segment_bytes).validate()
-        {
+        if let Err(error) = shard.config.log_config(segment_bytes).validate() {
             return Some(WireError::new(
                 fb::ErrorCode::InvalidConfig,
                 error.to_string(),
@@ -236,7 +284,9 @@ pub async fn delete_on_controller(
                 };
                 results.push((name, outcome));
             }
-            commit(shard, next, &mut results).await;
+            if let Err(error) = commit(shard, next, &mut results).await {
+                tracing::error!(%error, "a shard could not apply a topic deletion");
+            }
             results
         })
         .await
@@ -264,7 +314,9 @@ pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireErro
             next.topics
                 .insert(crate::groups::OFFSETS_TOPIC.to_string(), metadata);
             let mut results = vec![(crate::groups::OFFSETS_TOPIC.to_string(), None)];
-            commit(shard, next, &mut results).await;
+            if let Err(error) = commit(shard, next, &mut results).await {
+                return Err(WireError::new(fb::ErrorCode::StorageError, error));
+            }
             results
                 .pop()
                 .and_then(|(_, error)| error)
@@ -274,28 +326,68 @@ pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireErro
 }
 
 /// Persists `next` (if anything changed) and has every shard adopt it.
+/// A persisting failure becomes each change's error; the error of a shard
+/// that could not adopt it is returned.
 async fn commit(
     shard: &Rc<ShardState>,
-    mut next: ClusterMetadata,
+    next: ClusterMetadata,
     results: &mut [(String, Option<WireError>)],
-) {
+) -> Result<(), String> {
     if results.iter().all(|(_, error)| error.is_some()) {
-        return;
+        return Ok(());
     }
+    match publish(shard, next).await {
+        Err(Published::NotStored(error)) => {
+            for (_, outcome) in results.iter_mut().filter(|(_, e)| e.is_none()) {
+                *outcome = Some(WireError::new(fb::ErrorCode::StorageError, error.clone()));
+            }
+            Ok(())
+        }
+        Err(Published::NotApplied(error)) => Err(error),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Why [`publish`] failed.
+#[derive(Debug)]
+enum Published {
+    /// `metadata.json` could not be written: nothing changed.
+    NotStored(String),
+    /// Stored, but a shard could not open what it now places there.
+    NotApplied(String),
+}
+
+impl std::fmt::Display for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Published::NotStored(e) | Published::NotApplied(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Persists `next` as the following revision and has every shard adopt it.
+async fn publish(shard: &Rc<ShardState>, mut next: ClusterMetadata) -> Result<(), Published> {
     next.revision += 1;
     if let Err(error) = next.store(&shard.config.data_dir) {
         tracing::error!(%error, "persisting metadata failed");
-        for (_, outcome) in results.iter_mut().filter(|(_, e)| e.is_none()) {
-            *outcome = Some(WireError::new(
-                fb::ErrorCode::StorageError,
-                format!("persisting metadata failed: {error}"),
-            ));
-        }
-        return;
+        return Err(Published::NotStored(format!(
+            "persisting metadata failed: {error}"
+        )));
     }
     let next = Arc::new(next);
     let applied = (0..shard.count)
         .map(|target| shard.call(target, ShardRequest::ApplyMetadata(next.clone())));
-    futures_util::future::join_all(applied).await;
+    let applied = futures_util::future::join_all(applied).await;
     tracing::info!(revision = next.revision, "metadata changed");
+    for outcome in applied {
+        match outcome {
+            ShardResponse::Applied(Ok(())) => {}
+            ShardResponse::Applied(Err(error)) => return Err(Published::NotApplied(error)),
+            _ => {
+                let error = "a shard did not answer: it is stopping".to_string();
+                return Err(Published::NotApplied(error));
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,11 +1,19 @@
-//! Fetch: long-poll reads of many partitions.
+//! Fetch: long-poll reads of many partitions, within the broker's caps.
 //!
-//! A round reads every partition (locally, or on its owner over the mesh).
-//! If the round found fewer than `min_bytes`, the handler waits until any
-//! partition's high watermark passes what the round saw, or until
-//! `max_wait_ms`, then reads again. Local data goes out as the engine
-//! returned it (cache `Bytes`, O_DIRECT buffers, sealed-file ranges for
-//! sendfile); data from another shard arrives copied into `Bytes`.
+//! A round reads the partitions one after another, in request order, each
+//! within what is left of the response's budget: the smallest of the
+//! client's `max_bytes`, `fetch_bytes_max`, and the memory the connection
+//! and the shard can give right now (`budget.rs`). A partition adds at most
+//! its own `max_bytes` and `fetch_partition_bytes_max`. As in Kafka
+//! (KIP-74), the first batch of the first partition with data comes whole
+//! even past those limits, so a consumer always progresses; nothing else
+//! is read past them. A partition whose turn comes with no budget left
+//! reports only its watermarks. If the round found fewer than `min_bytes`,
+//! the handler gives the memory back and waits until any partition's high
+//! watermark passes what the round saw, or until `max_wait_ms`, then reads
+//! again. Local data goes out as the engine returned it (cache `Bytes`,
+//! O_DIRECT buffers, sealed-file ranges for sendfile); data from another
+//! shard arrives copied into `Bytes`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,14 +27,14 @@ use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
 use crate::error::WireError;
-use crate::net::{Outgoing, PayloadPart};
+use crate::net::{Answer, ConnectionContext, MemoryCharge, Outgoing, PayloadPart};
 use crate::shard::messages::RemoteFetch;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// Most partitions in one fetch request.
 const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
-/// The longest a fetch may wait.
-const MAX_WAIT_MS_MAX: u32 = 60_000;
+/// How often a fetch that found no free memory looks again.
+const BUDGET_RETRY_MS: u64 = 10;
 
 #[derive(Debug, Clone)]
 struct PartitionFetch {
@@ -65,7 +73,7 @@ pub fn parse(body: fb::FetchRequest<'_>) -> Result<FetchParsed, WireError> {
         topics.push((name, partitions));
     }
     Ok(FetchParsed {
-        max_wait_ms: body.max_wait_ms().min(MAX_WAIT_MS_MAX),
+        max_wait_ms: body.max_wait_ms(),
         min_bytes: body.min_bytes(),
         max_bytes: body.max_bytes().max(1),
         topics,
@@ -95,10 +103,20 @@ impl Fetched {
 
 type Round = Vec<Result<Fetched, WireError>>;
 
-pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: FetchParsed) -> Outgoing {
-    let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+pub async fn handle(
+    shard: &Rc<ShardState>,
+    context: &ConnectionContext,
+    correlation_id: u32,
+    request: FetchParsed,
+) -> Answer {
+    let limits = &shard.config.limits;
+    let wait_ms = u64::from(request.max_wait_ms).min(limits.fetch_wait_ms_max);
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    let cap_bytes = u64::from(request.max_bytes).min(limits.fetch_bytes_max);
     loop {
-        let round = read_round(shard, &request).await;
+        let mut charge = context.budget.charge();
+        let granted_bytes = charge.grow_up_to(cap_bytes);
+        let round = read_round(shard, &request, granted_bytes).await;
         let bytes: u64 = round
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -108,43 +126,62 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: FetchP
         let now = Instant::now();
         let done = bytes >= u64::from(request.min_bytes) || any_error || now >= deadline;
         if done || shard.shutdown.is_started() {
-            return encode(correlation_id, &request, round);
+            return encode(correlation_id, &request, round, charge, bytes);
         }
-        wait_for_more(shard, &request, &round, deadline - now).await;
+        // Give the memory back while waiting; the next round asks again.
+        let seen: Vec<u64> = round
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |f| f.high_watermark))
+            .collect();
+        drop(round);
+        drop(charge);
+        if granted_bytes == 0 {
+            // No memory to read into: look again shortly, as long as the client waits.
+            let pause = Duration::from_millis(BUDGET_RETRY_MS).min(deadline - now);
+            glommio::timer::sleep(pause).await;
+            continue;
+        }
+        wait_for_more(shard, &request, &seen, deadline - now).await;
     }
 }
 
-async fn read_round(shard: &Rc<ShardState>, request: &FetchParsed) -> Round {
-    let reads = request.topics.iter().flat_map(|(topic, partitions)| {
-        partitions
-            .iter()
-            .map(move |p| read_partition(shard, topic, p))
-    });
-    let mut round = futures_util::future::join_all(reads).await;
-    // Keep within the request's max_bytes: later partitions give up their data (their turn comes next fetch).
-    let mut total = 0u64;
-    for fetched in round.iter_mut().flatten() {
-        let size = fetched.size_bytes();
-        if total > 0 && total + size > u64::from(request.max_bytes) {
-            fetched.data = None;
-        } else {
-            total += size;
+/// Reads every partition in order within `budget_bytes`; see the module doc.
+async fn read_round(shard: &Rc<ShardState>, request: &FetchParsed, budget_bytes: u64) -> Round {
+    let partition_cap = shard.config.limits.fetch_partition_bytes_max;
+    let mut remaining = budget_bytes;
+    let mut round = Round::new();
+    for (topic, partitions) in &request.topics {
+        for fetch in partitions {
+            let allotted = fetch.max_bytes.min(partition_cap).min(remaining);
+            let first_data = remaining == budget_bytes;
+            let mut fetched = read_partition(shard, topic, fetch, allotted).await;
+            if let Ok(found) = &mut fetched {
+                let size = found.size_bytes();
+                if size > allotted && !first_data {
+                    // Only the first data of a response may come whole past the limits.
+                    found.data = None;
+                } else {
+                    remaining = remaining.saturating_sub(size);
+                }
+            }
+            round.push(fetched);
         }
     }
     round
 }
 
+/// Reads one partition, here or on its owner; `max_bytes` 0 asks for its watermarks only.
 async fn read_partition(
     shard: &Rc<ShardState>,
     topic: &str,
     fetch: &PartitionFetch,
+    max_bytes: u64,
 ) -> Result<Fetched, WireError> {
     let owner = shard
         .owner_of(topic, fetch.partition)
         .ok_or_else(|| WireError::unknown_partition(topic, fetch.partition))?;
     if owner == shard.id {
-        let slice =
-            read_local(shard, topic, fetch.partition, fetch.offset, fetch.max_bytes).await?;
+        let slice = read_local(shard, topic, fetch.partition, fetch.offset, max_bytes).await?;
         let (high_watermark, log_start_offset) = (slice.high_watermark, slice.log_start_offset);
         let data = (!slice.is_empty()).then_some(Data::Local(slice));
         return Ok(Fetched {
@@ -157,7 +194,7 @@ async fn read_partition(
         topic: topic.to_string(),
         partition: fetch.partition,
         offset: fetch.offset,
-        max_bytes: fetch.max_bytes,
+        max_bytes,
     };
     match shard.call(owner, request).await {
         ShardResponse::Fetch(Ok(remote)) => {
@@ -183,6 +220,14 @@ async fn read_local(
     let state = shard
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
+    if max_bytes == 0 {
+        return Ok(ReadSlice {
+            parts: Vec::new(),
+            next_offset: offset,
+            high_watermark: state.log.high_watermark(),
+            log_start_offset: state.log.log_start_offset(),
+        });
+    }
     state
         .log
         .read(offset, max_bytes, None)
@@ -231,13 +276,11 @@ pub async fn read_for_remote(
 async fn wait_for_more(
     shard: &Rc<ShardState>,
     request: &FetchParsed,
-    round: &Round,
+    seen: &[u64],
     wait: Duration,
 ) {
     let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> = Vec::new();
-    let seen = round
-        .iter()
-        .map(|r| r.as_ref().map_or(0, |f| f.high_watermark));
+    let seen = seen.iter().copied();
     let partitions = request
         .topics
         .iter()
@@ -270,7 +313,16 @@ async fn wait_for_more(
     futures_util::future::select_all(waits).await;
 }
 
-fn encode(correlation_id: u32, request: &FetchParsed, round: Round) -> Outgoing {
+fn encode(
+    correlation_id: u32,
+    request: &FetchParsed,
+    round: Round,
+    mut charge: MemoryCharge,
+    bytes: u64,
+) -> Answer {
+    // Sealed-file ranges go out with sendfile and hold no memory.
+    let memory_bytes = bytes - round_file_bytes(&round);
+    charge.shrink_to(memory_bytes);
     let mut fbb = FlatBufferBuilder::new();
     let mut payload = Vec::new();
     let mut results = round.into_iter();
@@ -328,7 +380,7 @@ fn encode(correlation_id: u32, request: &FetchParsed, round: Round) -> Outgoing 
             topics: Some(topics),
         },
     );
-    Outgoing {
+    let outgoing = Outgoing {
         message: finish(
             fbb,
             correlation_id,
@@ -336,7 +388,28 @@ fn encode(correlation_id: u32, request: &FetchParsed, round: Round) -> Outgoing 
             body.as_union_value(),
         ),
         payload,
+    };
+    Answer {
+        outgoing,
+        charge: Some(charge),
     }
+}
+
+/// Bytes of the round that are sealed-file ranges (sent with sendfile, never in memory).
+fn round_file_bytes(round: &Round) -> u64 {
+    round
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|f| match &f.data {
+            Some(Data::Local(slice)) => Some(slice),
+            _ => None,
+        })
+        .flat_map(|slice| slice.parts.iter())
+        .filter_map(|part| match part {
+            ReadPart::File { length, .. } => Some(*length),
+            _ => None,
+        })
+        .sum()
 }
 
 fn local_part(part: ReadPart) -> PayloadPart {

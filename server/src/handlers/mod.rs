@@ -16,7 +16,7 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use shardlog_wire::protocol::{self, fb};
 
 use crate::error::WireError;
-use crate::net::Outgoing;
+use crate::net::{Answer, ConnectionContext, Outgoing};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// A request, parsed into owned values.
@@ -117,23 +117,32 @@ fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed,
 /// Handles a parsed request; `frame` is the request's body buffer (produce carves its batches from it).
 pub async fn handle(
     shard: &Rc<ShardState>,
+    context: &ConnectionContext,
     correlation_id: u32,
     request: Parsed,
     frame: BytesMut,
-) -> Outgoing {
+) -> Answer {
     match request {
-        Parsed::ApiVersions => metadata::api_versions(correlation_id),
-        Parsed::Metadata(topics) => metadata::metadata(shard, correlation_id, topics),
-        Parsed::CreateTopics(topics) => admin::create_topics(shard, correlation_id, topics).await,
-        Parsed::DeleteTopics(names) => admin::delete_topics(shard, correlation_id, names).await,
-        Parsed::Produce(produce) => produce::handle(shard, correlation_id, produce, frame).await,
-        Parsed::Fetch(fetch) => fetch::handle(shard, correlation_id, fetch).await,
-        Parsed::ListOffsets(request) => list_offsets::handle(shard, correlation_id, request).await,
-        Parsed::Group(request) => groups::handle(shard, correlation_id, request).await,
+        Parsed::Fetch(fetch) => fetch::handle(shard, context, correlation_id, fetch).await,
+        Parsed::Produce(produce) => produce::handle(shard, correlation_id, produce, frame)
+            .await
+            .into(),
+        Parsed::ApiVersions => metadata::api_versions(correlation_id).into(),
+        Parsed::Metadata(topics) => metadata::metadata(shard, correlation_id, topics).into(),
+        Parsed::CreateTopics(topics) => admin::create_topics(shard, correlation_id, topics)
+            .await
+            .into(),
+        Parsed::DeleteTopics(names) => admin::delete_topics(shard, correlation_id, names)
+            .await
+            .into(),
+        Parsed::ListOffsets(request) => list_offsets::handle(shard, correlation_id, request)
+            .await
+            .into(),
+        Parsed::Group(request) => groups::handle(shard, correlation_id, request).await.into(),
         Parsed::InitProducer {
             producer_id,
             producer_epoch,
-        } => metadata::init_producer(shard, correlation_id, producer_id, producer_epoch),
+        } => metadata::init_producer(shard, correlation_id, producer_id, producer_epoch).into(),
     }
 }
 
@@ -194,10 +203,11 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(shard)),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
         ShardRequest::ApplyMetadata(metadata) => {
-            if let Err(error) = shard.apply_metadata(metadata).await {
+            let applied = shard.apply_metadata(metadata).await;
+            if let Err(error) = &applied {
                 tracing::error!(shard = shard.id, %error, "applying metadata failed");
             }
-            ShardResponse::Applied
+            ShardResponse::Applied(applied.map_err(|e| format!("shard {}: {e}", shard.id)))
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use flatbuffers::FlatBufferBuilder;
@@ -118,34 +118,40 @@ pub async fn handle(
         Ok(pieces) => pieces,
         Err(error) => return super::error_response(correlation_id, &error),
     };
+    let timeout_ms =
+        u64::from(request.timeout_ms.max(1)).min(shard.config.limits.produce_timeout_ms_max);
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let mut pieces = pieces.into_iter();
     let mut calls = Vec::new();
     for (topic, partitions) in &request.topics {
         for (partition, _) in partitions {
             let batches = pieces.next().expect("one piece per partition");
-            calls.push(produce_partition(
-                shard,
-                topic.clone(),
-                *partition,
-                batches,
-                request.acks,
-            ));
+            let call = produce_partition(shard, topic.clone(), *partition, batches, request.acks);
+            calls.push(within(deadline, call));
         }
     }
-    let timeout = Duration::from_millis(u64::from(request.timeout_ms.max(1)));
-    let outcomes = futures_lite::future::or(
-        async { Some(futures_util::future::join_all(calls).await) },
-        async {
-            glommio::timer::sleep(timeout).await;
-            None
-        },
-    )
-    .await;
-    let outcomes = outcomes.unwrap_or_else(|| {
-        let timed_out = WireError::new(fb::ErrorCode::RequestTimedOut, "the produce did not complete within timeout_ms; retry (idempotent producers are safe to retry)");
-        ranges.iter().map(|_| ProduceOutcome { result: Err(timed_out.clone()), log_start_offset: -1 }).collect()
-    });
+    let outcomes = futures_util::future::join_all(calls).await;
     encode(correlation_id, &request, &outcomes)
+}
+
+/// The outcome of `call`, or `RequestTimedOut` at `deadline`. Giving up here
+/// never stops an append: it runs on in its own task (see [`produce_partition`]).
+async fn within(
+    deadline: Instant,
+    call: impl std::future::Future<Output = ProduceOutcome>,
+) -> ProduceOutcome {
+    let expire = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        ProduceOutcome {
+            result: Err(WireError::new(
+                fb::ErrorCode::RequestTimedOut,
+                "the produce did not complete within timeout_ms; retry \
+                 (idempotent producers are safe to retry: a stored batch is answered with its offset)",
+            )),
+            log_start_offset: -1,
+        }
+    };
+    futures_lite::future::or(call, expire).await
 }
 
 async fn produce_partition(
@@ -171,6 +177,21 @@ async fn produce_partition(
             log_start_offset: -1,
         };
     };
+    if owner == shard.id {
+        // Its own task: once the idempotence check has recorded a sequence
+        // as in flight, the append must finish (or fail) to settle it,
+        // whether or not this handler still waits. A forwarded produce is
+        // served the same way on its owner.
+        let shard = shard.clone();
+        let append = async move { append_local(&shard, &topic, partition, batches, acks).await };
+        return glommio::spawn_local(append)
+            .detach()
+            .await
+            .unwrap_or_else(|| ProduceOutcome {
+                result: Err(unavailable()),
+                log_start_offset: -1,
+            });
+    }
     match shard
         .call(
             owner,
@@ -344,16 +365,16 @@ pub async fn append_local(
             log_start_offset,
         };
     }
-    let work = append_checked(state.clone(), to_append, duplicate_base);
-    if acks == fb::Acks::None {
-        glommio::spawn_local(work).detach();
-        return ProduceOutcome {
-            result: Ok(-1),
-            log_start_offset,
-        };
-    }
+    // With acks = none the client is told no offset, but the request still
+    // waits for its appends: so it stays in flight, charged to the memory
+    // budget, and a producer that ignores answers is bounded like any other.
+    let result = append_checked(state.clone(), to_append, duplicate_base).await;
+    let result = match acks {
+        fb::Acks::None => result.map(|_| -1),
+        _ => result,
+    };
     ProduceOutcome {
-        result: work.await,
+        result,
         log_start_offset,
     }
 }

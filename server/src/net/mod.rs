@@ -4,6 +4,7 @@
 //! connections over the shards) and on its own port, `port + 1 + shard`, for
 //! clients that know which shard owns a partition.
 
+mod budget;
 mod connection;
 mod sendfile;
 
@@ -15,15 +16,43 @@ use glommio::net::TcpListener;
 use crate::shard::ShardState;
 use crate::{Error, Result};
 
-pub use connection::{Outgoing, PayloadPart};
+pub use budget::{Budget, MemoryCharge};
+pub use connection::{Answer, ConnectionContext, Outgoing, PayloadPart};
 
-/// Binds a listener (glommio sets SO_REUSEPORT, so every shard can bind the shared port).
+/// Binds the shared client port with SO_REUSEPORT: every shard binds it and
+/// the kernel spreads connections over them.
+///
+/// # Errors
+/// The address is taken (without SO_REUSEPORT) or not local.
+pub fn bind_shared(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|e| Error::io("binding", addr.to_string(), std::io::Error::from(e)))
+}
+
+/// Binds a port that belongs to one listener alone (a shard's own port, the
+/// metrics port): without SO_REUSEPORT, so a second broker on the same
+/// ports fails here with "address in use" instead of sharing connections.
+/// The main thread binds these before any shard binds the shared port.
 ///
 /// # Errors
 /// The address is taken or not local.
-pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| Error::io("binding", addr.to_string(), std::io::Error::from(e)))
+pub fn bind_exclusive(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another process holds it: stop it or choose other ports)"
+        } else {
+            ""
+        };
+        Error::io("binding", format!("{addr}{hint}"), e)
+    })
+}
+
+/// Hands a listener bound by [`bind_exclusive`] to this shard's reactor.
+pub fn adopt(listener: std::net::TcpListener) -> TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership
+    // moves from the std listener to glommio's; nothing else holds it.
+    unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }
 
 /// Accepts connections until the shard shuts down; each runs as its own task.
@@ -43,9 +72,9 @@ pub async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener) {
                 continue;
             }
         };
-        if shard.connections.get() >= shard.config.connections_per_shard_max {
+        if shard.connections.get() >= shard.config.limits.connections_per_shard_max {
             tracing::warn!(
-                limit = shard.config.connections_per_shard_max,
+                limit = shard.config.limits.connections_per_shard_max,
                 "refusing a connection: the shard is at its limit"
             );
             drop(stream);

@@ -176,7 +176,8 @@ pub enum ShardResponse {
     Watched,
     ListOffsets(Result<OffsetsOutcome, WireError>),
     Topics(Vec<(String, Option<WireError>)>),
-    Applied,
+    /// The metadata was adopted, or why the shard could not open what it places there.
+    Applied(Result<(), String>),
     Metrics(String),
     Group(GroupReply),
     /// The receiving shard is stopping.

@@ -61,8 +61,9 @@ pub struct ShardState {
     controller_lock: Semaphore,
     pub producer_ids: RefCell<ProducerIds>,
     pub shutdown: Shutdown,
-    /// Units are bytes of requests read but not yet answered.
-    pub request_bytes: Semaphore,
+    /// The shard's memory budget (`shard_memory_bytes_max`): units are bytes
+    /// of request bodies and fetched data held until answered.
+    pub memory: Rc<Semaphore>,
     pub connections: Cell<usize>,
     pub metrics: crate::metrics::ShardMetrics,
     pub coordinator: crate::groups::Coordinator,
@@ -91,14 +92,14 @@ impl ShardState {
     ) -> Rc<ShardState> {
         let storage = StorageShard::new(shardlog_engine::ShardConfig {
             cache_bytes: config.cache_bytes,
-            ..shardlog_engine::ShardConfig::default()
+            open_files_max: config.limits.open_files_per_shard_max,
         });
         let mut peer_of_shard = vec![None; config.shards];
         peer_of_shard[id] = Some(senders.peer_id());
         let state = Rc::new(ShardState {
             id,
             count: config.shards,
-            request_bytes: Semaphore::new(config.request_bytes_per_shard_max),
+            memory: Rc::new(Semaphore::new(config.limits.shard_memory_bytes_max)),
             config,
             storage,
             metadata: RefCell::new(metadata),
@@ -309,7 +310,7 @@ impl ShardState {
                 .retention_ms
                 .or(self.config.retention_ms_default)
                 .map(std::time::Duration::from_millis),
-            ..crate::config::log_config(self.config.flush, segment_bytes)
+            ..self.config.log_config(segment_bytes)
         };
         let log = PartitionLog::open(&dir, config, &self.storage).await?;
         Ok(PartitionState::new(log).await?)
