@@ -341,41 +341,71 @@ async fn group_lag(shard: &Rc<ShardState>) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until the shard shuts down.
+/// Serves `GET /metrics` on `listener` until the shard shuts down: at most
+/// `metrics_connections_max` connections at once (more are closed at once)
+/// and `metrics_request_timeout_ms` for each, reading and answering.
 pub async fn serve(shard: Rc<ShardState>, listener: glommio::net::TcpListener) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.shutdown.wait().await;
             None
         })
         .await;
-        let Some(Ok(mut stream)) = accepted else {
+        let Some(Ok(stream)) = accepted else {
             if shard.shutdown.is_started() {
                 return;
             }
             continue;
         };
-        let shard = shard.clone();
+        if open.get() >= shard.config.limits.metrics_connections_max {
+            shard.metrics.connection_closed("refused");
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (shard, open) = (shard.clone(), open.clone());
         glommio::spawn_local(async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < HTTP_REQUEST_BYTES_MAX {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
+            let timeout = Duration::from_millis(shard.config.limits.metrics_request_timeout_ms);
+            let answered = futures_lite::future::or(
+                async {
+                    answer_http(&shard, stream).await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(timeout).await;
+                    false
+                },
+            )
+            .await;
+            if !answered {
+                shard.metrics.connection_closed("stalled_frame");
             }
-            let response = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                let body = gather(&shard).await;
-                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.close().await;
+            open.set(open.get() - 1);
         })
         .detach();
     }
+}
+
+/// Reads one HTTP request head and answers it; the connection closes after.
+async fn answer_http(shard: &Rc<ShardState>, mut stream: glommio::net::TcpStream) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < HTTP_REQUEST_BYTES_MAX {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?")
+    {
+        let body = gather(shard).await;
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
 }
 
 #[cfg(test)]

@@ -55,8 +55,12 @@ pub fn adopt(listener: std::net::TcpListener) -> TcpListener {
     unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }
 
+/// The least time between two log lines about refused connections.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until the shard shuts down; each runs as its own task.
 pub async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener) {
+    let mut refusals_logged_at: Option<std::time::Instant> = None;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.shutdown.wait().await;
@@ -73,10 +77,15 @@ pub async fn accept_loop(shard: Rc<ShardState>, listener: TcpListener) {
             }
         };
         if shard.connections.get() >= shard.config.limits.connections_per_shard_max {
-            tracing::warn!(
-                limit = shard.config.limits.connections_per_shard_max,
-                "refusing a connection: the shard is at its limit"
-            );
+            shard.metrics.connection_closed("refused");
+            if refusals_logged_at.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                refusals_logged_at = Some(std::time::Instant::now());
+                tracing::warn!(
+                    limit = shard.config.limits.connections_per_shard_max,
+                    "refusing connections: the shard is at --connections-per-shard-max \
+                     (counted in shardlog_connections_closed_total, reason refused)"
+                );
+            }
             drop(stream);
             continue;
         }

@@ -14,7 +14,7 @@
 //! batches are checked against each other) and removed again if the append
 //! fails, so that the retry is not mistaken for a duplicate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use shardlog_wire::batch::BatchHeader;
 
@@ -65,10 +65,21 @@ pub enum SequenceCheck {
 }
 
 /// The producer state of one partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProducerTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Producers remembered before the least recently seen is forgotten.
+    producers_max: usize,
+    /// Producer ids by the tick they were last seen at: the first is the
+    /// least recently seen, so forgetting one is a lookup, not a scan.
+    by_last_seen: BTreeMap<u64, i64>,
     tick: u64,
+}
+
+impl Default for ProducerTable {
+    fn default() -> Self {
+        ProducerTable::new(PRODUCERS_PER_PARTITION_MAX)
+    }
 }
 
 fn last_sequence(header: &BatchHeader) -> i32 {
@@ -78,21 +89,24 @@ fn last_sequence(header: &BatchHeader) -> i32 {
 }
 
 impl ProducerTable {
+    /// A table that remembers at most `producers_max` producers.
+    pub fn new(producers_max: usize) -> ProducerTable {
+        assert!(producers_max > 0);
+        ProducerTable {
+            producers: HashMap::new(),
+            producers_max,
+            by_last_seen: BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
     /// Checks a batch with `producer_id >= 0` and records it when it is to be appended.
     pub fn check(&mut self, header: &BatchHeader) -> SequenceCheck {
         assert!(
             header.producer_id >= 0,
             "only idempotent batches are checked"
         );
-        self.tick += 1;
-        let tick = self.tick;
-        if !self.producers.contains_key(&header.producer_id)
-            && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
-        {
-            self.forget_least_recent();
-        }
-        let entry = self.producers.entry(header.producer_id).or_default();
-        entry.last_seen_tick = tick;
+        let entry = self.touch(header.producer_id);
         if header.producer_epoch < entry.epoch {
             return SequenceCheck::Fenced {
                 current_epoch: entry.epoch,
@@ -164,7 +178,7 @@ impl ProducerTable {
         if header.producer_id < 0 {
             return;
         }
-        let entry = self.producers.entry(header.producer_id).or_default();
+        let entry = self.touch(header.producer_id);
         if header.producer_epoch > entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.batches.clear();
@@ -179,15 +193,24 @@ impl ProducerTable {
         }
     }
 
-    fn forget_least_recent(&mut self) {
-        let oldest = self
-            .producers
-            .iter()
-            .min_by_key(|(_, e)| e.last_seen_tick)
-            .map(|(id, _)| *id);
-        if let Some(id) = oldest {
-            self.producers.remove(&id);
+    /// The entry of `producer_id`, made the most recently seen; a new one
+    /// may push out the least recently seen producer.
+    fn touch(&mut self, producer_id: i64) -> &mut ProducerEntry {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.producers.contains_key(&producer_id) && self.producers.len() >= self.producers_max
+        {
+            if let Some((_, oldest)) = self.by_last_seen.pop_first() {
+                self.producers.remove(&oldest);
+            }
         }
+        let entry = self.producers.entry(producer_id).or_default();
+        if entry.last_seen_tick != 0 {
+            self.by_last_seen.remove(&entry.last_seen_tick);
+        }
+        entry.last_seen_tick = tick;
+        self.by_last_seen.insert(tick, producer_id);
+        entry
     }
 }
 
@@ -300,6 +323,26 @@ mod tests {
         );
         assert_eq!(table.check(&header(4, 0, 0, 30, 0)), SequenceCheck::Append);
         assert_eq!(table.check(&header(4, 0, 30, 10, 0)), SequenceCheck::Append);
+    }
+
+    #[test]
+    fn the_least_recently_seen_producer_is_forgotten_first() {
+        let mut table = ProducerTable::new(2);
+        assert_eq!(table.check(&header(1, 0, 0, 1, 0)), SequenceCheck::Append);
+        assert_eq!(table.check(&header(2, 0, 0, 1, 0)), SequenceCheck::Append);
+        assert_eq!(table.check(&header(1, 0, 1, 1, 0)), SequenceCheck::Append);
+        assert_eq!(table.check(&header(3, 0, 0, 1, 0)), SequenceCheck::Append);
+        assert_eq!(table.producers.len(), 2);
+        assert!(
+            table.producers.contains_key(&1),
+            "seen most recently but one"
+        );
+        assert!(!table.producers.contains_key(&2), "seen least recently");
+        assert_eq!(
+            table.check(&header(2, 0, 5, 1, 0)),
+            SequenceCheck::UnknownProducer,
+            "a forgotten producer is unknown"
+        );
     }
 
     #[test]
