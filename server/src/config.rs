@@ -429,6 +429,15 @@ impl Limits {
         {
             return bad("--fetch-wait-ms-max and --produce-timeout-ms-max must fit 32 bits".into());
         }
+        let longest_wait_ms = self.fetch_wait_ms_max.max(self.produce_timeout_ms_max);
+        if self.connection_idle_timeout_ms <= longest_wait_ms {
+            return bad(format!(
+                "--connection-idle-timeout-ms {} must exceed the longest a request may wait \
+                 (--fetch-wait-ms-max, --produce-timeout-ms-max: {longest_wait_ms}), or a client \
+                 waiting for an answer could be taken for idle",
+                self.connection_idle_timeout_ms
+            ));
+        }
         let per_shard =
             self.connections_per_shard_max as u64 + u64::from(self.open_files_per_shard_max);
         let needed = per_shard * shards as u64 + FILE_DESCRIPTORS_RESERVED;
@@ -568,6 +577,10 @@ mod tests {
             },
             Settings {
                 connection_idle_timeout_ms: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                connection_idle_timeout_ms: Some(60_000),
                 ..Settings::default()
             },
             Settings {
