@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::cluster::{unknown_topic, ClientConfig, Cluster};
-use crate::protocol::{NewTopic, OffsetSpec, Request, Response};
+use crate::protocol::{NewTopic, OffsetSpec, RecoveredPartition, Request, Response};
 use crate::Error;
 
 /// One partition as [`Admin::describe_topic`] reports it.
@@ -17,6 +17,8 @@ pub struct PartitionDescription {
     pub log_start_offset: i64,
     /// One past the last acknowledged offset.
     pub high_watermark: i64,
+    /// "online", or what is wrong with the partition's log ("poisoned: …", "corrupt: …").
+    pub status: String,
 }
 
 /// A topic as [`Admin::describe_topic`] reports it.
@@ -150,12 +152,49 @@ impl Admin {
                 shard: *shard,
                 log_start_offset: results.get(p).map_or(-1, |r| r.offset),
                 high_watermark: results.get(count + p).map_or(-1, |r| r.offset),
+                status: results.get(count + p).map_or_else(|| "unknown".into(), status_text),
             })
             .collect();
         Ok(TopicDescription {
             name: topic.name,
             partitions,
         })
+    }
+
+    /// Brings poisoned partitions of `topic` back without restarting the
+    /// broker (all of them when `partitions` is empty): each is reopened and
+    /// rescanned from its last synced point, and takes writes again.
+    ///
+    /// # Errors
+    /// The broker's error (an unknown topic), or a protocol failure. A
+    /// partition that could not be recovered carries its own error.
+    pub async fn recover_partitions(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<RecoveredPartition>, Error> {
+        let request = Request::RecoverPartitions {
+            topic: topic.to_string(),
+            partitions: partitions.to_vec(),
+        };
+        match self.cluster.call(request).await? {
+            Response::Recovered(results) => Ok(results),
+            Response::Error(error) => Err(Error::Broker(error)),
+            _ => Err(Error::Protocol(
+                "recover partitions answered with another response".into(),
+            )),
+        }
+    }
+}
+
+/// "online", or the status and why, for a partition's ListOffsets result.
+fn status_text(result: &crate::protocol::PartitionResult) -> String {
+    use shardlog_wire::protocol::fb::PartitionStatus;
+    match result.status {
+        PartitionStatus::Online => "online".into(),
+        PartitionStatus::Poisoned => format!("poisoned: {}", result.status_message),
+        PartitionStatus::Corrupt => format!("corrupt: {}", result.status_message),
+        other => format!("status {}: {}", other.0, result.status_message),
     }
 }
 

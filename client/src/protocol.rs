@@ -144,6 +144,28 @@ pub enum Request {
         /// Reset every partition to this offset instead.
         to_offset: Option<i64>,
     },
+    /// Bring poisoned partitions of a topic back (empty: every partition).
+    RecoverPartitions {
+        /// The topic.
+        topic: String,
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
+}
+
+/// One partition's outcome of [`Request::RecoverPartitions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredPartition {
+    /// The partition.
+    pub partition: u32,
+    /// The broker's error, if the partition could not be recovered.
+    pub error: Option<BrokerError>,
+    /// Whether it was poisoned (false: nothing to do).
+    pub was_poisoned: bool,
+    /// Its log end offset after recovery.
+    pub log_end_offset: i64,
+    /// Unsynced bytes that failed validation and were cut.
+    pub cut_bytes: u64,
 }
 
 /// A committed offset, with what DescribeGroups adds.
@@ -223,6 +245,10 @@ pub struct PartitionResult {
     pub log_start_offset: i64,
     /// ListOffsets: the high watermark (-1 for produce).
     pub high_watermark: i64,
+    /// ListOffsets: how the partition's log is doing (online for produce).
+    pub status: fb::PartitionStatus,
+    /// Why it is not online (empty when it is).
+    pub status_message: String,
 }
 
 /// A topic as metadata describes it.
@@ -293,6 +319,8 @@ pub enum Response {
     Groups(Vec<(String, String, u32)>),
     /// DescribeGroups.
     GroupDescriptions(Vec<GroupDescription>),
+    /// RecoverPartitions: one result per partition.
+    Recovered(Vec<RecoveredPartition>),
 }
 
 fn broker_error(code: fb::ErrorCode, message: Option<&str>) -> Option<BrokerError> {
@@ -475,6 +503,18 @@ fn encode_body<'a>(
         | Request::DescribeGroups(_)
         | Request::DeleteGroup(_)
         | Request::ResetOffsets { .. } => encode_group_body(fbb, request),
+        Request::RecoverPartitions { topic, partitions } => {
+            let topic = fbb.create_string(topic);
+            let partitions = fbb.create_vector(partitions);
+            let args = fb::RecoverPartitionsRequestArgs {
+                topic: Some(topic),
+                partitions: Some(partitions),
+            };
+            (
+                fb::RequestBody::RecoverPartitionsRequest,
+                fb::RecoverPartitionsRequest::create(fbb, &args).as_union_value(),
+            )
+        }
         Request::InitProducer {
             producer_id,
             producer_epoch,
@@ -610,6 +650,8 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                         offset: p.base_offset(),
                         log_start_offset: p.log_start_offset(),
                         high_watermark: -1,
+                        status: fb::PartitionStatus::Online,
+                        status_message: String::new(),
                     });
                 }
             }
@@ -633,6 +675,8 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                         offset: p.offset(),
                         log_start_offset: p.log_start_offset(),
                         high_watermark: p.high_watermark(),
+                        status: p.status(),
+                        status_message: p.status_message().unwrap_or_default().to_string(),
                     });
                 }
             }
@@ -657,6 +701,23 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
         | fb::ResponseBody::DescribeGroupsResponse
         | fb::ResponseBody::DeleteGroupResponse
         | fb::ResponseBody::ResetOffsetsResponse => decode_group_body(response)?,
+        fb::ResponseBody::RecoverPartitionsResponse => {
+            let body = response
+                .body_as_recover_partitions_response()
+                .ok_or_else(missing)?;
+            if let Some(error) = broker_error(body.error_code(), body.error_message()) {
+                return Ok(Response::Error(error));
+            }
+            let results = body.results();
+            let results = results.iter().flatten().map(|r| RecoveredPartition {
+                partition: r.partition(),
+                error: broker_error(r.error_code(), r.error_message()),
+                was_poisoned: r.was_poisoned(),
+                log_end_offset: r.log_end_offset(),
+                cut_bytes: u64::try_from(r.cut_bytes()).unwrap_or(0),
+            });
+            Response::Recovered(results.collect())
+        }
         fb::ResponseBody::ErrorResponse => {
             let body = response.body_as_error_response().ok_or_else(missing)?;
             Response::Error(BrokerError {

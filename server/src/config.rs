@@ -196,6 +196,9 @@ pub struct Limits {
     pub disk_reserve_bytes: u64,
 }
 
+/// Most partitions one produce, fetch, list-offsets or recover request names.
+pub const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+
 /// File descriptors kept out of the shards' budgets: listeners, the mesh,
 /// the metrics endpoint, metadata writes, the lock file.
 const FILE_DESCRIPTORS_RESERVED: u64 = 256;

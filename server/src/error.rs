@@ -92,6 +92,8 @@ impl From<&shardlog_engine::Error> for WireError {
             E::TooManyOpenFiles { .. } => ErrorCode::Busy,
             E::Closed => ErrorCode::ShuttingDown,
             E::Config(_) => ErrorCode::InvalidConfig,
+            E::Failed { .. } => ErrorCode::PartitionPoisoned,
+            E::Corrupt { .. } => ErrorCode::CorruptLog,
             _ => ErrorCode::StorageError,
         };
         WireError::new(code, error.to_string())

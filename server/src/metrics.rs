@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// The APIs requests are counted by, in `RequestBody` tag order.
-pub const API_NAMES: [&str; 9] = [
+pub const API_NAMES: [&str; 17] = [
     "none",
     "api_versions",
     "metadata",
@@ -26,6 +26,14 @@ pub const API_NAMES: [&str; 9] = [
     "fetch",
     "list_offsets",
     "init_producer",
+    "group_heartbeat",
+    "offset_commit",
+    "offset_fetch",
+    "list_groups",
+    "describe_groups",
+    "delete_group",
+    "reset_offsets",
+    "recover_partitions",
 ];
 
 /// Histogram bucket bounds, in microseconds.
@@ -205,6 +213,17 @@ impl ShardMetrics {
                 "shardlog_partition_size_bytes{{{labels}}} {}",
                 state.log.size_bytes()
             );
+            let health = state.health();
+            let _ = writeln!(
+                out,
+                "shardlog_partition_status{{{labels}}} {}",
+                health.status.0
+            );
+            let _ = writeln!(
+                out,
+                "shardlog_partition_corrupt_reads_total{{{labels}}} {}",
+                health.corrupt_reads_count
+            );
         }
         out
     }
@@ -291,7 +310,11 @@ pub fn header() -> &'static str {
      # HELP shardlog_group_lag Records between the committed offset and the high watermark.\n\
      # TYPE shardlog_group_lag gauge\n\
      # HELP shardlog_partition_size_bytes Bytes of the partition's segments.\n\
-     # TYPE shardlog_partition_size_bytes gauge\n"
+     # TYPE shardlog_partition_size_bytes gauge\n\
+     # HELP shardlog_partition_status 0 online, 1 poisoned (refuses writes until recovered), 2 corrupt data found on read.\n\
+     # TYPE shardlog_partition_status gauge\n\
+     # HELP shardlog_partition_corrupt_reads_total Reads that found damaged data on disk.\n\
+     # TYPE shardlog_partition_corrupt_reads_total counter\n"
 }
 
 /// Gathers every shard's rendering (shard 0 serves scrapes).
@@ -411,6 +434,17 @@ async fn answer_http(shard: &Rc<ShardState>, mut stream: glommio::net::TcpStream
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_api_has_a_name_in_tag_order() {
+        use shardlog_wire::protocol::{fb, API_VERSIONS};
+        assert_eq!(API_NAMES.len(), usize::from(fb::RequestBody::ENUM_MAX) + 1);
+        for (api, _, _) in API_VERSIONS {
+            let name = API_NAMES[usize::from(api.0)];
+            let variant = format!("{api:?}").to_lowercase().replace('_', "");
+            assert_eq!(variant, format!("{}request", name.replace('_', "")), "tag {}", api.0);
+        }
+    }
 
     #[test]
     fn histograms_render_cumulative_buckets() {

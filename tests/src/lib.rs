@@ -71,7 +71,10 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// The number of shards.
     pub shards: u16,
-    data_dir: tempfile::TempDir,
+    /// The broker's data directory is `data_root/data`.
+    data_root: PathBuf,
+    /// Holds the log (and, unless the test gave one, the data root).
+    _scratch: tempfile::TempDir,
     extra_args: Vec<String>,
     /// The broker's stderr, kept for failing tests.
     pub log_path: PathBuf,
@@ -80,13 +83,31 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with `shards` shards and extra flags.
     pub fn start(shards: u16, extra_args: &[&str]) -> Broker {
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
-        let log_path = data_dir.path().join("broker.log");
+        let scratch = tempfile::tempdir().expect("temporary data directory");
+        let data_root = scratch.path().to_path_buf();
+        Broker::launch_new(data_root, scratch, shards, extra_args)
+    }
+
+    /// Starts a broker whose data lives in `data_root/data` (a test's own
+    /// file system, say); its log stays in a temporary directory.
+    pub fn start_in(data_root: &Path, shards: u16, extra_args: &[&str]) -> Broker {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        Broker::launch_new(data_root.to_path_buf(), scratch, shards, extra_args)
+    }
+
+    fn launch_new(
+        data_root: PathBuf,
+        scratch: tempfile::TempDir,
+        shards: u16,
+        extra_args: &[&str],
+    ) -> Broker {
+        let log_path = scratch.path().join("broker.log");
         let mut broker = Broker {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shards,
-            data_dir,
+            data_root,
+            _scratch: scratch,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path,
         };
@@ -94,9 +115,9 @@ impl Broker {
         broker
     }
 
-    /// The data directory (it outlives restarts).
+    /// The directory holding the data directory `data` (it outlives restarts).
     pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
+        &self.data_root
     }
 
     /// The address of shard `shard`'s own port.
@@ -121,7 +142,7 @@ impl Broker {
                 .expect("log file");
             let mut child = Command::new(binary("shardlog-server"))
                 .arg("--data-dir")
-                .arg(self.data_dir.path().join("data"))
+                .arg(self.data_root.join("data"))
                 .args([
                     "--listen",
                     &addr.to_string(),
@@ -149,7 +170,7 @@ impl Broker {
             };
             match rx.recv_timeout(wait) {
                 Ok(line) => {
-                    let data_dir = self.data_dir.path().join("data");
+                    let data_dir = self.data_root.join("data");
                     assert_eq!(
                         line,
                         format!(
@@ -199,6 +220,25 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker first");
         self.launch();
+    }
+
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The broker's resident memory now and at its peak (VmRSS, VmHWM), in bytes.
+    pub fn resident_bytes(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kib| kib.trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// True while the process runs.
@@ -351,6 +391,25 @@ pub fn consume_all(
 /// A client configuration pointing at `broker`.
 pub fn client_config(broker: &Broker) -> shardlog_client::ClientConfig {
     shardlog_client::ClientConfig::new(broker.addr.to_string())
+}
+
+/// Raises this process's RLIMIT_NOFILE to its hard limit (tests that open
+/// thousands of connections) and returns the limit now in force.
+pub fn raise_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
 }
 
 /// A tokio runtime for a test.

@@ -281,6 +281,7 @@ fn idempotence_survives_a_restart() {
 
 #[test]
 fn a_long_poll_wakes_when_data_arrives() {
+    const LONG_POLL_WAIT_MS: u32 = 60_000;
     let broker = Broker::start(2, &[]);
     let mut connection = broker.connect();
     create_topic(&mut connection, "waiting", 2);
@@ -291,7 +292,7 @@ fn a_long_poll_wakes_when_data_arrives() {
         let poller = std::thread::spawn(move || {
             let mut connection = shardlog_client::blocking::Connection::connect(addr).unwrap();
             let request = Request::Fetch {
-                max_wait_ms: 20_000,
+                max_wait_ms: LONG_POLL_WAIT_MS,
                 min_bytes: 1,
                 max_bytes: 1 << 20,
                 partitions: (0..2u32)
@@ -310,7 +311,15 @@ fn a_long_poll_wakes_when_data_arrives() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let base = produce(&mut connection, "waiting", partition, &values("late", 0..2));
+        let produced_at = std::time::Instant::now();
         let fetched = poller.join().unwrap();
+        // Not a speed check: a fetch that was never woken answers only at
+        // its max_wait, and half of it is far more than any wake-up takes.
+        let waited = produced_at.elapsed();
+        assert!(
+            waited < Duration::from_millis(LONG_POLL_WAIT_MS as u64 / 2),
+            "the fetch answered {waited:?} after the produce: the append did not wake it"
+        );
         let woke = fetched.iter().find(|f| f.partition == partition).unwrap();
         assert!(
             !woke.records.is_empty(),

@@ -96,7 +96,7 @@ enum TopicCommand {
     },
     /// List topics.
     List,
-    /// Show a topic's partitions, shards and offsets.
+    /// Show a topic's partitions, shards, offsets and status.
     Describe {
         /// The topic.
         name: String,
@@ -105,6 +105,16 @@ enum TopicCommand {
     Delete {
         /// The topic.
         name: String,
+    },
+    /// Bring a poisoned partition (status "poisoned" in describe) back
+    /// without restarting the broker: it is rescanned from its last synced
+    /// point and takes writes again.
+    Recover {
+        /// The topic.
+        name: String,
+        /// Only these partitions (default: every poisoned one).
+        #[arg(long)]
+        partition: Vec<u32>,
     },
 }
 
@@ -220,17 +230,37 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
         TopicCommand::Describe { name } => {
             let topic = admin.describe_topic(&name).await?;
             println!("topic {} partitions {}", topic.name, topic.partitions.len());
-            println!("partition\tshard\tlog_start_offset\tlog_end_offset");
+            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus");
             for p in topic.partitions {
                 println!(
-                    "{}\t{}\t{}\t{}",
-                    p.partition, p.shard, p.log_start_offset, p.high_watermark
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.partition, p.shard, p.log_start_offset, p.high_watermark, p.status
                 );
             }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
             println!("deleted topic {name}");
+        }
+        TopicCommand::Recover { name, partition } => {
+            let mut failed = None;
+            for result in admin.recover_partitions(&name, &partition).await? {
+                let p = result.partition;
+                match (&result.error, result.was_poisoned) {
+                    (Some(error), _) => {
+                        println!("partition {p}: not recovered: {error}");
+                        failed = Some(error.clone());
+                    }
+                    (None, true) => println!(
+                        "partition {p}: recovered; log end offset {}, {} unsynced bytes cut",
+                        result.log_end_offset, result.cut_bytes
+                    ),
+                    (None, false) => println!("partition {p}: online, nothing to recover"),
+                }
+            }
+            if let Some(error) = failed {
+                return Err(Error::Broker(error));
+            }
         }
     }
     Ok(())

@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 26;
+pub const ENUM_MAX_ERROR_CODE: i16 = 28;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 27] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
@@ -60,6 +60,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 27] = [
   ErrorCode::UnknownMemberId,
   ErrorCode::FencedMemberEpoch,
   ErrorCode::InvalidGroup,
+  ErrorCode::PartitionPoisoned,
+  ErrorCode::CorruptLog,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -94,9 +96,11 @@ impl ErrorCode {
   pub const UnknownMemberId: Self = Self(24);
   pub const FencedMemberEpoch: Self = Self(25);
   pub const InvalidGroup: Self = Self(26);
+  pub const PartitionPoisoned: Self = Self(27);
+  pub const CorruptLog: Self = Self(28);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 26;
+  pub const ENUM_MAX: i16 = 28;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -125,6 +129,8 @@ impl ErrorCode {
     Self::UnknownMemberId,
     Self::FencedMemberEpoch,
     Self::InvalidGroup,
+    Self::PartitionPoisoned,
+    Self::CorruptLog,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -156,6 +162,8 @@ impl ErrorCode {
       Self::UnknownMemberId => Some("UnknownMemberId"),
       Self::FencedMemberEpoch => Some("FencedMemberEpoch"),
       Self::InvalidGroup => Some("InvalidGroup"),
+      Self::PartitionPoisoned => Some("PartitionPoisoned"),
+      Self::CorruptLog => Some("CorruptLog"),
       _ => None,
     }
   }
@@ -211,6 +219,95 @@ impl<'a> flatbuffers::Verifiable for ErrorCode {
 }
 
 impl flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_PARTITION_STATUS: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_PARTITION_STATUS: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_PARTITION_STATUS: [PartitionStatus; 3] = [
+  PartitionStatus::Online,
+  PartitionStatus::Poisoned,
+  PartitionStatus::Corrupt,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PartitionStatus(pub u8);
+#[allow(non_upper_case_globals)]
+impl PartitionStatus {
+  pub const Online: Self = Self(0);
+  pub const Poisoned: Self = Self(1);
+  pub const Corrupt: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Online,
+    Self::Poisoned,
+    Self::Corrupt,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Online => Some("Online"),
+      Self::Poisoned => Some("Poisoned"),
+      Self::Corrupt => Some("Corrupt"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for PartitionStatus {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for PartitionStatus {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for PartitionStatus {
+    type Output = PartitionStatus;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for PartitionStatus {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for PartitionStatus {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for PartitionStatus {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ACKS: i8 = -1;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
@@ -392,10 +489,10 @@ impl flatbuffers::SimpleToVerifyInSlice for OffsetSpec {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 15;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 16] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 17] = [
   RequestBody::NONE,
   RequestBody::ApiVersionsRequest,
   RequestBody::MetadataRequest,
@@ -412,6 +509,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 16] = [
   RequestBody::DescribeGroupsRequest,
   RequestBody::DeleteGroupRequest,
   RequestBody::ResetOffsetsRequest,
+  RequestBody::RecoverPartitionsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -435,9 +533,10 @@ impl RequestBody {
   pub const DescribeGroupsRequest: Self = Self(13);
   pub const DeleteGroupRequest: Self = Self(14);
   pub const ResetOffsetsRequest: Self = Self(15);
+  pub const RecoverPartitionsRequest: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -455,6 +554,7 @@ impl RequestBody {
     Self::DescribeGroupsRequest,
     Self::DeleteGroupRequest,
     Self::ResetOffsetsRequest,
+    Self::RecoverPartitionsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -475,6 +575,7 @@ impl RequestBody {
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
       Self::DeleteGroupRequest => Some("DeleteGroupRequest"),
       Self::ResetOffsetsRequest => Some("ResetOffsetsRequest"),
+      Self::RecoverPartitionsRequest => Some("RecoverPartitionsRequest"),
       _ => None,
     }
   }
@@ -535,10 +636,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 16;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 17] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
   ResponseBody::NONE,
   ResponseBody::ApiVersionsResponse,
   ResponseBody::MetadataResponse,
@@ -556,6 +657,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 17] = [
   ResponseBody::DescribeGroupsResponse,
   ResponseBody::DeleteGroupResponse,
   ResponseBody::ResetOffsetsResponse,
+  ResponseBody::RecoverPartitionsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -580,9 +682,10 @@ impl ResponseBody {
   pub const DescribeGroupsResponse: Self = Self(14);
   pub const DeleteGroupResponse: Self = Self(15);
   pub const ResetOffsetsResponse: Self = Self(16);
+  pub const RecoverPartitionsResponse: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -601,6 +704,7 @@ impl ResponseBody {
     Self::DescribeGroupsResponse,
     Self::DeleteGroupResponse,
     Self::ResetOffsetsResponse,
+    Self::RecoverPartitionsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -622,6 +726,7 @@ impl ResponseBody {
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::DeleteGroupResponse => Some("DeleteGroupResponse"),
       Self::ResetOffsetsResponse => Some("ResetOffsetsResponse"),
+      Self::RecoverPartitionsResponse => Some("RecoverPartitionsResponse"),
       _ => None,
     }
   }
@@ -4338,6 +4443,8 @@ impl<'a> ListOffsetsPartitionResult<'a> {
   pub const VT_OFFSET: flatbuffers::VOffsetT = 10;
   pub const VT_LOG_START_OFFSET: flatbuffers::VOffsetT = 12;
   pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 14;
+  pub const VT_STATUS: flatbuffers::VOffsetT = 16;
+  pub const VT_STATUS_MESSAGE: flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4352,9 +4459,11 @@ impl<'a> ListOffsetsPartitionResult<'a> {
     builder.add_high_watermark(args.high_watermark);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_offset(args.offset);
+    if let Some(x) = args.status_message { builder.add_status_message(x); }
     if let Some(x) = args.error_message { builder.add_error_message(x); }
     builder.add_partition(args.partition);
     builder.add_error_code(args.error_code);
+    builder.add_status(args.status);
     builder.finish()
   }
 
@@ -4401,6 +4510,20 @@ impl<'a> ListOffsetsPartitionResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(ListOffsetsPartitionResult::VT_HIGH_WATERMARK, Some(-1)).unwrap()}
   }
+  #[inline]
+  pub fn status(&self) -> PartitionStatus {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PartitionStatus>(ListOffsetsPartitionResult::VT_STATUS, Some(PartitionStatus::Online)).unwrap()}
+  }
+  #[inline]
+  pub fn status_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ListOffsetsPartitionResult::VT_STATUS_MESSAGE, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ListOffsetsPartitionResult<'_> {
@@ -4416,6 +4539,8 @@ impl flatbuffers::Verifiable for ListOffsetsPartitionResult<'_> {
      .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<PartitionStatus>("status", Self::VT_STATUS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("status_message", Self::VT_STATUS_MESSAGE, false)?
      .finish();
     Ok(())
   }
@@ -4427,6 +4552,8 @@ pub struct ListOffsetsPartitionResultArgs<'a> {
     pub offset: i64,
     pub log_start_offset: i64,
     pub high_watermark: i64,
+    pub status: PartitionStatus,
+    pub status_message: Option<flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ListOffsetsPartitionResultArgs<'a> {
   #[inline]
@@ -4438,6 +4565,8 @@ impl<'a> Default for ListOffsetsPartitionResultArgs<'a> {
       offset: -1,
       log_start_offset: -1,
       high_watermark: -1,
+      status: PartitionStatus::Online,
+      status_message: None,
     }
   }
 }
@@ -4472,6 +4601,14 @@ impl<'a: 'b, 'b> ListOffsetsPartitionResultBuilder<'a, 'b> {
     self.fbb_.push_slot::<i64>(ListOffsetsPartitionResult::VT_HIGH_WATERMARK, high_watermark, -1);
   }
   #[inline]
+  pub fn add_status(&mut self, status: PartitionStatus) {
+    self.fbb_.push_slot::<PartitionStatus>(ListOffsetsPartitionResult::VT_STATUS, status, PartitionStatus::Online);
+  }
+  #[inline]
+  pub fn add_status_message(&mut self, status_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ListOffsetsPartitionResult::VT_STATUS_MESSAGE, status_message);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ListOffsetsPartitionResultBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ListOffsetsPartitionResultBuilder {
@@ -4495,6 +4632,8 @@ impl core::fmt::Debug for ListOffsetsPartitionResult<'_> {
       ds.field("offset", &self.offset());
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("high_watermark", &self.high_watermark());
+      ds.field("status", &self.status());
+      ds.field("status_message", &self.status_message());
       ds.finish()
   }
 }
@@ -7903,6 +8042,433 @@ impl core::fmt::Debug for ResetOffsetsResponse<'_> {
       ds.finish()
   }
 }
+pub enum RecoverPartitionsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecoverPartitionsRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RecoverPartitionsRequest<'a> {
+  type Inner = RecoverPartitionsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RecoverPartitionsRequest<'a> {
+  pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RecoverPartitionsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RecoverPartitionsRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<RecoverPartitionsRequest<'bldr>> {
+    let mut builder = RecoverPartitionsRequestBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(RecoverPartitionsRequest::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(RecoverPartitionsRequest::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for RecoverPartitionsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecoverPartitionsRequestArgs<'a> {
+    pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
+}
+impl<'a> Default for RecoverPartitionsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecoverPartitionsRequestArgs {
+      topic: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct RecoverPartitionsRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RecoverPartitionsRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RecoverPartitionsRequest::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RecoverPartitionsRequest::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RecoverPartitionsRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RecoverPartitionsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RecoverPartitionsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RecoverPartitionsRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RecoverPartitionsRequest");
+      ds.field("topic", &self.topic());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum RecoverPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecoverPartitionResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RecoverPartitionResult<'a> {
+  type Inner = RecoverPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RecoverPartitionResult<'a> {
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 8;
+  pub const VT_WAS_POISONED: flatbuffers::VOffsetT = 10;
+  pub const VT_LOG_END_OFFSET: flatbuffers::VOffsetT = 12;
+  pub const VT_CUT_BYTES: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RecoverPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RecoverPartitionResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<RecoverPartitionResult<'bldr>> {
+    let mut builder = RecoverPartitionResultBuilder::new(_fbb);
+    builder.add_cut_bytes(args.cut_bytes);
+    builder.add_log_end_offset(args.log_end_offset);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_partition(args.partition);
+    builder.add_error_code(args.error_code);
+    builder.add_was_poisoned(args.was_poisoned);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(RecoverPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(RecoverPartitionResult::VT_ERROR_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(RecoverPartitionResult::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn was_poisoned(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RecoverPartitionResult::VT_WAS_POISONED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn log_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(RecoverPartitionResult::VT_LOG_END_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn cut_bytes(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(RecoverPartitionResult::VT_CUT_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for RecoverPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<bool>("was_poisoned", Self::VT_WAS_POISONED, false)?
+     .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i64>("cut_bytes", Self::VT_CUT_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecoverPartitionResultArgs<'a> {
+    pub partition: u32,
+    pub error_code: ErrorCode,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub was_poisoned: bool,
+    pub log_end_offset: i64,
+    pub cut_bytes: i64,
+}
+impl<'a> Default for RecoverPartitionResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecoverPartitionResultArgs {
+      partition: 0,
+      error_code: ErrorCode::None,
+      error_message: None,
+      was_poisoned: false,
+      log_end_offset: -1,
+      cut_bytes: 0,
+    }
+  }
+}
+
+pub struct RecoverPartitionResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RecoverPartitionResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(RecoverPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(RecoverPartitionResult::VT_ERROR_CODE, error_code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RecoverPartitionResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_was_poisoned(&mut self, was_poisoned: bool) {
+    self.fbb_.push_slot::<bool>(RecoverPartitionResult::VT_WAS_POISONED, was_poisoned, false);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(RecoverPartitionResult::VT_LOG_END_OFFSET, log_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_cut_bytes(&mut self, cut_bytes: i64) {
+    self.fbb_.push_slot::<i64>(RecoverPartitionResult::VT_CUT_BYTES, cut_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RecoverPartitionResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RecoverPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RecoverPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RecoverPartitionResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RecoverPartitionResult");
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("was_poisoned", &self.was_poisoned());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("cut_bytes", &self.cut_bytes());
+      ds.finish()
+  }
+}
+pub enum RecoverPartitionsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RecoverPartitionsResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RecoverPartitionsResponse<'a> {
+  type Inner = RecoverPartitionsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RecoverPartitionsResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 6;
+  pub const VT_RESULTS: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RecoverPartitionsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RecoverPartitionsResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<RecoverPartitionsResponse<'bldr>> {
+    let mut builder = RecoverPartitionsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error_code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(RecoverPartitionsResponse::VT_ERROR_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(RecoverPartitionsResponse::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn results(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<RecoverPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<RecoverPartitionResult>>>>(RecoverPartitionsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for RecoverPartitionsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<RecoverPartitionResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecoverPartitionsResponseArgs<'a> {
+    pub error_code: ErrorCode,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub results: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<RecoverPartitionResult<'a>>>>>,
+}
+impl<'a> Default for RecoverPartitionsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecoverPartitionsResponseArgs {
+      error_code: ErrorCode::None,
+      error_message: None,
+      results: None,
+    }
+  }
+}
+
+pub struct RecoverPartitionsResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RecoverPartitionsResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(RecoverPartitionsResponse::VT_ERROR_CODE, error_code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RecoverPartitionsResponse::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_results(&mut self, results: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<RecoverPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RecoverPartitionsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RecoverPartitionsResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RecoverPartitionsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RecoverPartitionsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RecoverPartitionsResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RecoverPartitionsResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8318,6 +8884,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_recover_partitions_request(&self) -> Option<RecoverPartitionsRequest<'a>> {
+    if self.body_type() == RequestBody::RecoverPartitionsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RecoverPartitionsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Request<'_> {
@@ -8347,6 +8928,7 @@ impl flatbuffers::Verifiable for Request<'_> {
           RequestBody::DescribeGroupsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("RequestBody::DescribeGroupsRequest", pos),
           RequestBody::DeleteGroupRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupRequest>>("RequestBody::DeleteGroupRequest", pos),
           RequestBody::ResetOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsRequest>>("RequestBody::ResetOffsetsRequest", pos),
+          RequestBody::RecoverPartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsRequest>>("RequestBody::RecoverPartitionsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -8522,6 +9104,13 @@ impl core::fmt::Debug for Request<'_> {
         },
         RequestBody::ResetOffsetsRequest => {
           if let Some(x) = self.body_as_reset_offsets_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::RecoverPartitionsRequest => {
+          if let Some(x) = self.body_as_recover_partitions_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -8833,6 +9422,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_recover_partitions_response(&self) -> Option<RecoverPartitionsResponse<'a>> {
+    if self.body_type() == ResponseBody::RecoverPartitionsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RecoverPartitionsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Response<'_> {
@@ -8861,6 +9465,7 @@ impl flatbuffers::Verifiable for Response<'_> {
           ResponseBody::DescribeGroupsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("ResponseBody::DescribeGroupsResponse", pos),
           ResponseBody::DeleteGroupResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupResponse>>("ResponseBody::DeleteGroupResponse", pos),
           ResponseBody::ResetOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsResponse>>("ResponseBody::ResetOffsetsResponse", pos),
+          ResponseBody::RecoverPartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsResponse>>("ResponseBody::RecoverPartitionsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -9029,6 +9634,13 @@ impl core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ResetOffsetsResponse => {
           if let Some(x) = self.body_as_reset_offsets_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::RecoverPartitionsResponse => {
+          if let Some(x) = self.body_as_recover_partitions_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -40,6 +40,7 @@ pub const API_VERSIONS: &[(fb::RequestBody, u16, u16)] = &[
     (fb::RequestBody::DescribeGroupsRequest, 0, 0),
     (fb::RequestBody::DeleteGroupRequest, 0, 0),
     (fb::RequestBody::ResetOffsetsRequest, 0, 0),
+    (fb::RequestBody::RecoverPartitionsRequest, 0, 0),
 ];
 
 /// The highest version of `api` this build serves, if it serves it at all.
@@ -59,6 +60,7 @@ impl fb::ErrorCode {
                 | fb::ErrorCode::RequestTimedOut
                 | fb::ErrorCode::Busy
                 | fb::ErrorCode::ShuttingDown
+                | fb::ErrorCode::PartitionPoisoned
         )
     }
 }

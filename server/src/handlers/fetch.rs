@@ -31,8 +31,7 @@ use crate::net::{Answer, ConnectionContext, MemoryCharge, Outgoing, PayloadPart}
 use crate::shard::messages::RemoteFetch;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
-/// Most partitions in one fetch request.
-const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 /// How often a fetch that found no free memory looks again.
 const BUDGET_RETRY_MS: u64 = 10;
 

@@ -12,8 +12,7 @@ use crate::net::Outgoing;
 use crate::shard::messages::OffsetsOutcome;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
-/// Most partitions in one request.
-const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 
 /// One partition's query: (partition, spec, timestamp for `Timestamp`).
 type Query = (u32, fb::OffsetSpec, i64);
@@ -120,6 +119,7 @@ pub async fn lookup_local(
         offset,
         log_start_offset,
         high_watermark,
+        health: state.health(),
     })
 }
 
@@ -135,14 +135,19 @@ fn encode(
         let mut partition_offsets = Vec::new();
         for (partition, _, _) in partitions {
             let outcome = outcomes.next().expect("one outcome per partition");
-            let (values, error) = match outcome {
+            let (values, error, health) = match outcome {
                 Ok(o) => (
                     (o.offset, o.log_start_offset as i64, o.high_watermark as i64),
                     None,
+                    Some(o.health),
                 ),
-                Err(error) => ((-1, -1, -1), Some(error)),
+                Err(error) => ((-1, -1, -1), Some(error), None),
             };
             let (error_code, error_message) = error_parts(&mut fbb, error.as_ref());
+            let status_message = health
+                .as_ref()
+                .filter(|h| !h.message.is_empty())
+                .map(|h| fbb.create_string(&h.message));
             let args = fb::ListOffsetsPartitionResultArgs {
                 partition: *partition,
                 error_code,
@@ -150,6 +155,8 @@ fn encode(
                 offset: values.0,
                 log_start_offset: values.1,
                 high_watermark: values.2,
+                status: health.map_or(fb::PartitionStatus::Online, |h| h.status),
+                status_message,
             };
             partition_offsets.push(fb::ListOffsetsPartitionResult::create(&mut fbb, &args));
         }

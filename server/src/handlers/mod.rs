@@ -8,6 +8,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod recover;
 
 use std::rc::Rc;
 
@@ -34,6 +35,7 @@ pub enum Parsed {
         producer_epoch: i16,
     },
     Group(groups::GroupParsed),
+    RecoverPartitions(recover::RecoverParsed),
 }
 
 /// Parses a verified request. Errors carry the correlation id to answer with.
@@ -110,6 +112,11 @@ fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed,
                 producer_epoch: body.producer_epoch(),
             }
         }
+        fb::RequestBody::RecoverPartitionsRequest => Parsed::RecoverPartitions(recover::parse(
+            request
+                .body_as_recover_partitions_request()
+                .ok_or_else(missing)?,
+        )?),
         _ => Parsed::Group(groups::parse(request)?),
     })
 }
@@ -139,6 +146,9 @@ pub async fn handle(
             .await
             .into(),
         Parsed::Group(request) => groups::handle(shard, correlation_id, request).await.into(),
+        Parsed::RecoverPartitions(request) => recover::handle(shard, correlation_id, request)
+            .await
+            .into(),
         Parsed::InitProducer {
             producer_id,
             producer_epoch,
@@ -202,6 +212,9 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         }
         ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(shard)),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
+        ShardRequest::RecoverPartition { topic, partition } => {
+            ShardResponse::Recovered(recover::recover_local(shard, &topic, partition).await)
+        }
         ShardRequest::ApplyMetadata(metadata) => {
             let applied = shard.apply_metadata(metadata).await;
             if let Err(error) = &applied {

@@ -18,8 +18,7 @@ use crate::shard::messages::ProduceOutcome;
 use crate::shard::producers::SequenceCheck;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
-/// Most partitions in one produce request.
-const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 
 /// A partition and where its batches lie in the request buffer.
 type PartitionRange = (u32, Range<usize>);

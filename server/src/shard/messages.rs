@@ -77,6 +77,8 @@ pub enum ShardRequest {
     Metrics,
     /// Work for the coordinator of a group (or, for `List` and `Commits`, every shard).
     Group(GroupCall),
+    /// Recover a poisoned partition the receiver owns.
+    RecoverPartition { topic: String, partition: u32 },
 }
 
 /// Work for a group coordinator.
@@ -180,8 +182,20 @@ pub enum ShardResponse {
     Applied(Result<(), String>),
     Metrics(String),
     Group(GroupReply),
+    Recovered(Result<Recovered, WireError>),
     /// The receiving shard is stopping.
     Unavailable,
+}
+
+/// What recovering one partition did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    /// False: the partition was online and nothing was done.
+    pub was_poisoned: bool,
+    /// Its log end offset afterwards.
+    pub log_end_offset: u64,
+    /// Bytes after the last synced point that failed validation and were cut.
+    pub cut_bytes: u64,
 }
 
 /// The result of producing to one partition.
@@ -201,9 +215,20 @@ pub struct RemoteFetch {
 }
 
 /// The answer to a ListOffsets query on one partition.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OffsetsOutcome {
     pub offset: i64,
     pub log_start_offset: u64,
     pub high_watermark: u64,
+    pub health: PartitionHealth,
+}
+
+/// How a partition's log is doing, for ListOffsets and metrics.
+#[derive(Debug, Clone)]
+pub struct PartitionHealth {
+    pub status: fb::PartitionStatus,
+    /// Why it is not online (empty when it is).
+    pub message: String,
+    /// Reads that found damaged data since the partition opened.
+    pub corrupt_reads_count: u64,
 }

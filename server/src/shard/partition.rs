@@ -5,14 +5,31 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use shardlog_engine::PartitionLog;
+use shardlog_engine::{LogHealth, PartitionLog};
+use shardlog_wire::protocol::fb;
 
+use super::messages::PartitionHealth;
 use super::producers::ProducerTable;
 
 /// Offsets back from the high watermark scanned at open to rebuild producer state.
 pub const PRODUCER_STATE_RECOVERY_OFFSETS: u64 = 4096;
 /// Fetches that may wait on one partition at once.
 pub const WATCHERS_PER_PARTITION_MAX: usize = 4096;
+
+/// The idempotent-producer state the last few thousand offsets of `log` hold.
+async fn restore_producers(log: &PartitionLog) -> shardlog_engine::Result<ProducerTable> {
+    let mut producers = ProducerTable::default();
+    let high_watermark = log.high_watermark();
+    let from = high_watermark
+        .saturating_sub(PRODUCER_STATE_RECOVERY_OFFSETS)
+        .max(log.log_start_offset());
+    if from < high_watermark {
+        for header in log.batch_headers(from).await? {
+            producers.restore(&header);
+        }
+    }
+    Ok(producers)
+}
 
 /// One partition owned by this shard.
 #[derive(Debug)]
@@ -28,21 +45,41 @@ impl PartitionState {
     /// # Errors
     /// I/O errors reading the tail.
     pub async fn new(log: PartitionLog) -> shardlog_engine::Result<PartitionState> {
-        let mut producers = ProducerTable::default();
-        let high_watermark = log.high_watermark();
-        let from = high_watermark
-            .saturating_sub(PRODUCER_STATE_RECOVERY_OFFSETS)
-            .max(log.log_start_offset());
-        if from < high_watermark {
-            for header in log.batch_headers(from).await? {
-                producers.restore(&header);
-            }
-        }
+        let producers = restore_producers(&log).await?;
         Ok(PartitionState {
             log,
             producers: RefCell::new(producers),
             watchers: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Rebuilds the producer state from the log's tail, after a recovery
+    /// kept batches whose appends had failed (see `handlers/recover.rs`).
+    ///
+    /// # Errors
+    /// I/O errors reading the tail.
+    pub async fn rebuild_producers(&self) -> shardlog_engine::Result<()> {
+        let producers = restore_producers(&self.log).await?;
+        *self.producers.borrow_mut() = producers;
+        Ok(())
+    }
+
+    /// How the log is doing, for ListOffsets and metrics.
+    pub fn health(&self) -> PartitionHealth {
+        let (status, message, corrupt_reads_count) = match self.log.health() {
+            LogHealth::Healthy => (fb::PartitionStatus::Online, String::new(), 0),
+            LogHealth::Poisoned { reason, .. } => (fb::PartitionStatus::Poisoned, reason, 0),
+            LogHealth::Corrupt {
+                corrupt_reads_count,
+                last_reason,
+            } => (fb::PartitionStatus::Corrupt, last_reason, corrupt_reads_count),
+            other => (fb::PartitionStatus::Corrupt, format!("{other:?}"), 0),
+        };
+        PartitionHealth {
+            status,
+            message,
+            corrupt_reads_count,
+        }
     }
 
     /// Wakes every fetch waiting for new data.
