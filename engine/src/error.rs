@@ -62,11 +62,17 @@ pub enum Error {
     /// A configuration value is out of its range.
     #[error("invalid log configuration: {0}")]
     Config(String),
-    /// An earlier fsync failed, so what is on disk is unknown; the log refuses writes.
-    #[error("log {path} stopped accepting writes after an earlier flush failure; restart the broker to recover it from disk")]
-    Failed {
+    /// An earlier segment write (other than a full disk) or fdatasync
+    /// failed, so what is on disk past the last successful sync is unknown:
+    /// the log refuses appends until [`crate::PartitionLog::recover`]
+    /// rescans it (or the broker restarts). Appends waiting when it
+    /// happened fail with this error too.
+    #[error("log {path} is poisoned by an earlier failure ({reason}) and refuses appends until recovered: run `shardlog topic recover <topic> --partition <p>` to rescan it from its last synced point (or restart the broker)")]
+    Poisoned {
         /// The partition directory.
         path: PathBuf,
+        /// The failure that poisoned the log.
+        reason: String,
     },
     /// The log was closed.
     #[error("log is closed")]

@@ -40,11 +40,18 @@
 pub mod cache;
 mod config;
 mod error;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod events;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod faults;
+mod hooks;
 mod log;
 mod segment;
 mod shard;
 
 pub use config::{FlushPolicy, LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BYTES_MAX};
 pub use error::{Error, Result};
-pub use log::{AppendInfo, PartitionLog, ReadPart, ReadSlice, RetentionOutcome};
+pub use log::{
+    AppendInfo, LogHealth, PartitionLog, ReadPart, ReadSlice, RecoverOutcome, RetentionOutcome,
+};
 pub use shard::{FlushLatencies, ShardConfig, StorageShard, FLUSH_BUCKETS_US};

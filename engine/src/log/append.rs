@@ -33,8 +33,13 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use glommio::task::JoinHandle;
 use shardlog_wire::batch::BatchHeader;
 
-use super::{now_ms, Active, LogInner, LogState, Pending, Sealed, SealedIndex};
+use super::{
+    now_ms, Active, LogInner, LogState, Pending, Poison, Sealed, SealedIndex, SyncedPoint,
+};
 use crate::config::{FlushPolicy, WRITE_BYTES_MAX};
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::events::Event;
+use crate::hooks::{self, record_event};
 use crate::segment::index::{SealedMeta, SparseIndex};
 use crate::segment::scan::IndexBuilder;
 use crate::segment::{align_down, align_up, index_path, log_path, ALIGNMENT_BYTES, TMP_SUFFIX};
@@ -66,6 +71,8 @@ struct Pipeline {
 struct InFlight {
     task: JoinHandle<glommio::Result<usize, ()>>,
     buffer: Rc<DmaBuffer>,
+    /// The segment written to.
+    base_offset: u64,
     write_position: u64,
     used_bytes: usize,
     /// Batches whose last byte is in this round (the front of `Pipeline::taken`).
@@ -82,6 +89,7 @@ enum Step {
 /// A round planned and copied, not yet issued.
 struct Round {
     file: Rc<DmaFile>,
+    base_offset: u64,
     buffer: DmaBuffer,
     write_position: u64,
     used_bytes: usize,
@@ -119,8 +127,7 @@ impl LogInner {
                     Step::Wait => break,
                     Step::Roll => {
                         if let Err(error) = self.roll().await {
-                            tracing::warn!(dir = %self.dir.display(), %error, "rolling the segment failed");
-                            self.fail_unwritten(&error);
+                            self.roll_failed(error);
                         }
                         pipe.plan_end = self.state.borrow().active.written_bytes;
                     }
@@ -136,6 +143,7 @@ impl LogInner {
                         pipe.in_flight.push_back(InFlight {
                             task,
                             buffer,
+                            base_offset: round.base_offset,
                             write_position: round.write_position,
                             used_bytes: round.used_bytes,
                             batches_ending: round.batches_ending,
@@ -147,20 +155,35 @@ impl LogInner {
                 unreachable!("the writer waits only while a write is in flight")
             };
             let result = (&mut round.task).await;
-            let result = match result {
-                Some(Ok(written)) if written >= round.used_bytes => Ok(()),
-                Some(Ok(written)) => Err(short_write(&self.dir, written, round.used_bytes)),
-                Some(Err(error)) => Err(Error::io("writing segment", &self.dir, error)),
-                None => Err(Error::io(
-                    "writing segment",
-                    &self.dir,
-                    std::io::Error::other("write task cancelled"),
-                )),
-            };
-            match result {
+            match self.examine_write(&round, result) {
                 Ok(()) => self.finish_round(&mut pipe, round),
                 Err(error) => self.abort_rounds(&mut pipe, error).await,
             }
+        }
+    }
+
+    /// What the completed write `round` returned, as the engine sees it:
+    /// the one place a write's io_uring result is examined (and where
+    /// injected write faults take its place).
+    fn examine_write(
+        &self,
+        round: &InFlight,
+        result: Option<glommio::Result<usize, ()>>,
+    ) -> Result<()> {
+        let path = log_path(&self.dir, round.base_offset);
+        let result = match hooks::write_fault(&self.dir, round.base_offset) {
+            Some(injected) => Some(Err(glommio::GlommioError::IoError(injected))),
+            None => result,
+        };
+        match result {
+            Some(Ok(written)) if written >= round.used_bytes => Ok(()),
+            Some(Ok(written)) => Err(short_write(&path, written, round.used_bytes)),
+            Some(Err(error)) => Err(Error::io("writing segment", &path, error)),
+            None => Err(Error::io(
+                "writing segment",
+                &path,
+                std::io::Error::other("write task cancelled"),
+            )),
         }
     }
 
@@ -270,6 +293,7 @@ impl LogInner {
         assert!(pipe.split_bytes.is_none() || pipe.plan_end % ALIGNMENT_BYTES == 0);
         Step::Issue(Round {
             file: state.active.file.clone(),
+            base_offset: state.active.base_offset,
             buffer,
             write_position,
             used_bytes,
@@ -310,6 +334,12 @@ impl LogInner {
                 );
             }
             drop(cache);
+            record_event!(
+                &self.dir,
+                Event::WriteCompleted {
+                    through_offset: state.written_offset
+                }
+            );
             // The new tail block lies in this round: its last batch ends here.
             let active = &mut state.active;
             let end = (active.written_bytes - round.write_position) as usize;
@@ -338,13 +368,13 @@ impl LogInner {
         }
     }
 
-    /// The oldest round failed: wait for the rounds behind it, then fail every
-    /// unwritten append and continue from the written end.
+    /// The oldest round failed: wait for the rounds behind it, then decide.
+    /// A full disk fails the unwritten appends and the log goes on from its
+    /// written end (writes resume once space returns); any other write
+    /// error poisons the log.
     async fn abort_rounds(self: &Rc<Self>, pipe: &mut Pipeline, error: Error) {
-        tracing::warn!(dir = %self.dir.display(), %error, "segment write failed; failing unwritten appends");
-        let mut later_written = false;
         while let Some(round) = pipe.in_flight.pop_front() {
-            later_written |= matches!(round.task.await, Some(Ok(written)) if written > 0);
+            let _ = round.task.await;
         }
         let taken_bytes: u64 = pipe
             .taken
@@ -357,16 +387,24 @@ impl LogInner {
             let state = self.state.borrow();
             (state.active.file.clone(), state.active.written_bytes)
         };
-        if later_written {
-            // Batches behind the failed write reached the file: cut them, so
-            // that nothing which was refused can turn up after a restart.
-            if let Err(e) = file.truncate(written_bytes).await {
-                let mut state = self.state.borrow_mut();
-                self.poison(&mut state, Error::io("truncating segment", &self.dir, e));
-            }
+        pipe.plan_end = written_bytes;
+        if !matches!(error, Error::StorageFull { .. }) {
+            self.poison(&mut self.state.borrow_mut(), error);
+            return;
+        }
+        tracing::warn!(dir = %self.dir.display(), %error, "disk full; failing unwritten appends");
+        // The failed round may have put some bytes on disk, and the rounds
+        // behind it all of theirs: cut them, so that nothing which was
+        // refused can turn up after a restart.
+        if let Err(e) = file.truncate(written_bytes).await {
+            let path = log_path(&self.dir, self.state.borrow().active.base_offset);
+            self.poison(
+                &mut self.state.borrow_mut(),
+                Error::io("truncating segment", path, e),
+            );
+            return;
         }
         self.fail_unwritten(&error);
-        pipe.plan_end = written_bytes;
     }
 
     fn start_syncer(self: &Rc<Self>) {
@@ -383,23 +421,34 @@ impl LogInner {
 
     async fn run_syncer(self: Rc<Self>) {
         loop {
-            let (file, target_offset) = {
+            let (file, sync) = {
                 let mut state = self.state.borrow_mut();
-                if state.durable_offset >= state.written_offset || state.failed {
+                if state.durable_offset >= state.written_offset || state.poison.is_some() {
                     state.syncer_running = false;
                     return;
                 }
-                (state.active.file.clone(), state.written_offset)
+                (state.active.file.clone(), SyncTarget::now(&state))
             };
+            record_event!(
+                &self.dir,
+                Event::SyncStarted {
+                    through_offset: sync.point.next_offset
+                }
+            );
             let started = std::time::Instant::now();
-            let result = file.fdatasync().await;
+            let result = sync_segment(&file, &self.dir, sync.base_offset).await;
             self.shard.record_flush(started.elapsed());
             let mut state = self.state.borrow_mut();
+            if state.io_epoch != sync.io_epoch {
+                // `recover` reopened the segment meanwhile; its rescan decides what is durable.
+                continue;
+            }
             match result {
-                Ok(()) => self.mark_durable(&mut state, target_offset),
-                Err(error) => {
-                    self.poison(&mut state, Error::io("syncing segment", &self.dir, error))
+                Ok(()) => {
+                    self.note_synced(&mut state, &sync);
+                    self.mark_durable(&mut state, sync.point.next_offset);
                 }
+                Err(error) => self.poison(&mut state, error),
             }
         }
     }
@@ -415,20 +464,78 @@ impl LogInner {
         let this = self.clone();
         let task = async move {
             glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
-            let file = {
+            let (file, sync) = {
                 let mut state = this.state.borrow_mut();
                 state.interval_sync_scheduled = false;
-                state.active.file.clone()
+                if state.poison.is_some() {
+                    return;
+                }
+                (state.active.file.clone(), SyncTarget::now(&state))
             };
             let started = std::time::Instant::now();
-            let result = file.fdatasync().await;
+            let result = sync_segment(&file, &this.dir, sync.base_offset).await;
             this.shard.record_flush(started.elapsed());
-            if let Err(error) = result {
-                let mut state = this.state.borrow_mut();
-                this.poison(&mut state, Error::io("syncing segment", &this.dir, error));
+            let mut state = this.state.borrow_mut();
+            if state.io_epoch != sync.io_epoch {
+                return;
+            }
+            match result {
+                Ok(()) => this.note_synced(&mut state, &sync),
+                Err(error) => this.poison(&mut state, error),
             }
         };
         glommio::spawn_local(task).detach();
+    }
+
+    /// fdatasyncs the active segment for a caller holding the writer role
+    /// (roll, close): success makes everything written durable, failure
+    /// poisons the log.
+    pub(super) async fn sync_active(&self) -> Result<()> {
+        let (file, sync) = {
+            let state = self.state.borrow();
+            (state.active.file.clone(), SyncTarget::now(&state))
+        };
+        record_event!(
+            &self.dir,
+            Event::SyncStarted {
+                through_offset: sync.point.next_offset
+            }
+        );
+        let result = sync_segment(&file, &self.dir, sync.base_offset).await;
+        let mut state = self.state.borrow_mut();
+        assert!(
+            state.io_epoch == sync.io_epoch,
+            "recover holds the writer role"
+        );
+        match result {
+            Ok(()) => {
+                self.note_synced(&mut state, &sync);
+                self.mark_durable(&mut state, sync.point.next_offset);
+                Ok(())
+            }
+            Err(error) => {
+                self.poison(&mut state, error);
+                Err(self.poisoned_error(&state).expect("just poisoned"))
+            }
+        }
+    }
+
+    /// A sync of `sync` completed: it becomes the active segment's synced
+    /// point (unless the segment was sealed meanwhile).
+    fn note_synced(&self, state: &mut LogState, sync: &SyncTarget) {
+        record_event!(
+            &self.dir,
+            Event::SyncCompleted {
+                through_offset: sync.point.next_offset
+            }
+        );
+        let active = &mut state.active;
+        if active.base_offset == sync.base_offset
+            && sync.point.position_bytes > active.synced.position_bytes
+        {
+            assert!(sync.point.next_offset >= active.synced.next_offset);
+            active.synced = sync.point;
+        }
     }
 
     /// Moves the high watermark to `offset` and resolves the appends below it.
@@ -446,8 +553,9 @@ impl LogInner {
         }
     }
 
-    /// A write failed: every append not yet written fails with `error`, and
-    /// offsets continue from the written end. Written appends still wait for their sync.
+    /// A write failed for want of space: every append not yet written fails
+    /// with `error`, and offsets continue from the written end. Written
+    /// appends still wait for their sync.
     pub(super) fn fail_unwritten(&self, error: &Error) {
         let mut state = self.state.borrow_mut();
         let unwritten_bytes = state.pending_bytes;
@@ -466,17 +574,35 @@ impl LogInner {
         }
     }
 
-    /// An fdatasync failed: what reached the disk is unknown, so the log stops
-    /// taking writes until it is reopened and recovered from disk.
-    fn poison(&self, state: &mut LogState, error: Error) {
-        tracing::error!(dir = %self.dir.display(), %error, "fdatasync failed; the log refuses writes until restart");
-        state.failed = true;
+    /// A write or an fdatasync failed: what reached the disk past the last
+    /// successful sync is unknown, so every waiting append fails and the log
+    /// refuses appends until `recover` rescans the active segment.
+    pub(super) fn poison(&self, state: &mut LogState, error: Error) {
+        if state.poison.is_none() {
+            tracing::error!(dir = %self.dir.display(), %error, "the log is poisoned and refuses appends until it is recovered");
+            state.poison = Some(Poison {
+                reason: error.to_string(),
+                since_ms: now_ms(),
+            });
+            record_event!(&self.dir, Event::Poisoned);
+        }
+        let failure = self.poisoned_error(state).expect("just poisoned");
         let unwritten_bytes = state.pending_bytes;
         state.pending.clear();
         state.pending_bytes = 0;
         self.pending_permits.signal(unwritten_bytes);
         for waiter in state.waiters.drain(..) {
-            let _ = waiter.tx.send(Err(error.duplicate()));
+            let _ = waiter.tx.send(Err(failure.duplicate()));
+        }
+    }
+
+    /// A roll failed: a full disk fails the unwritten appends (the next
+    /// append tries again), anything else poisons the log.
+    pub(super) fn roll_failed(&self, error: Error) {
+        tracing::warn!(dir = %self.dir.display(), %error, "rolling the segment failed");
+        match error {
+            Error::StorageFull { .. } => self.fail_unwritten(&error),
+            _ => self.poison(&mut self.state.borrow_mut(), error),
         }
     }
 
@@ -495,17 +621,12 @@ impl LogInner {
         };
         assert!(written_bytes > 0, "only a segment with data is sealed");
         let path = log_path(&self.dir, base_offset);
-        file.fdatasync()
-            .await
-            .map_err(|e| Error::io("syncing segment", &path, e))?;
-        self.mark_durable(&mut self.state.borrow_mut(), next_offset);
+        self.sync_active().await?;
         // Cut the alignment padding so a sealed file ends on its last frame.
         file.truncate(written_bytes)
             .await
             .map_err(|e| Error::io("truncating segment", &path, e))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| Error::io("syncing segment", &path, e))?;
+        self.sync_active().await?;
         let (meta, encoded) = {
             let state = self.state.borrow();
             let max_timestamp_ms = state.active.index_builder.max_timestamp_ms;
@@ -526,6 +647,12 @@ impl LogInner {
             index: SealedIndex::Loaded(Rc::new(old.index)),
             file: None,
         });
+        record_event!(
+            &self.dir,
+            Event::Rolled {
+                base_offset: next_offset
+            }
+        );
         tracing::debug!(dir = %self.dir.display(), base_offset, next_offset, "rolled segment");
         Ok(())
     }
@@ -534,6 +661,42 @@ impl LogInner {
     pub(super) async fn create_active(&self, base_offset: u64) -> Result<Active> {
         create_active(&self.dir, &self.shard, &self.config, base_offset).await
     }
+}
+
+/// What a sync about to start will cover, and of which file.
+struct SyncTarget {
+    base_offset: u64,
+    point: SyncedPoint,
+    io_epoch: u64,
+}
+
+impl SyncTarget {
+    /// Everything written to the active segment so far.
+    fn now(state: &LogState) -> SyncTarget {
+        SyncTarget {
+            base_offset: state.active.base_offset,
+            point: SyncedPoint {
+                position_bytes: state.active.written_bytes,
+                next_offset: state.written_offset,
+            },
+            io_epoch: state.io_epoch,
+        }
+    }
+}
+
+/// fdatasyncs a segment file: the one place a segment sync's result is
+/// examined (and where injected sync faults take its place).
+pub(super) async fn sync_segment(
+    file: &DmaFile,
+    dir: &std::path::Path,
+    base_offset: u64,
+) -> Result<()> {
+    let result = file.fdatasync().await.map_err(std::io::Error::from);
+    let result = match hooks::sync_fault(dir, base_offset) {
+        Some(injected) => Err(injected),
+        None => result,
+    };
+    result.map_err(|e| Error::io("syncing segment", log_path(dir, base_offset), e))
 }
 
 /// Creates an empty active segment file starting at `base_offset` and makes its name durable.
@@ -562,12 +725,16 @@ pub(super) async fn create_active(
         index_builder: IndexBuilder::new(base_offset, config.index_interval_bytes),
         first_append_ms: None,
         tail: Vec::new(),
+        synced: SyncedPoint {
+            position_bytes: 0,
+            next_offset: base_offset,
+        },
     })
 }
 
-fn short_write(dir: &std::path::Path, written: usize, wanted: usize) -> Error {
+fn short_write(path: &std::path::Path, written: usize, wanted: usize) -> Error {
     let message = format!("short write: {written} of {wanted} bytes");
-    Error::io("writing segment", dir, std::io::Error::other(message))
+    Error::io("writing segment", path, std::io::Error::other(message))
 }
 
 /// Writes a sealed segment's index atomically: temporary file, sync, rename, directory sync.
@@ -638,7 +805,10 @@ impl Error {
             },
             Error::TooManyOpenFiles { limit } => Error::TooManyOpenFiles { limit: *limit },
             Error::Config(message) => Error::Config(message.clone()),
-            Error::Failed { path } => Error::Failed { path: path.clone() },
+            Error::Poisoned { path, reason } => Error::Poisoned {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
             Error::Closed => Error::Closed,
         }
     }

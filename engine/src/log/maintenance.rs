@@ -24,7 +24,7 @@ pub struct RetentionOutcome {
 }
 
 /// Holding this, the caller is the only writer of the log's files.
-struct WriterRole {
+pub(super) struct WriterRole {
     inner: Rc<LogInner>,
 }
 
@@ -89,7 +89,7 @@ impl LogInner {
     /// `drained` the writer is asked to stop at the next batch boundary, so
     /// the wait is at most the writes in flight, however busy the log is.
     /// With `drained`, also waits until no append is queued or unsynced.
-    async fn take_writer_role(self: &Rc<Self>, drained: bool) -> Result<WriterRole> {
+    pub(super) async fn take_writer_role(self: &Rc<Self>, drained: bool) -> Result<WriterRole> {
         let _wanted = (!drained).then(|| RoleWanted::new(self));
         loop {
             {
@@ -141,11 +141,26 @@ impl PartitionLog {
     /// # Errors
     /// I/O errors.
     pub async fn roll(&self) -> Result<()> {
-        let _role = self.inner.take_writer_role(false).await?;
-        if self.inner.state.borrow().active.written_bytes == 0 {
-            return Ok(());
+        let inner = &self.inner;
+        let _role = inner.take_writer_role(false).await?;
+        {
+            let state = inner.state.borrow();
+            if let Some(error) = inner.poisoned_error(&state) {
+                return Err(error);
+            }
+            if state.active.written_bytes == 0 {
+                return Ok(());
+            }
         }
-        self.inner.roll().await
+        let Err(error) = inner.roll().await else {
+            return Ok(());
+        };
+        // Queued appends still fit the old segment: only a failure that is
+        // not a full disk changes the log (it poisons it).
+        if !matches!(error, Error::StorageFull { .. }) {
+            inner.poison(&mut inner.state.borrow_mut(), error.duplicate());
+        }
+        Err(error)
     }
 
     /// Deletes the oldest sealed segments while the log would still hold at

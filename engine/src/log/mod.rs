@@ -21,6 +21,7 @@ mod append;
 mod maintenance;
 mod open;
 mod read;
+mod recover;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,12 +36,14 @@ use shardlog_wire::batch::{self, set_base_offset, set_leader_epoch};
 
 use crate::cache::CacheKey;
 use crate::config::LogConfig;
+use crate::hooks::record_event;
 use crate::segment::index::{IndexHeader, SealedMeta, SparseIndex};
 use crate::shard::{FileSlot, StorageShard};
 use crate::{Error, Result};
 
 pub use maintenance::RetentionOutcome;
 pub use read::{ReadPart, ReadSlice};
+pub use recover::RecoverOutcome;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,9 +90,49 @@ struct LogState {
     role_wanted: u32,
     syncer_running: bool,
     interval_sync_scheduled: bool,
-    failed: bool,
+    /// Set by a write error other than a full disk, or by any failed
+    /// fdatasync; cleared only by `recover`.
+    poison: Option<Poison>,
+    /// Bumped when `recover` reopens the active segment: a sync that
+    /// started before carries an older value and its outcome is ignored.
+    io_epoch: u64,
+    /// Reads that found damaged data on disk (since open; never reset).
+    corrupt_reads_count: u64,
+    last_corruption: Option<String>,
     closed: bool,
     leader_epoch: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Poison {
+    reason: String,
+    since_ms: i64,
+}
+
+/// The state of a log as an operator sees it. Cheap to ask for (one
+/// borrow, a clone of a short string when unhealthy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogHealth {
+    /// Appends and reads work.
+    Healthy,
+    /// A write or fdatasync failed: the log refuses appends until
+    /// [`PartitionLog::recover`] (or a restart). Reads below the high
+    /// watermark still work. Reported before `Corrupt` when both hold.
+    Poisoned {
+        /// The failure, as its error message.
+        reason: String,
+        /// Wall-clock time of the failure, in milliseconds since the Unix epoch.
+        since_ms: i64,
+    },
+    /// Reads found data on disk that fails its checks ([`Error::Corrupt`]);
+    /// appends still work. Stays until the log is reopened.
+    Corrupt {
+        /// Reads that failed on damaged data since the log was opened.
+        corrupt_reads_count: u64,
+        /// What the last of them found.
+        last_reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -120,6 +163,16 @@ struct Active {
     first_append_ms: Option<i64>,
     /// The bytes of the last, partly filled alignment block: `[align_down(written_bytes), written_bytes)`.
     tail: Vec<u8>,
+    /// What the last successful fdatasync of this file (or recovery) covered.
+    synced: SyncedPoint,
+}
+
+/// The end of the frames that a completed fdatasync covered: everything
+/// before `position_bytes` (offsets before `next_offset`) is on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SyncedPoint {
+    position_bytes: u64,
+    next_offset: u64,
 }
 
 #[derive(Debug)]
@@ -158,7 +211,8 @@ impl PartitionLog {
     ///
     /// # Errors
     /// [`Error::InvalidBatch`] (nothing stored), [`Error::StorageFull`]
-    /// (retriable), I/O errors, [`Error::Failed`] after an fdatasync failure,
+    /// (retriable; the log goes on), [`Error::Poisoned`] when this or an
+    /// earlier write or fdatasync failed (see [`PartitionLog::recover`]),
     /// [`Error::Closed`].
     pub async fn append(&self, mut batch: BytesMut) -> Result<AppendInfo> {
         let header = batch::validate(&batch, &self.inner.config.batch_limits)?;
@@ -198,7 +252,16 @@ impl PartitionLog {
         };
         self.inner.start_writer();
         match rx.await {
-            Ok(result) => result.map(|()| info),
+            Ok(Ok(())) => {
+                record_event!(
+                    &self.inner.dir,
+                    crate::events::Event::Acknowledged {
+                        next_offset: info.last_offset + 1
+                    }
+                );
+                Ok(info)
+            }
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Closed),
         }
     }
@@ -211,10 +274,8 @@ impl PartitionLog {
     pub async fn flush(&self) -> Result<()> {
         let rx = {
             let mut state = self.inner.state.borrow_mut();
-            if state.failed {
-                return Err(Error::Failed {
-                    path: self.inner.dir.clone(),
-                });
+            if let Some(error) = self.inner.poisoned_error(&state) {
+                return Err(error);
             }
             if state.durable_offset == state.next_offset {
                 return Ok(());
@@ -235,10 +296,7 @@ impl PartitionLog {
     pub async fn close(&self) -> Result<()> {
         self.flush().await?;
         self.inner.state.borrow_mut().closed = true;
-        let file = self.inner.state.borrow().active.file.clone();
-        file.fdatasync()
-            .await
-            .map_err(|e| Error::io("syncing segment", &self.inner.dir, e))?;
+        self.inner.sync_active().await?;
         self.inner
             .shard
             .cache()
@@ -295,17 +353,49 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// Whether the log takes appends and serves reads; for metrics and the
+    /// operator. See [`LogHealth`].
+    pub fn health(&self) -> LogHealth {
+        let state = self.inner.state.borrow();
+        if let Some(poison) = &state.poison {
+            return LogHealth::Poisoned {
+                reason: poison.reason.clone(),
+                since_ms: poison.since_ms,
+            };
+        }
+        match &state.last_corruption {
+            Some(reason) => LogHealth::Corrupt {
+                corrupt_reads_count: state.corrupt_reads_count,
+                last_reason: reason.clone(),
+            },
+            None => LogHealth::Healthy,
+        }
+    }
+
+    /// Reads that failed with [`Error::Corrupt`] since the log was opened (a counter).
+    pub fn corrupt_reads_count(&self) -> u64 {
+        self.inner.state.borrow().corrupt_reads_count
+    }
+}
+
 impl LogInner {
     fn check_writable(&self, state: &LogState) -> Result<()> {
-        if state.failed {
-            return Err(Error::Failed {
-                path: self.dir.clone(),
-            });
+        if let Some(error) = self.poisoned_error(state) {
+            return Err(error);
         }
         if state.closed {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// The error a poisoned log answers with; `None` while it is not poisoned.
+    fn poisoned_error(&self, state: &LogState) -> Option<Error> {
+        state.poison.as_ref().map(|poison| Error::Poisoned {
+            path: self.dir.clone(),
+            reason: poison.reason.clone(),
+        })
     }
 }
 

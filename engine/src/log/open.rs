@@ -19,14 +19,14 @@ use glommio::io::{DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 
 use super::append::{create_active, sync_dir, write_index_file};
-use super::{now_ms, Active, LogInner, LogState, PartitionLog, Sealed, SealedIndex};
+use super::{now_ms, Active, LogInner, LogState, PartitionLog, Sealed, SealedIndex, SyncedPoint};
 use crate::config::LogConfig;
-use crate::segment::index::{IndexHeader, SealedMeta, INDEX_HEADER_BYTES};
-use crate::segment::scan::{self, IndexBuilder, Recovered, StopReason};
+use crate::segment::index::{IndexHeader, SealedMeta, SparseIndex, INDEX_HEADER_BYTES};
+use crate::segment::scan::{self, IndexBuilder, Recovered, ScanStart, StopReason};
 use crate::segment::{
     align_down, index_path, log_path, parse_log_name, SegmentFile, INDEX_SUFFIX, TMP_SUFFIX,
 };
-use crate::shard::StorageShard;
+use crate::shard::{FileSlot, StorageShard};
 use crate::{Error, Result};
 
 pub(super) async fn open(
@@ -72,7 +72,10 @@ pub(super) async fn open(
         role_wanted: 0,
         syncer_running: false,
         interval_sync_scheduled: false,
-        failed: false,
+        poison: None,
+        io_epoch: 0,
+        corrupt_reads_count: 0,
+        last_corruption: None,
         closed: false,
         leader_epoch: 0,
     };
@@ -172,13 +175,9 @@ async fn rebuild_sealed(
     config: &LogConfig,
 ) -> Result<Sealed> {
     let path = log_path(dir, base_offset);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .dma_open(&path)
-        .await;
-    let file = Rc::new(file.map_err(|e| Error::io("opening segment", &path, e))?);
-    let found = scan_segment(&file, &path, base_offset, file_bytes, config).await?;
+    let file = open_segment_rw(&path).await?;
+    let start = ScanStart::segment(base_offset);
+    let found = scan_segment(&file, &path, base_offset, start, file_bytes, config).await?;
     match found.stop {
         StopReason::EndOfFile | StopReason::ZeroPadding if found.valid_bytes > 0 => {}
         stop => {
@@ -208,10 +207,31 @@ async fn rebuild_sealed(
     })
 }
 
-async fn scan_segment(
+/// Opens a segment file for direct reads and writes.
+pub(super) async fn open_segment_rw(path: &Path) -> Result<Rc<DmaFile>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await;
+    Ok(Rc::new(
+        file.map_err(|e| Error::io("opening segment", path, e))?,
+    ))
+}
+
+/// The size of a segment file (frames and whatever follows them).
+pub(super) async fn segment_size(file: &DmaFile, path: &Path) -> Result<u64> {
+    file.file_size()
+        .await
+        .map_err(|e| Error::io("reading segment size", path, e))
+}
+
+/// Validates the frames of a segment from `start` up to `file_bytes`.
+pub(super) async fn scan_segment(
     file: &Rc<DmaFile>,
     path: &Path,
     base_offset: u64,
+    start: ScanStart,
     file_bytes: u64,
     config: &LogConfig,
 ) -> Result<Recovered> {
@@ -220,6 +240,7 @@ async fn scan_segment(
         &source,
         path,
         base_offset,
+        start,
         file_bytes,
         &config.batch_limits,
         config.index_interval_bytes,
@@ -228,7 +249,12 @@ async fn scan_segment(
 }
 
 /// Truncates a segment to its valid bytes, durably, when anything follows them.
-async fn cut_to(file: &DmaFile, path: &Path, valid_bytes: u64, file_bytes: u64) -> Result<()> {
+pub(super) async fn cut_to(
+    file: &DmaFile,
+    path: &Path,
+    valid_bytes: u64,
+    file_bytes: u64,
+) -> Result<()> {
     if valid_bytes == file_bytes {
         return Ok(());
     }
@@ -256,17 +282,10 @@ pub(super) async fn recover_active(
 ) -> Result<RecoveredActive> {
     let path = log_path(dir, base_offset);
     let slot = shard.reserve_file()?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .dma_open(&path)
-        .await;
-    let file = Rc::new(file.map_err(|e| Error::io("opening segment", &path, e))?);
-    let file_bytes = file
-        .file_size()
-        .await
-        .map_err(|e| Error::io("reading segment size", &path, e))?;
-    let found = scan_segment(&file, &path, base_offset, file_bytes, config).await?;
+    let file = open_segment_rw(&path).await?;
+    let file_bytes = segment_size(&file, &path).await?;
+    let start = ScanStart::segment(base_offset);
+    let found = scan_segment(&file, &path, base_offset, start, file_bytes, config).await?;
     if found.valid_bytes < file_bytes {
         tracing::warn!(
             segment = %path.display(),
@@ -277,18 +296,36 @@ pub(super) async fn recover_active(
         );
     }
     cut_to(&file, &path, found.valid_bytes, file_bytes).await?;
-    let tail_start = align_down(found.valid_bytes);
-    let tail_len = (found.valid_bytes - tail_start) as usize;
-    let tail = if tail_len == 0 {
-        Vec::new()
-    } else {
-        let bytes = file
-            .read_at(tail_start, tail_len)
-            .await
-            .map_err(|e| Error::io("reading segment", &path, e))?;
-        bytes.to_vec()
-    };
-    assert!(tail.len() == tail_len);
+    let rebuilt = rebuilt_active(dir, base_offset, file, found, config).await?;
+    Ok(RecoveredActive {
+        next_offset: rebuilt.next_offset,
+        active: Active::from_rebuilt(slot, rebuilt),
+    })
+}
+
+/// What [`Active`] holds about a segment rebuilt from its file, but its file slot.
+pub(super) struct Rebuilt {
+    pub base_offset: u64,
+    pub file: Rc<DmaFile>,
+    pub written_bytes: u64,
+    pub next_offset: u64,
+    pub index: SparseIndex,
+    pub index_builder: IndexBuilder,
+    pub tail: Vec<u8>,
+}
+
+/// Finishes rebuilding a segment already cut after its last valid frame
+/// (`found.valid_bytes`): reads its tail block, makes the directory durable
+/// and resumes its index.
+pub(super) async fn rebuilt_active(
+    dir: &Path,
+    base_offset: u64,
+    file: Rc<DmaFile>,
+    found: Recovered,
+    config: &LogConfig,
+) -> Result<Rebuilt> {
+    let path = log_path(dir, base_offset);
+    let tail = read_tail(&file, &path, found.valid_bytes).await?;
     sync_dir(dir).await?;
     let index_builder = IndexBuilder::resume(
         base_offset,
@@ -296,18 +333,73 @@ pub(super) async fn recover_active(
         &found.index,
         found.max_timestamp_ms,
     );
-    let active = Active {
+    Ok(Rebuilt {
         base_offset,
         file,
-        _slot: slot,
         written_bytes: found.valid_bytes,
+        next_offset: found.next_offset,
         index: found.index,
         index_builder,
-        first_append_ms: (found.valid_bytes > 0).then(now_ms),
         tail,
-    };
-    Ok(RecoveredActive {
-        active,
-        next_offset: found.next_offset,
     })
+}
+
+/// The bytes of the last, partly filled block before `valid_bytes`.
+async fn read_tail(file: &DmaFile, path: &Path, valid_bytes: u64) -> Result<Vec<u8>> {
+    let tail_start = align_down(valid_bytes);
+    let tail_len = (valid_bytes - tail_start) as usize;
+    if tail_len == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = file
+        .read_at(tail_start, tail_len)
+        .await
+        .map_err(|e| Error::io("reading segment", path, e))?;
+    if bytes.len() != tail_len {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: tail_start + bytes.len() as u64,
+            reason: format!("the segment ends before its last frame at {valid_bytes}"),
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
+impl Active {
+    /// An active segment holding `slot` of the open-file budget.
+    pub(super) fn from_rebuilt(slot: FileSlot, rebuilt: Rebuilt) -> Active {
+        let synced = SyncedPoint {
+            position_bytes: rebuilt.written_bytes,
+            next_offset: rebuilt.next_offset,
+        };
+        Active {
+            base_offset: rebuilt.base_offset,
+            file: rebuilt.file,
+            _slot: slot,
+            written_bytes: rebuilt.written_bytes,
+            index: rebuilt.index,
+            index_builder: rebuilt.index_builder,
+            first_append_ms: (rebuilt.written_bytes > 0).then(now_ms),
+            tail: rebuilt.tail,
+            synced,
+        }
+    }
+
+    /// Makes this active segment (and its file slot) the rebuilt one; what
+    /// the rebuild covered counts as synced. Returns the file it held.
+    pub(super) fn reset_to(&mut self, rebuilt: Rebuilt) -> Rc<DmaFile> {
+        if rebuilt.base_offset != self.base_offset || rebuilt.written_bytes == 0 {
+            self.first_append_ms = (rebuilt.written_bytes > 0).then(now_ms);
+        }
+        self.base_offset = rebuilt.base_offset;
+        self.written_bytes = rebuilt.written_bytes;
+        self.index = rebuilt.index;
+        self.index_builder = rebuilt.index_builder;
+        self.tail = rebuilt.tail;
+        self.synced = SyncedPoint {
+            position_bytes: rebuilt.written_bytes,
+            next_offset: rebuilt.next_offset,
+        };
+        std::mem::replace(&mut self.file, rebuilt.file)
+    }
 }

@@ -23,7 +23,7 @@ use shardlog_wire::batch::{Batch, BatchHeader};
 use super::append::write_index_file;
 use super::{LogInner, PartitionLog, SealedIndex};
 use crate::segment::index::{self, SealedMeta, SparseIndex};
-use crate::segment::scan;
+use crate::segment::scan::{self, ScanStart};
 use crate::segment::{index_path, log_path, SegmentFile};
 use crate::{Error, Result};
 
@@ -455,10 +455,12 @@ impl LogInner {
             .map_err(|e| Error::io("opening segment", &path, e))?;
         let source = SegmentFile::Buffered(Rc::new(file));
         let (limits, interval) = (&self.config.batch_limits, self.config.index_interval_bytes);
+        let start = ScanStart::segment(meta.base_offset);
         let found = scan::recover(
             &source,
             &path,
             meta.base_offset,
+            start,
             meta.log_bytes,
             limits,
             interval,

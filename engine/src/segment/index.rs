@@ -79,6 +79,18 @@ impl SparseIndex {
             .map_or(0, |i| u64::from(self.entries[i].position))
     }
 
+    /// The last entry at or before `position`, and the index of the entries before it.
+    pub(crate) fn split_at_position(&self, position: u64) -> Option<(IndexEntry, SparseIndex)> {
+        let after = self
+            .entries
+            .partition_point(|e| u64::from(e.position) <= position);
+        let last = *self.entries.get(after.checked_sub(1)?)?;
+        let before = SparseIndex {
+            entries: self.entries[..after - 1].to_vec(),
+        };
+        Some((last, before))
+    }
+
     pub(crate) fn encode(&self, meta: &SealedMeta) -> Vec<u8> {
         let mut out = vec![0u8; INDEX_HEADER_BYTES + self.entries.len() * ENTRY_BYTES];
         for (i, entry) in self.entries.iter().enumerate() {
@@ -234,6 +246,9 @@ mod tests {
         assert_eq!(index.position_for_timestamp(51), 4100);
         assert_eq!(index.position_for_timestamp(90), 4100);
         assert_eq!(index.position_for_timestamp(91), 8300);
+        let (last, before) = index.split_at_position(8299).unwrap();
+        assert_eq!((last.position, before.entries.len()), (4100, 1));
+        assert_eq!(index.split_at_position(0).unwrap().1.entries.len(), 0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Two walks exist, with different trust:
 //! - [`recover`] validates every frame in full (CRC included) and stops at
-//!   the first torn, zero or bad one: it decides what survives a crash.
+//!   the first torn, zero or bad one: it decides what survives a crash or a
+//!   failed write, from the segment's start or from a trusted frame boundary.
 //! - [`find_batch`] and [`extent`] read only headers of frames that recovery
 //!   or the writer already validated: they serve reads.
 
@@ -10,7 +11,7 @@ use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, BatchLimits, BA
 
 use super::index::{IndexEntry, SparseIndex};
 use super::SegmentFile;
-use crate::config::WRITE_BYTES_MAX;
+use crate::config::{SEGMENT_BYTES_MAX, WRITE_BYTES_MAX};
 use crate::{Error, Result};
 
 /// Bytes read at a time by recovery; a frame never exceeds it.
@@ -76,12 +77,13 @@ impl IndexBuilder {
     /// Records the frame at `position`, adding an index entry when due.
     pub(crate) fn observe(&mut self, index: &mut SparseIndex, position: u64, header: &BatchHeader) {
         assert!(header.base_offset >= self.base_offset);
-        if position >= self.next_entry_position {
-            let relative = header.base_offset - self.base_offset;
+        let relative = u32::try_from(header.base_offset - self.base_offset);
+        // Past 2^32 offsets in one segment, entries stop: lookups walk from the last one.
+        if let (true, Ok(relative_offset)) = (position >= self.next_entry_position, relative) {
             index.push(IndexEntry {
-                relative_offset: u32::try_from(relative).unwrap_or(u32::MAX),
+                relative_offset,
                 position: u32::try_from(position)
-                    .expect("segment positions fit u32 (checked by config)"),
+                    .expect("segment positions fit u32 (checked by config and by recover)"),
                 max_timestamp_before_ms: self.max_timestamp_ms,
             });
             self.next_entry_position = position + self.interval_bytes;
@@ -90,19 +92,62 @@ impl IndexBuilder {
     }
 }
 
-/// Validates every frame of a segment from its start and reports how much of it is good.
+/// Where a scan starts: a frame boundary that is trusted, with the index
+/// entries and the largest timestamp of the frames before it.
+#[derive(Debug)]
+pub(crate) struct ScanStart {
+    pub position: u64,
+    pub next_offset: u64,
+    pub index: SparseIndex,
+    pub max_timestamp_ms: i64,
+}
+
+impl ScanStart {
+    /// The start of the segment beginning at `base_offset`.
+    pub(crate) fn segment(base_offset: u64) -> ScanStart {
+        ScanStart {
+            position: 0,
+            next_offset: base_offset,
+            index: SparseIndex::default(),
+            max_timestamp_ms: i64::MIN,
+        }
+    }
+}
+
+/// Validates every frame of a segment from `start` up to `file_bytes` and
+/// reports how much of it is good.
+///
+/// # Errors
+/// I/O errors; [`Error::Corrupt`] when the file is larger than a segment
+/// may be or `start` lies past `file_bytes`.
 pub(crate) async fn recover(
     file: &SegmentFile,
     path: &std::path::Path,
     base_offset: u64,
+    start: ScanStart,
     file_bytes: u64,
     limits: &BatchLimits,
     index_interval_bytes: u32,
 ) -> Result<Recovered> {
-    let mut index = SparseIndex::default();
-    let mut builder = IndexBuilder::new(base_offset, index_interval_bytes);
-    let mut position = 0u64;
-    let mut next_offset = base_offset;
+    if file_bytes > SEGMENT_BYTES_MAX || start.position > file_bytes {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            position: file_bytes,
+            reason: format!(
+                "segment of {file_bytes} bytes cannot be scanned from position {} (at most {SEGMENT_BYTES_MAX} bytes)",
+                start.position
+            ),
+        });
+    }
+    let mut builder = IndexBuilder::resume(
+        base_offset,
+        index_interval_bytes,
+        &start.index,
+        start.max_timestamp_ms,
+    );
+    let mut index = start.index;
+    let mut position = start.position;
+    let mut next_offset = start.next_offset;
     let stop = loop {
         if position == file_bytes {
             break StopReason::EndOfFile;
@@ -112,46 +157,26 @@ pub(crate) async fn recover(
             .read_at(position, chunk_len)
             .await
             .map_err(|e| Error::io("reading segment", path, e))?;
-        let is_last_chunk = position + chunk_len as u64 == file_bytes;
+        // A short read (the file shrank) ends the scan like the end of the file.
+        let is_last_chunk = chunk.len() < chunk_len || position + chunk_len as u64 == file_bytes;
+        let chunk = &chunk[..chunk.len().min(chunk_len)];
         let mut at = 0usize;
         let stopped = loop {
-            let rest = &chunk[at..];
-            let Some(length) = peek_length_bytes(rest) else {
-                break if is_last_chunk {
-                    Some(tail_reason(rest))
-                } else {
-                    None
-                };
-            };
-            let length = length as usize;
-            if length == 0 {
-                break Some(StopReason::ZeroPadding);
+            match next_frame(&chunk[at..], is_last_chunk, next_offset, limits) {
+                Frame::Valid(header, next) => {
+                    builder.observe(&mut index, position + at as u64, &header);
+                    next_offset = next;
+                    at += header.length_bytes as usize;
+                }
+                Frame::NeedMore => break None,
+                Frame::Stop(reason) => break Some(reason),
             }
-            if length < BATCH_HEADER_BYTES || length > limits.batch_bytes_max as usize {
-                break Some(StopReason::InvalidFrame);
-            }
-            if length > rest.len() {
-                break if is_last_chunk {
-                    Some(StopReason::TornFrame)
-                } else {
-                    None
-                };
-            }
-            let Ok(header) = batch::validate(&rest[..length], limits) else {
-                break Some(StopReason::InvalidFrame);
-            };
-            if header.base_offset != next_offset {
-                break Some(StopReason::InvalidFrame);
-            }
-            builder.observe(&mut index, position + at as u64, &header);
-            next_offset = header.next_offset();
-            at += length;
         };
         position += at as u64;
         if let Some(stop) = stopped {
             break stop;
         }
-        assert!(at > 0, "a chunk holds at least one whole frame");
+        assert!(at > 0, "a full chunk holds at least one whole frame");
     };
     Ok(Recovered {
         valid_bytes: position,
@@ -162,6 +187,44 @@ pub(crate) async fn recover(
     })
 }
 
+/// What the bytes at the start of `rest` hold, for recovery.
+enum Frame {
+    /// A whole, valid frame continuing the offsets, and the offset after it.
+    Valid(BatchHeader, u64),
+    /// The frame continues in the next chunk.
+    NeedMore,
+    Stop(StopReason),
+}
+
+fn next_frame(rest: &[u8], is_last_chunk: bool, next_offset: u64, limits: &BatchLimits) -> Frame {
+    let Some(length) = peek_length_bytes(rest) else {
+        return match is_last_chunk {
+            true => Frame::Stop(tail_reason(rest)),
+            false => Frame::NeedMore,
+        };
+    };
+    let length = length as usize;
+    if length == 0 {
+        return Frame::Stop(StopReason::ZeroPadding);
+    }
+    if length < BATCH_HEADER_BYTES || length > limits.batch_bytes_max as usize {
+        return Frame::Stop(StopReason::InvalidFrame);
+    }
+    if length > rest.len() {
+        return match is_last_chunk {
+            true => Frame::Stop(StopReason::TornFrame),
+            false => Frame::NeedMore,
+        };
+    }
+    let Ok(header) = batch::validate(&rest[..length], limits) else {
+        return Frame::Stop(StopReason::InvalidFrame);
+    };
+    match frame_next_offset(&header) {
+        Some(next) if header.base_offset == next_offset => Frame::Valid(header, next),
+        _ => Frame::Stop(StopReason::InvalidFrame),
+    }
+}
+
 fn tail_reason(rest: &[u8]) -> StopReason {
     if rest.is_empty() {
         StopReason::EndOfFile
@@ -170,6 +233,14 @@ fn tail_reason(rest: &[u8]) -> StopReason {
     } else {
         StopReason::TornFrame
     }
+}
+
+/// The offset after the frame, or `None` when its offsets overflow (a damaged header).
+pub(crate) fn frame_next_offset(header: &BatchHeader) -> Option<u64> {
+    header
+        .base_offset
+        .checked_add(u64::from(header.last_offset_delta))?
+        .checked_add(1)
 }
 
 pub(crate) async fn read_header(
@@ -184,7 +255,7 @@ pub(crate) async fn read_header(
     BatchHeader::parse(&bytes).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         position,
-        reason: e.to_string(),
+        reason: format!("frame header: {e}"),
     })
 }
 
