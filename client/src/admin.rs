@@ -152,7 +152,9 @@ impl Admin {
                 shard: *shard,
                 log_start_offset: results.get(p).map_or(-1, |r| r.offset),
                 high_watermark: results.get(count + p).map_or(-1, |r| r.offset),
-                status: results.get(count + p).map_or_else(|| "unknown".into(), status_text),
+                status: results
+                    .get(count + p)
+                    .map_or_else(|| "unknown".into(), status_text),
             })
             .collect();
         Ok(TopicDescription {

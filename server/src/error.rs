@@ -92,7 +92,7 @@ impl From<&shardlog_engine::Error> for WireError {
             E::TooManyOpenFiles { .. } => ErrorCode::Busy,
             E::Closed => ErrorCode::ShuttingDown,
             E::Config(_) => ErrorCode::InvalidConfig,
-            E::Failed { .. } => ErrorCode::PartitionPoisoned,
+            E::Poisoned { .. } => ErrorCode::PartitionPoisoned,
             E::Corrupt { .. } => ErrorCode::CorruptLog,
             _ => ErrorCode::StorageError,
         };

@@ -17,6 +17,14 @@ fn main() -> std::process::ExitCode {
     };
     init_logging(&config);
     abort_on_panic();
+    #[cfg(feature = "fault-injection")]
+    if let Ok(spec) = std::env::var("SHARDLOG_FAULTS") {
+        if let Err(error) = shardlog_engine::faults::arm_from_spec(&spec) {
+            eprintln!("shardlog-server: SHARDLOG_FAULTS: {error}");
+            return std::process::ExitCode::from(2);
+        }
+        tracing::warn!(%spec, "fault injection armed (a test build)");
+    }
     match shardlog_server::server::run(config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -442,7 +442,12 @@ mod tests {
         for (api, _, _) in API_VERSIONS {
             let name = API_NAMES[usize::from(api.0)];
             let variant = format!("{api:?}").to_lowercase().replace('_', "");
-            assert_eq!(variant, format!("{}request", name.replace('_', "")), "tag {}", api.0);
+            assert_eq!(
+                variant,
+                format!("{}request", name.replace('_', "")),
+                "tag {}",
+                api.0
+            );
         }
     }
 

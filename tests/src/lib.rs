@@ -41,6 +41,9 @@ pub fn binary(name: &str) -> PathBuf {
                 "-p",
                 "shardlog-bench",
                 "--bins",
+                // Inert unless a test sets SHARDLOG_FAULTS (disk failure tests).
+                "--features",
+                "shardlog-server/fault-injection",
             ])
             .status()
             .expect("run cargo build");
@@ -76,6 +79,8 @@ pub struct Broker {
     /// Holds the log (and, unless the test gave one, the data root).
     _scratch: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Environment variables for the broker process.
+    env: Vec<(String, String)>,
     /// The broker's stderr, kept for failing tests.
     pub log_path: PathBuf,
 }
@@ -85,14 +90,21 @@ impl Broker {
     pub fn start(shards: u16, extra_args: &[&str]) -> Broker {
         let scratch = tempfile::tempdir().expect("temporary data directory");
         let data_root = scratch.path().to_path_buf();
-        Broker::launch_new(data_root, scratch, shards, extra_args)
+        Broker::launch_new(data_root, scratch, shards, extra_args, &[])
+    }
+
+    /// Starts a broker with environment variables set (`SHARDLOG_FAULTS`, say).
+    pub fn start_with_env(shards: u16, extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
+        let scratch = tempfile::tempdir().expect("temporary data directory");
+        let data_root = scratch.path().to_path_buf();
+        Broker::launch_new(data_root, scratch, shards, extra_args, env)
     }
 
     /// Starts a broker whose data lives in `data_root/data` (a test's own
     /// file system, say); its log stays in a temporary directory.
     pub fn start_in(data_root: &Path, shards: u16, extra_args: &[&str]) -> Broker {
         let scratch = tempfile::tempdir().expect("temporary directory");
-        Broker::launch_new(data_root.to_path_buf(), scratch, shards, extra_args)
+        Broker::launch_new(data_root.to_path_buf(), scratch, shards, extra_args, &[])
     }
 
     fn launch_new(
@@ -100,6 +112,7 @@ impl Broker {
         scratch: tempfile::TempDir,
         shards: u16,
         extra_args: &[&str],
+        env: &[(&str, &str)],
     ) -> Broker {
         let log_path = scratch.path().join("broker.log");
         let mut broker = Broker {
@@ -109,6 +122,10 @@ impl Broker {
             data_root,
             _scratch: scratch,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log_path,
         };
         broker.launch();
@@ -152,6 +169,7 @@ impl Broker {
                 .args(["--shards", &self.shards.to_string()])
                 .args(&self.extra_args)
                 .env("RUST_LOG", "info")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log))
                 .spawn()

@@ -271,7 +271,10 @@ impl Steady {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("steady clients made no progress during {what}: {before:?} -> {:?}", self.counts());
+        panic!(
+            "steady clients made no progress during {what}: {before:?} -> {:?}",
+            self.counts()
+        );
     }
 
     fn stop(self) -> u64 {
@@ -428,14 +431,19 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
             let len = (noise.next() % 2048) as usize;
             let message = noise.bytes(len);
             connection.send_raw(&frame(&message)).unwrap();
-            let (_, response) = connection.receive().expect("an answer to each intact frame");
+            let (_, response) = connection
+                .receive()
+                .expect("an answer to each intact frame");
             if matches!(response, Response::Error(_)) {
                 answered += 1;
             }
         }
         still_serves(&broker);
     }
-    assert!(answered >= 9_000, "random frames get error answers ({answered})");
+    assert!(
+        answered >= 9_000,
+        "random frames get error answers ({answered})"
+    );
     steady.progressed_since(before, "the hostile crowd");
 
     // Each bad connection met its limit: the slow frames and deaf fetchers
@@ -446,15 +454,26 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
     for stream in deaf.iter_mut() {
         let _ = stream.shutdown(std::net::Shutdown::Write);
         // Draining now must end: the broker gave up on this connection.
-        assert!(closed_by_broker(stream), "a client that never reads was closed");
+        assert!(
+            closed_by_broker(stream),
+            "a client that never reads was closed"
+        );
     }
     let metrics = broker.scrape_metrics();
     assert!(
-        metric(&metrics, "shardlog_connections_closed_total", "reason=\"stalled_frame\"") >= 50,
+        metric(
+            &metrics,
+            "shardlog_connections_closed_total",
+            "reason=\"stalled_frame\""
+        ) >= 50,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, "shardlog_connections_closed_total", "reason=\"write_timeout\"") >= 4,
+        metric(
+            &metrics,
+            "shardlog_connections_closed_total",
+            "reason=\"write_timeout\""
+        ) >= 4,
         "{metrics}"
     );
     assert!(

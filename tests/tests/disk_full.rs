@@ -140,8 +140,14 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers_when_spac
     // Both topics are refused now, and nothing acknowledged is lost.
     let small = vec!["x".repeat(200_000)];
     let refused = (0..5).all(|_| try_produce(&mut connection, "keep", &small).is_err());
-    assert!(refused, "a write that needs space is refused while the disk is full");
-    assert!(kept.len() > 10, "some records were stored before the disk filled");
+    assert!(
+        refused,
+        "a write that needs space is refused while the disk is full"
+    );
+    assert!(
+        kept.len() > 10,
+        "some records were stored before the disk filled"
+    );
     assert_eq!(consume_all(&mut connection, "keep", 0, 0), kept);
 
     // Deleting a topic frees space, and must work although the disk is full.
@@ -167,7 +173,10 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers_when_spac
             }
         }
     }
-    assert!(resumed, "produce goes on once space is back, without a restart");
+    assert!(
+        resumed,
+        "produce goes on once space is back, without a restart"
+    );
     for i in 0..20 {
         let value = format!("more-{i}");
         let offset = try_produce(&mut connection, "keep", std::slice::from_ref(&value))

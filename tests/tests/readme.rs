@@ -146,7 +146,10 @@ fn the_readme_set_up_and_quick_start_work_as_written() {
     // The default metrics port is the metrics endpoint's alone.
     let scraped = (0..20).filter(|_| scrape("127.0.0.1:9644")).count();
     assert_eq!(scraped, 20, "every scrape of 127.0.0.1:9644 is answered");
-    assert!(data_dir.join("metadata.json").is_file(), "data went to ./data");
+    assert!(
+        data_dir.join("metadata.json").is_file(),
+        "data went to ./data"
+    );
 
     // SAFETY: kill(2) on the child we spawned and have not reaped.
     unsafe { libc::kill(broker.id() as libc::pid_t, libc::SIGTERM) };

@@ -146,9 +146,9 @@ pub async fn handle(
             .await
             .into(),
         Parsed::Group(request) => groups::handle(shard, correlation_id, request).await.into(),
-        Parsed::RecoverPartitions(request) => recover::handle(shard, correlation_id, request)
-            .await
-            .into(),
+        Parsed::RecoverPartitions(request) => {
+            recover::handle(shard, correlation_id, request).await.into()
+        }
         Parsed::InitProducer {
             producer_id,
             producer_epoch,

@@ -30,7 +30,10 @@ pub struct RecoverParsed {
 
 pub fn parse(body: fb::RecoverPartitionsRequest<'_>) -> Result<RecoverParsed, WireError> {
     let topic = body.topic().unwrap_or_default().to_string();
-    let partitions: Vec<u32> = body.partitions().map(|p| p.iter().collect()).unwrap_or_default();
+    let partitions: Vec<u32> = body
+        .partitions()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
     if partitions.len() > PARTITIONS_PER_REQUEST_MAX {
         return Err(WireError::new(
             fb::ErrorCode::InvalidRequest,
@@ -43,7 +46,11 @@ pub fn parse(body: fb::RecoverPartitionsRequest<'_>) -> Result<RecoverParsed, Wi
     Ok(RecoverParsed { topic, partitions })
 }
 
-pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: RecoverParsed) -> Outgoing {
+pub async fn handle(
+    shard: &Rc<ShardState>,
+    correlation_id: u32,
+    request: RecoverParsed,
+) -> Outgoing {
     let Some(count) = shard
         .metadata()
         .topics
@@ -60,14 +67,20 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: Recove
         true => (0..count).collect(),
         false => request.partitions,
     };
-    let calls = partitions.iter().map(|p| recover(shard, &request.topic, *p));
+    let calls = partitions
+        .iter()
+        .map(|p| recover(shard, &request.topic, *p));
     let outcomes = futures_util::future::join_all(calls).await;
     let results: Vec<(u32, Result<Recovered, WireError>)> =
         partitions.into_iter().zip(outcomes).collect();
     encode(correlation_id, None, &results)
 }
 
-async fn recover(shard: &Rc<ShardState>, topic: &str, partition: u32) -> Result<Recovered, WireError> {
+async fn recover(
+    shard: &Rc<ShardState>,
+    topic: &str,
+    partition: u32,
+) -> Result<Recovered, WireError> {
     let owner = shard
         .owner_of(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;

@@ -72,7 +72,11 @@ impl PartitionState {
             LogHealth::Corrupt {
                 corrupt_reads_count,
                 last_reason,
-            } => (fb::PartitionStatus::Corrupt, last_reason, corrupt_reads_count),
+            } => (
+                fb::PartitionStatus::Corrupt,
+                last_reason,
+                corrupt_reads_count,
+            ),
             other => (fb::PartitionStatus::Corrupt, format!("{other:?}"), 0),
         };
         PartitionHealth {
