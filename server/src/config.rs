@@ -321,17 +321,23 @@ impl ServerConfig {
 
 impl Limits {
     fn from_settings(s: &Settings, shards: usize, descriptors_max: u64) -> Limits {
-        // Without explicit budgets, a shard gets its share of the descriptors:
-        // two thirds for files, one third for connections.
+        // Without explicit budgets, a shard gets its share of the
+        // descriptors: a third for connections, the rest for files.
         let per_shard =
             descriptors_max.saturating_sub(FILE_DESCRIPTORS_RESERVED) / shards.max(1) as u64;
-        let files_default = (per_shard * 2 / 3).min(OPEN_FILES_PER_SHARD_DEFAULT_MAX);
-        let connections_default = (per_shard / 3).min(CONNECTIONS_PER_SHARD_DEFAULT_MAX);
+        let connections = s.connections_per_shard_max.map_or(
+            (per_shard / 3).min(CONNECTIONS_PER_SHARD_DEFAULT_MAX),
+            |c| c as u64,
+        );
+        let files = s.open_files_per_shard_max.map_or(
+            per_shard
+                .saturating_sub(connections)
+                .min(OPEN_FILES_PER_SHARD_DEFAULT_MAX),
+            u64::from,
+        );
         Limits {
-            connections_per_shard_max: s
-                .connections_per_shard_max
-                .unwrap_or(connections_default as usize),
-            open_files_per_shard_max: s.open_files_per_shard_max.unwrap_or(files_default as u32),
+            connections_per_shard_max: connections as usize,
+            open_files_per_shard_max: u32::try_from(files).unwrap_or(u32::MAX),
             inflight_requests_max: s.inflight_requests_max.unwrap_or(64),
             frame_bytes_max: s.frame_bytes_max.unwrap_or(64 << 20),
             connection_memory_bytes_max: s.connection_memory_bytes_max.unwrap_or(128 << 20),
@@ -645,6 +651,7 @@ mod tests {
         assert!(used + FILE_DESCRIPTORS_RESERVED <= 20_000, "{limits:?}");
         let too_many = Settings {
             connections_per_shard_max: Some(9_000),
+            open_files_per_shard_max: Some(1_000),
             ..settings
         };
         let error = ServerConfig::resolve(

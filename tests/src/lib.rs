@@ -202,7 +202,14 @@ impl Broker {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    let _ = child.wait();
+                    let status = child.wait();
+                    // Exit status 2 is a configuration error: no port will help.
+                    if status.is_ok_and(|s| s.code() == Some(2)) {
+                        panic!(
+                            "the broker refused its configuration: {}",
+                            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }

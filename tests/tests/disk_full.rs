@@ -137,7 +137,24 @@ fn a_full_disk_refuses_writes_keeps_what_was_acknowledged_and_recovers_when_spac
     let full = full.expect("the disk filled up");
     assert_eq!(full.code, ErrorCode::StorageFull, "{full:?}");
     assert!(full.code.is_retriable(), "a full disk is worth retrying");
-    // Both topics are refused now, and nothing acknowledged is lost.
+    // Fill what the failed write left with ever smaller writes, down to the
+    // last block, until each size fails.
+    for size in [200_000, 20_000, 2_000, 10] {
+        let mut refused = false;
+        for i in 0..10_000 {
+            let value = format!("{i}-{}", "x".repeat(size));
+            match try_produce(&mut connection, "keep", std::slice::from_ref(&value)) {
+                Ok(offset) => kept.push((offset as u64, value)),
+                Err(error) => {
+                    assert_eq!(error.code, ErrorCode::StorageFull, "{error:?}");
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "writes of {size} bytes fill the disk too");
+    }
+    // Writes are refused now, and nothing acknowledged is lost.
     let small = vec!["x".repeat(200_000)];
     let refused = (0..5).all(|_| try_produce(&mut connection, "keep", &small).is_err());
     assert!(
