@@ -40,6 +40,14 @@ pub enum Error {
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] shardlog_engine::Error),
+    /// A shard failed to start or stopped.
+    #[error("shard {shard}: {message}")]
+    Shard {
+        /// The shard.
+        shard: usize,
+        /// What happened, with the path or address and the OS error.
+        message: String,
+    },
 }
 
 impl Error {

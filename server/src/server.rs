@@ -123,12 +123,12 @@ pub fn run(config: ServerConfig) -> Result<()> {
             Ok(ShardEvent::Ready) => {}
             Ok(ShardEvent::Failed(error)) => return Err(error),
             Ok(ShardEvent::Exited(shard)) => {
-                return Err(Error::Config(format!(
-                    "shard {shard} stopped during start-up"
-                )))
+                let message = "stopped during start-up".into();
+                return Err(Error::Shard { shard, message });
             }
             Err(mpsc::RecvError) => {
-                return Err(Error::Config("every shard stopped during start-up".into()))
+                let message = "every shard stopped during start-up".into();
+                return Err(Error::Shard { shard: 0, message });
             }
         }
     }
@@ -139,9 +139,8 @@ pub fn run(config: ServerConfig) -> Result<()> {
     );
     tracing::info!(listen = %config.listen, shards = config.shards, data_dir = %config.data_dir.display(), metrics = %config.metrics_listen, "broker ready");
     if let Some(shard) = wait_for_stop(&stop, &events) {
-        return Err(Error::Config(format!(
-            "shard {shard} stopped unexpectedly; the broker cannot serve its partitions"
-        )));
+        let message = "stopped unexpectedly; the broker cannot serve its partitions".into();
+        return Err(Error::Shard { shard, message });
     }
     let mut outcome = Ok(());
     for handle in handles {
@@ -207,9 +206,8 @@ fn spawn_shards(
                 };
                 let result = shard_main(id, config, metadata, mesh, listeners, &events, stop).await;
                 if let Err(error) = &result {
-                    let _ = events.send(ShardEvent::Failed(Error::Config(format!(
-                        "shard {id}: {error}"
-                    ))));
+                    let message = error.to_string();
+                    let _ = events.send(ShardEvent::Failed(Error::Shard { shard: id, message }));
                 }
                 result
             })

@@ -81,6 +81,19 @@ pub enum ShardRequest {
     RecoverPartition { topic: String, partition: u32 },
 }
 
+impl ShardRequest {
+    /// Produce, fetch and list offsets: the requests a client's traffic
+    /// forwards, which never wait on the mesh while served.
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            ShardRequest::Produce { .. }
+                | ShardRequest::Fetch { .. }
+                | ShardRequest::ListOffsets { .. }
+        )
+    }
+}
+
 /// Work for a group coordinator.
 #[derive(Debug)]
 pub enum GroupCall {

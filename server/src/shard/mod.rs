@@ -37,6 +37,10 @@ use crate::{Error, Result};
 
 /// Capacity of each channel between two shards.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Data requests (produce, fetch, list offsets) from other shards that a
+/// shard serves at once; while they are all busy it stops draining its
+/// channels, so a full channel makes the forwarding shard wait.
+pub const MESH_DATA_REQUESTS_MAX: u64 = 1024;
 /// The controller shard.
 pub const CONTROLLER_SHARD: usize = 0;
 
@@ -69,6 +73,8 @@ pub struct ShardState {
     pub coordinator: crate::groups::Coordinator,
     /// Serializes metadata application (opening and deleting partitions).
     apply_lock: Semaphore,
+    /// Data requests from other shards being served ([`MESH_DATA_REQUESTS_MAX`]).
+    mesh_data_requests: Rc<Semaphore>,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -115,13 +121,24 @@ impl ShardState {
             metrics: crate::metrics::ShardMetrics::default(),
             coordinator: crate::groups::Coordinator::default(),
             apply_lock: Semaphore::new(1),
+            mesh_data_requests: Rc::new(Semaphore::new(MESH_DATA_REQUESTS_MAX)),
         });
         let mut receivers = receivers;
         for (peer, receiver) in receivers.streams() {
             let shard = state.clone();
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
-                    shard.clone().on_message(peer, message);
+                    // Waiting here for a data request's permit is the
+                    // pushback: the channel fills and its sender waits. A
+                    // permit is held only while serving, which never waits
+                    // on the mesh, so the wait always ends.
+                    let permit = match &message {
+                        ShardMessage::Request { request, .. } if request.is_data() => {
+                            shard.mesh_data_requests.acquire_static_permit(1).await.ok()
+                        }
+                        _ => None,
+                    };
+                    shard.clone().on_message(peer, message, permit);
                 }
             })
             .detach();
@@ -146,7 +163,12 @@ impl ShardState {
     }
 
     /// Handles a message that arrived on the stream from mesh peer `peer`.
-    fn on_message(self: Rc<Self>, peer: usize, message: ShardMessage) {
+    fn on_message(
+        self: Rc<Self>,
+        peer: usize,
+        message: ShardMessage,
+        permit: Option<glommio::sync::StaticPermit>,
+    ) {
         match message {
             ShardMessage::Hello { shard } => {
                 assert!(shard < self.count, "shard ids stay below the shard count");
@@ -155,6 +177,8 @@ impl ShardState {
             ShardMessage::Request { from, id, request } => {
                 glommio::spawn_local(async move {
                     let response = crate::handlers::serve_shard_request(&self, request).await;
+                    // Served: the permit goes back before the reply waits for room.
+                    drop(permit);
                     self.send(from, ShardMessage::Response { id, response })
                         .await;
                 })
@@ -312,7 +336,16 @@ impl ShardState {
                 .map(std::time::Duration::from_millis),
             ..self.config.log_config(segment_bytes)
         };
-        let log = PartitionLog::open(&dir, config, &self.storage).await?;
+        let log = PartitionLog::open(&dir, config, &self.storage)
+            .await
+            .map_err(|error| match error {
+                shardlog_engine::Error::TooManyOpenFiles { limit } => Error::Config(format!(
+                    "partition {partition} of {name:?} needs an open file but shard {} already \
+                     holds its limit of {limit}; raise --open-files-per-shard-max",
+                    self.id
+                )),
+                other => Error::from(other),
+            })?;
         Ok(PartitionState::new(log).await?)
     }
 
