@@ -397,6 +397,17 @@ impl LogInner {
             reason: poison.reason.clone(),
         })
     }
+
+    /// Counts a read that found damaged data, so `health` reports it.
+    fn note_read<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error @ Error::Corrupt { .. }) = &result {
+            tracing::error!(dir = %self.dir.display(), %error, "a read found damaged data");
+            let mut state = self.state.borrow_mut();
+            state.corrupt_reads_count += 1;
+            state.last_corruption = Some(error.to_string());
+        }
+        result
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
