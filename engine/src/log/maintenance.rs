@@ -186,6 +186,8 @@ impl PartitionLog {
         };
         let mut outcome = RetentionOutcome::default();
         for meta in &doomed {
+            let shard = &self.inner.shard;
+            shard.forget_sealed_file(self.inner.cache_key, meta.base_offset);
             remove_segment_files(&self.inner.dir, meta.base_offset)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += meta.log_bytes;
@@ -237,8 +239,13 @@ impl PartitionLog {
                 .collect()
         };
         for base in later.iter().rev() {
+            inner.shard.forget_sealed_file(inner.cache_key, *base);
             remove_segment_files(&inner.dir, *base)?;
         }
+        // The cut segment becomes the active one, written with O_DIRECT.
+        inner
+            .shard
+            .forget_sealed_file(inner.cache_key, cut.segment_base);
         let path = log_path(&inner.dir, cut.segment_base);
         file.truncate(cut.position)
             .await
@@ -320,11 +327,7 @@ impl PartitionLog {
         let path = log_path(&self.inner.dir, segment_base);
         let source = match active {
             Some(file) => SegmentFile::Direct(file),
-            None => SegmentFile::Buffered(Rc::new(
-                glommio::io::BufferedFile::open(&path)
-                    .await
-                    .map_err(|e| Error::io("opening segment", &path, e))?,
-            )),
+            None => SegmentFile::Buffered(self.inner.sealed_file(segment_base).await?),
         };
         let start = FrameStart {
             position: 0,

@@ -30,7 +30,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
-use glommio::io::{BufferedFile, DmaFile};
+use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 use shardlog_wire::batch::{self, set_base_offset, set_leader_epoch};
 
@@ -135,12 +135,12 @@ pub enum LogHealth {
     },
 }
 
+/// A sealed segment. Its file is opened by reads, through the page cache
+/// so it can be sendfile'd, and held in the shard's LRU (`StorageShard`).
 #[derive(Debug)]
 struct Sealed {
     meta: SealedMeta,
     index: SealedIndex,
-    /// Opened on first read, through the page cache, so it can be sendfile'd.
-    file: Option<(Rc<BufferedFile>, FileSlot)>,
 }
 
 /// A sealed segment's index: in memory, or only its header until first needed.
@@ -302,6 +302,7 @@ impl PartitionLog {
             .cache()
             .borrow_mut()
             .remove(self.inner.cache_key);
+        self.inner.shard.forget_log(self.inner.cache_key);
         self.inner.pending_permits.close();
         Ok(())
     }
@@ -376,6 +377,13 @@ impl PartitionLog {
     /// Reads that failed with [`Error::Corrupt`] since the log was opened (a counter).
     pub fn corrupt_reads_count(&self) -> u64 {
         self.inner.state.borrow().corrupt_reads_count
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        // Its sealed files would otherwise hold slots of the shard's budget.
+        self.shard.forget_log(self.cache_key);
     }
 }
 

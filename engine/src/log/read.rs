@@ -500,41 +500,16 @@ impl LogInner {
         Ok(found.index)
     }
 
-    async fn sealed_file(&self, base_offset: u64) -> Result<Rc<BufferedFile>> {
-        if let Some(file) =
-            self.with_sealed(base_offset, |s| s.file.as_ref().map(|(f, _)| f.clone()))?
-        {
-            return Ok(file);
-        }
-        let slot = match self.shard.reserve_file() {
-            Ok(slot) => slot,
-            Err(_) => {
-                self.close_idle_sealed_files();
-                self.shard.reserve_file()?
-            }
-        };
+    /// The file of sealed segment `base_offset`, from the shard's LRU of open files.
+    pub(super) async fn sealed_file(&self, base_offset: u64) -> Result<Rc<BufferedFile>> {
         let path = log_path(&self.dir, base_offset);
-        let file = Rc::new(
-            BufferedFile::open(&path)
-                .await
-                .map_err(|e| Error::io("opening segment", &path, e))?,
-        );
-        self.with_sealed(base_offset, |s| {
-            s.file.get_or_insert((file.clone(), slot)).0.clone()
-        })
-    }
-
-    /// Closes sealed-segment files no read is using, to give their slots back.
-    fn close_idle_sealed_files(&self) {
-        let mut state = self.state.borrow_mut();
-        for segment in state.sealed.iter_mut() {
-            if segment
-                .file
-                .as_ref()
-                .is_some_and(|(file, _)| Rc::strong_count(file) == 1)
-            {
-                segment.file = None;
-            }
+        let file = self.shard.sealed_file(self.cache_key, base_offset, &path);
+        let file = file.await?;
+        // Retention may have deleted the segment while the file was opened.
+        if let Err(error) = self.with_sealed(base_offset, |_| ()) {
+            self.shard.forget_sealed_file(self.cache_key, base_offset);
+            return Err(error);
         }
+        Ok(file)
     }
 }
