@@ -24,6 +24,17 @@
 //! Under `Always` the syncer task runs beside it: it fdatasyncs whatever was
 //! written when it starts a sync and then moves the high watermark, so the
 //! writer keeps writes in flight while a sync runs.
+//!
+//! Failures. A full disk (ENOSPC on a write round) is an operating
+//! condition: the unwritten appends fail with the retriable `StorageFull`,
+//! the file is cut back to the written end, and the log goes on, so writes
+//! resume once space returns. Anything else (EIO, a short write, any failed
+//! fdatasync, a roll that fails for another reason) means nobody knows what
+//! reached the disk after the last successful sync: the log is *poisoned*,
+//! every waiting append fails, and appends are refused until
+//! `PartitionLog::recover` (see `recover.rs`) rescans the part in doubt.
+//! Each sync remembers what it covered (`SyncedPoint`), which is where that
+//! rescan starts.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
