@@ -1,11 +1,33 @@
 //! Resources that the logs of one shard share: the tail cache, the
 //! open-file budget and a small pool of write buffers. A `StorageShard` is
 //! `!Send`: it never leaves its core.
+//!
+//! # The open-file budget
+//!
+//! ```text
+//!  open_files_max ┬─ pinned: one active segment per log, O_DIRECT, never closed
+//!                 │   (at most pinned_files_max() = open_files_max minus the sealed reserve)
+//!                 └─ sealed: segments opened by reads, one LRU for the whole shard
+//!                     least recently used ◄── [log 3 seg 0] [log 9 seg 4] [log 3 seg 2] ──► most recent
+//! ```
+//!
+//! Why one LRU for the shard and not one per log: the budget is the
+//! shard's, so a log whose readers need a file must be able to take it from
+//! a log whose readers went away; closing only one's own idle files starves
+//! the log that needs one while another sits on idle files. A file that an
+//! in-flight read still holds (its `Rc` is shared by a `ReadPart::File`
+//! being sent) is not idle and is skipped. Why a reserve: with every slot
+//! pinned by active segments, no sealed segment could be read at all; the
+//! reserve (`sealed_files_reserved_percent`) keeps some slots that only
+//! sealed reads use, and [`StorageShard::pinned_files_max`] is the number
+//! the broker checks before it creates partitions here.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::rc::Rc;
 
-use glommio::io::DmaBuffer;
+use glommio::io::{BufferedFile, DmaBuffer};
 
 use crate::cache::{CacheKey, TailCache};
 use crate::{Error, Result};
@@ -15,8 +37,13 @@ use crate::{Error, Result};
 pub struct ShardConfig {
     /// Bytes of recent batches kept in memory (default 256 MiB).
     pub cache_bytes: u64,
-    /// Files the shard's logs may hold open at once (default 10,000).
+    /// Files the shard's logs may hold open at once, active and sealed
+    /// segments together (default 10,000).
     pub open_files_max: u32,
+    /// Share of `open_files_max` that active segments may not take, so that
+    /// sealed segments can always be read (default 10; at most 100). The
+    /// reserve rounds down: with fewer than 10 files it is 0 at the default.
+    pub sealed_files_reserved_percent: u32,
 }
 
 impl Default for ShardConfig {
@@ -24,6 +51,7 @@ impl Default for ShardConfig {
         ShardConfig {
             cache_bytes: 256 * 1024 * 1024,
             open_files_max: 10_000,
+            sealed_files_reserved_percent: 10,
         }
     }
 }
@@ -38,7 +66,12 @@ pub struct StorageShard {
 struct ShardInner {
     config: ShardConfig,
     cache: RefCell<TailCache>,
-    open_files: Cell<u32>,
+    /// Active segments held open, one per log.
+    pinned_files: Cell<u32>,
+    /// Sealed files being opened: counted before the open completes so
+    /// that concurrent opens cannot pass the budget.
+    opening_files: Cell<u32>,
+    sealed_files: RefCell<SealedFiles>,
     next_cache_key: Cell<u64>,
     write_buffers: RefCell<BufferPool>,
     flushes: RefCell<FlushLatencies>,
@@ -74,11 +107,20 @@ impl FlushLatencies {
 
 impl StorageShard {
     /// A shard with the given limits.
+    ///
+    /// # Panics
+    /// If `sealed_files_reserved_percent` is above 100.
     pub fn new(config: ShardConfig) -> StorageShard {
+        assert!(
+            config.sealed_files_reserved_percent <= 100,
+            "sealed_files_reserved_percent is a percentage"
+        );
         let inner = ShardInner {
             config,
             cache: RefCell::new(TailCache::new(config.cache_bytes)),
-            open_files: Cell::new(0),
+            pinned_files: Cell::new(0),
+            opening_files: Cell::new(0),
+            sealed_files: RefCell::new(SealedFiles::default()),
             next_cache_key: Cell::new(1),
             write_buffers: RefCell::new(BufferPool::new(WRITE_BUFFERS_MAX, ROUND_BYTES)),
             flushes: RefCell::new(FlushLatencies::default()),
@@ -93,9 +135,42 @@ impl StorageShard {
         self.inner.config
     }
 
-    /// Files held open now by this shard's logs.
+    /// Files held open now by this shard's logs: pinned and sealed (and
+    /// sealed ones being opened). At most `config().open_files_max`, except
+    /// for sealed files that in-flight reads still hold after their segment
+    /// was deleted.
     pub fn open_files(&self) -> u32 {
-        self.inner.open_files.get()
+        let sealed = self.inner.sealed_files.borrow().files.len() as u32;
+        self.inner.pinned_files.get() + self.inner.opening_files.get() + sealed
+    }
+
+    /// Active segments held open (one per open log); they are never closed
+    /// to make room.
+    pub fn pinned_files(&self) -> u32 {
+        self.inner.pinned_files.get()
+    }
+
+    /// The most active segments (so the most logs) this shard takes:
+    /// `open_files_max` minus the sealed reserve. The broker should refuse
+    /// to create partitions here up front when `pinned_files()` plus the new
+    /// partitions would pass it; opening a log past it fails with
+    /// [`Error::TooManyOpenFiles`].
+    pub fn pinned_files_max(&self) -> u32 {
+        let config = &self.inner.config;
+        let reserved = u64::from(config.open_files_max)
+            * u64::from(config.sealed_files_reserved_percent)
+            / 100;
+        config.open_files_max - reserved as u32
+    }
+
+    /// Sealed-segment files open now (in the shard's LRU).
+    pub fn sealed_files_open(&self) -> u32 {
+        self.inner.sealed_files.borrow().files.len() as u32
+    }
+
+    /// Idle sealed files closed so far to make room for another file.
+    pub fn sealed_file_evictions(&self) -> u64 {
+        self.inner.sealed_files.borrow().evictions_count
     }
 
     /// The fdatasync latencies recorded so far.
@@ -136,18 +211,179 @@ impl StorageShard {
         self.inner.write_buffers.borrow_mut().give(buffer);
     }
 
-    /// Takes one slot of the open-file budget; the returned guard gives it back.
+    /// Takes one pinned slot for an active segment, closing the least
+    /// recently used idle sealed file when the budget is full; the returned
+    /// guard gives the slot back.
     pub(crate) fn reserve_file(&self) -> Result<FileSlot> {
-        let open = self.inner.open_files.get();
-        if open >= self.inner.config.open_files_max {
+        let pinned_files_max = self.pinned_files_max();
+        if self.inner.pinned_files.get() >= pinned_files_max {
             return Err(Error::TooManyOpenFiles {
-                limit: self.inner.config.open_files_max,
+                limit: pinned_files_max,
             });
         }
-        self.inner.open_files.set(open + 1);
+        self.make_room()?;
+        self.inner
+            .pinned_files
+            .set(self.inner.pinned_files.get() + 1);
         Ok(FileSlot {
             shard: self.clone(),
         })
+    }
+
+    /// The sealed segment `base_offset` of log `log`, from the LRU or opened
+    /// (through the page cache) from `path`.
+    ///
+    /// # Errors
+    /// [`Error::TooManyOpenFiles`] when the budget is full and every sealed
+    /// file is in use by a read; I/O errors opening the file.
+    pub(crate) async fn sealed_file(
+        &self,
+        log: CacheKey,
+        base_offset: u64,
+        path: &Path,
+    ) -> Result<Rc<BufferedFile>> {
+        let key = (log, base_offset);
+        if let Some(file) = self.inner.sealed_files.borrow_mut().touch(key) {
+            return Ok(file);
+        }
+        self.make_room()?;
+        let opening = Opening::new(self);
+        let opened = BufferedFile::open(path).await;
+        drop(opening);
+        let file = Rc::new(opened.map_err(|e| Error::io("opening segment", path, e))?);
+        // Another read may have opened it meanwhile: keep one.
+        Ok(self.inner.sealed_files.borrow_mut().insert(key, file))
+    }
+
+    /// Closes the sealed file of a segment that was deleted or changed.
+    pub(crate) fn forget_sealed_file(&self, log: CacheKey, base_offset: u64) {
+        self.inner
+            .sealed_files
+            .borrow_mut()
+            .remove_range((log, base_offset)..=(log, base_offset));
+    }
+
+    /// Closes every sealed file of a log that closes.
+    pub(crate) fn forget_log(&self, log: CacheKey) {
+        self.inner
+            .sealed_files
+            .borrow_mut()
+            .remove_range((log, 0)..=(log, u64::MAX));
+    }
+
+    /// Frees a slot when the budget is full, by closing an idle sealed file.
+    fn make_room(&self) -> Result<()> {
+        let open_files_max = self.inner.config.open_files_max;
+        if self.open_files() < open_files_max {
+            return Ok(());
+        }
+        if self.inner.sealed_files.borrow_mut().evict_idle() {
+            assert!(self.open_files() < open_files_max);
+            return Ok(());
+        }
+        Err(Error::TooManyOpenFiles {
+            limit: open_files_max,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sealed_file_is_open(&self, log: CacheKey, base_offset: u64) -> bool {
+        let sealed = self.inner.sealed_files.borrow();
+        sealed.files.contains_key(&(log, base_offset))
+    }
+}
+
+/// The shard's open sealed-segment files, keyed by (log, base offset), in LRU order.
+#[derive(Debug, Default)]
+struct SealedFiles {
+    tick: u64,
+    files: BTreeMap<(CacheKey, u64), SealedFile>,
+    /// Last-use tick → key; the first entry is the least recently used.
+    lru: BTreeMap<u64, (CacheKey, u64)>,
+    evictions_count: u64,
+}
+
+#[derive(Debug)]
+struct SealedFile {
+    file: Rc<BufferedFile>,
+    last_used_tick: u64,
+}
+
+impl SealedFiles {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// The open file of `key`, marked most recently used.
+    fn touch(&mut self, key: (CacheKey, u64)) -> Option<Rc<BufferedFile>> {
+        let tick = self.next_tick();
+        let entry = self.files.get_mut(&key)?;
+        let old = self.lru.remove(&entry.last_used_tick);
+        assert!(old == Some(key));
+        entry.last_used_tick = tick;
+        self.lru.insert(tick, key);
+        Some(entry.file.clone())
+    }
+
+    /// Adds `file` for `key` unless one is open already; returns the one kept.
+    fn insert(&mut self, key: (CacheKey, u64), file: Rc<BufferedFile>) -> Rc<BufferedFile> {
+        if let Some(kept) = self.touch(key) {
+            return kept;
+        }
+        let tick = self.next_tick();
+        self.lru.insert(tick, key);
+        let entry = SealedFile {
+            file,
+            last_used_tick: tick,
+        };
+        self.files.entry(key).or_insert(entry).file.clone()
+    }
+
+    /// Closes the least recently used file that no read holds; false if every one is in use.
+    fn evict_idle(&mut self) -> bool {
+        let idle = self.lru.iter().find(|(_, key)| {
+            self.files
+                .get(*key)
+                .is_some_and(|entry| Rc::strong_count(&entry.file) == 1)
+        });
+        let Some((&tick, &key)) = idle else {
+            return false;
+        };
+        self.lru.remove(&tick);
+        self.files.remove(&key);
+        self.evictions_count += 1;
+        true
+    }
+
+    fn remove_range(&mut self, keys: std::ops::RangeInclusive<(CacheKey, u64)>) {
+        let doomed: Vec<_> = self.files.range(keys).map(|(k, _)| *k).collect();
+        for key in doomed {
+            if let Some(entry) = self.files.remove(&key) {
+                self.lru.remove(&entry.last_used_tick);
+            }
+        }
+    }
+}
+
+/// Counts a sealed file in the budget while it is being opened.
+struct Opening<'a> {
+    shard: &'a StorageShard,
+}
+
+impl<'a> Opening<'a> {
+    fn new(shard: &'a StorageShard) -> Opening<'a> {
+        let opening = &shard.inner.opening_files;
+        opening.set(opening.get() + 1);
+        Opening { shard }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let opening = &self.shard.inner.opening_files;
+        assert!(opening.get() > 0);
+        opening.set(opening.get() - 1);
     }
 }
 
@@ -207,7 +443,8 @@ impl BufferPool {
     }
 }
 
-/// One slot of the open-file budget, held as long as its file is open.
+/// One pinned slot of the open-file budget, held by an active segment as
+/// long as its file is open.
 #[derive(Debug)]
 pub(crate) struct FileSlot {
     shard: StorageShard,
@@ -215,9 +452,9 @@ pub(crate) struct FileSlot {
 
 impl Drop for FileSlot {
     fn drop(&mut self) {
-        let open = self.shard.inner.open_files.get();
-        assert!(open > 0);
-        self.shard.inner.open_files.set(open - 1);
+        let pinned = &self.shard.inner.pinned_files;
+        assert!(pinned.get() > 0);
+        pinned.set(pinned.get() - 1);
     }
 }
 

@@ -24,6 +24,17 @@
 //! Under `Always` the syncer task runs beside it: it fdatasyncs whatever was
 //! written when it starts a sync and then moves the high watermark, so the
 //! writer keeps writes in flight while a sync runs.
+//!
+//! Failures. A full disk (ENOSPC on a write round) is an operating
+//! condition: the unwritten appends fail with the retriable `StorageFull`,
+//! the file is cut back to the written end, and the log goes on, so writes
+//! resume once space returns. Anything else (EIO, a short write, any failed
+//! fdatasync, a roll that fails for another reason) means nobody knows what
+//! reached the disk after the last successful sync: the log is *poisoned*,
+//! every waiting append fails, and appends are refused until
+//! `PartitionLog::recover` (see `recover.rs`) rescans the part in doubt.
+//! Each sync remembers what it covered (`SyncedPoint`), which is where that
+//! rescan starts.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -639,13 +650,14 @@ impl LogInner {
             (meta, state.active.index.encode(&meta))
         };
         write_index_file(&self.dir, base_offset, encoded).await?;
-        let new_active = self.create_active(next_offset).await?;
+        let new_file = create_segment_file(&self.dir, next_offset).await?;
         let mut state = self.state.borrow_mut();
-        let old = std::mem::replace(&mut state.active, new_active);
+        // The new active segment takes over the old one's pinned file slot,
+        // so a shard at its pinned limit can still roll.
+        let old_index = state.active.restart(next_offset, new_file, &self.config);
         state.sealed.push_back(Sealed {
             meta,
-            index: SealedIndex::Loaded(Rc::new(old.index)),
-            file: None,
+            index: SealedIndex::Loaded(Rc::new(old_index)),
         });
         record_event!(
             &self.dir,
@@ -656,10 +668,29 @@ impl LogInner {
         tracing::debug!(dir = %self.dir.display(), base_offset, next_offset, "rolled segment");
         Ok(())
     }
+}
 
-    /// Creates an empty active segment starting at `base_offset`.
-    pub(super) async fn create_active(&self, base_offset: u64) -> Result<Active> {
-        create_active(&self.dir, &self.shard, &self.config, base_offset).await
+impl Active {
+    /// Makes this the empty segment `file` starting at `base_offset`,
+    /// keeping the file slot; returns the index of the segment it was.
+    fn restart(
+        &mut self,
+        base_offset: u64,
+        file: DmaFile,
+        config: &crate::LogConfig,
+    ) -> SparseIndex {
+        assert!(base_offset > self.base_offset);
+        self.base_offset = base_offset;
+        self.file = Rc::new(file);
+        self.written_bytes = 0;
+        self.index_builder = IndexBuilder::new(base_offset, config.index_interval_bytes);
+        self.first_append_ms = None;
+        self.tail.clear();
+        self.synced = SyncedPoint {
+            position_bytes: 0,
+            next_offset: base_offset,
+        };
+        std::mem::take(&mut self.index)
     }
 }
 
@@ -706,16 +737,8 @@ pub(super) async fn create_active(
     config: &crate::LogConfig,
     base_offset: u64,
 ) -> Result<Active> {
-    let path = log_path(dir, base_offset);
     let slot = shard.reserve_file()?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .dma_open(&path)
-        .await;
-    let file = file.map_err(|e| Error::io("creating segment", &path, e))?;
-    sync_dir(dir).await?;
+    let file = create_segment_file(dir, base_offset).await?;
     Ok(Active {
         base_offset,
         file: Rc::new(file),
@@ -730,6 +753,25 @@ pub(super) async fn create_active(
             next_offset: base_offset,
         },
     })
+}
+
+/// Creates the empty segment file starting at `base_offset` and makes its
+/// name durable; removes it again if that fails, so no stray file is left.
+async fn create_segment_file(dir: &std::path::Path, base_offset: u64) -> Result<DmaFile> {
+    let path = log_path(dir, base_offset);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .dma_open(&path)
+        .await;
+    let file = file.map_err(|e| Error::io("creating segment", &path, e))?;
+    if let Err(error) = sync_dir(dir).await {
+        let _ = file.close().await;
+        let _ = std::fs::remove_file(&path);
+        return Err(error);
+    }
+    Ok(file)
 }
 
 fn short_write(path: &std::path::Path, written: usize, wanted: usize) -> Error {

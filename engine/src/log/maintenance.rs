@@ -5,10 +5,12 @@
 
 use std::rc::Rc;
 
+use glommio::io::DmaFile;
+
 use super::append::sync_dir;
-use super::open::recover_active;
+use super::open::{open_segment_rw, rebuilt_active, scan_segment};
 use super::{LogConfig, LogInner, LogState, PartitionLog};
-use crate::segment::scan;
+use crate::segment::scan::{self, FrameStart, HeaderWalk, Recovered, ScanStart};
 use crate::segment::{index_path, log_path, SegmentFile};
 use crate::{Error, Result};
 
@@ -184,6 +186,8 @@ impl PartitionLog {
         };
         let mut outcome = RetentionOutcome::default();
         for meta in &doomed {
+            let shard = &self.inner.shard;
+            shard.forget_sealed_file(self.inner.cache_key, meta.base_offset);
             remove_segment_files(&self.inner.dir, meta.base_offset)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += meta.log_bytes;
@@ -222,80 +226,129 @@ impl PartitionLog {
                 high_watermark: end_offset,
             });
         }
-        let (segment_base, cut_position, new_end) = self.locate_cut(offset).await?;
-        inner.state.borrow_mut().durable_offset = new_end;
+        let cut = inner.note_read(self.locate_cut(offset).await)?;
+        let (file, found) = inner.note_read(self.validate_kept(&cut).await)?;
+        inner.state.borrow_mut().durable_offset = cut.new_end;
         inner.shard.cache().borrow_mut().remove(inner.cache_key);
         let later: Vec<u64> = {
             let state = inner.state.borrow();
             let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
             sealed
                 .chain(std::iter::once(state.active.base_offset))
-                .filter(|b| *b > segment_base)
+                .filter(|b| *b > cut.segment_base)
                 .collect()
         };
         for base in later.iter().rev() {
+            inner.shard.forget_sealed_file(inner.cache_key, *base);
             remove_segment_files(&inner.dir, *base)?;
         }
-        let path = log_path(&inner.dir, segment_base);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("opening segment", &path, e))?;
-        file.set_len(cut_position)
+        // The cut segment becomes the active one, written with O_DIRECT.
+        inner
+            .shard
+            .forget_sealed_file(inner.cache_key, cut.segment_base);
+        let path = log_path(&inner.dir, cut.segment_base);
+        file.truncate(cut.position)
+            .await
             .map_err(|e| Error::io("truncating segment", &path, e))?;
-        file.sync_all()
+        file.fdatasync()
+            .await
             .map_err(|e| Error::io("syncing segment", &path, e))?;
-        let _ = std::fs::remove_file(index_path(&inner.dir, segment_base));
-        sync_dir(&inner.dir).await?;
-        let recovered =
-            recover_active(&inner.dir, segment_base, &inner.config, &inner.shard).await?;
-        assert!(
-            recovered.next_offset == new_end,
-            "the cut lands on a batch boundary"
-        );
+        let _ = std::fs::remove_file(index_path(&inner.dir, cut.segment_base));
+        let rebuilt = rebuilt_active(&inner.dir, cut.segment_base, file, found, &inner.config);
+        let rebuilt = rebuilt.await?;
         let mut state = inner.state.borrow_mut();
-        state.sealed.retain(|s| s.meta.base_offset < segment_base);
-        state.active = recovered.active;
-        state.next_offset = new_end;
-        state.written_offset = new_end;
-        state.durable_offset = new_end;
-        tracing::info!(dir = %inner.dir.display(), new_end, "truncated log");
-        Ok(new_end)
+        state
+            .sealed
+            .retain(|s| s.meta.base_offset < cut.segment_base);
+        let _old_file = state.active.reset_to(rebuilt);
+        state.next_offset = cut.new_end;
+        state.written_offset = cut.new_end;
+        state.durable_offset = cut.new_end;
+        tracing::info!(dir = %inner.dir.display(), new_end = cut.new_end, "truncated log");
+        Ok(cut.new_end)
     }
 
-    /// The segment, byte position and offset at which a truncation to `offset` cuts.
-    async fn locate_cut(&self, offset: u64) -> Result<(u64, u64, u64)> {
-        let segment_base = {
+    /// Validates, frame by frame, what a truncation keeps of the segment it
+    /// cuts, before anything is destroyed: the cut segment becomes the active one.
+    async fn validate_kept(&self, cut: &Cut) -> Result<(Rc<DmaFile>, Recovered)> {
+        let inner = &self.inner;
+        let path = log_path(&inner.dir, cut.segment_base);
+        let file = open_segment_rw(&path).await?;
+        let start = ScanStart::segment(cut.segment_base);
+        let found = scan_segment(
+            &file,
+            &path,
+            cut.segment_base,
+            start,
+            cut.position,
+            &inner.config,
+        );
+        let found = found.await?;
+        if found.valid_bytes != cut.position || found.next_offset != cut.new_end {
+            return Err(Error::Corrupt {
+                path,
+                position: found.valid_bytes,
+                reason: format!(
+                    "frames before the cut at offset {} are damaged ({:?}); nothing was truncated",
+                    cut.new_end, found.stop
+                ),
+            });
+        }
+        Ok((file, found))
+    }
+
+    /// Where a truncation to `offset` cuts: the segment, and the frame holding `offset`.
+    async fn locate_cut(&self, offset: u64) -> Result<Cut> {
+        let (segment_base, end, active) = {
             let state = self.inner.state.borrow();
+            let active = &state.active;
             let sealed = state
                 .sealed
                 .iter()
                 .rev()
-                .find(|s| s.meta.base_offset <= offset)
-                .map(|s| s.meta.base_offset);
-            if offset >= state.active.base_offset {
-                state.active.base_offset
-            } else {
-                sealed.unwrap_or(state.active.base_offset)
+                .find(|s| s.meta.base_offset <= offset);
+            match sealed {
+                Some(s) if offset < active.base_offset => {
+                    let end = FrameStart {
+                        position: s.meta.log_bytes,
+                        offset: s.meta.next_offset,
+                    };
+                    (s.meta.base_offset, end, None)
+                }
+                _ => {
+                    let end = FrameStart {
+                        position: active.written_bytes,
+                        offset: state.written_offset,
+                    };
+                    (active.base_offset, end, Some(active.file.clone()))
+                }
             }
         };
         let path = log_path(&self.inner.dir, segment_base);
-        let file =
-            std::fs::File::open(&path).map_err(|e| Error::io("opening segment", &path, e))?;
-        let limit_position = file
-            .metadata()
-            .map_err(|e| Error::io("reading segment size", &path, e))?
-            .len();
-        let file = glommio::io::BufferedFile::open(&path)
-            .await
-            .map_err(|e| Error::io("opening segment", &path, e))?;
-        let source = SegmentFile::Buffered(Rc::new(file));
-        let found = scan::find_batch(&source, &path, 0, limit_position, offset).await?;
-        match found {
-            Some((position, header)) => Ok((segment_base, position, header.base_offset)),
-            None => Ok((segment_base, limit_position, offset)),
-        }
+        let source = match active {
+            Some(file) => SegmentFile::Direct(file),
+            None => SegmentFile::Buffered(self.inner.sealed_file(segment_base).await?),
+        };
+        let start = FrameStart {
+            position: 0,
+            offset: segment_base,
+        };
+        let mut walk = HeaderWalk::new(&source, &path, start, end);
+        let (position, header) = scan::find_batch(&mut walk, offset).await?;
+        Ok(Cut {
+            segment_base,
+            position,
+            new_end: header.base_offset,
+        })
     }
+}
+
+/// Where a truncation cuts: in segment `segment_base` at byte `position`,
+/// the start of the frame at offset `new_end`.
+struct Cut {
+    segment_base: u64,
+    position: u64,
+    new_end: u64,
 }
 
 fn remove_segment_files(dir: &std::path::Path, base_offset: u64) -> Result<()> {

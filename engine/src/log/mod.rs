@@ -30,7 +30,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
-use glommio::io::{BufferedFile, DmaFile};
+use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
 use shardlog_wire::batch::{self, set_base_offset, set_leader_epoch};
 
@@ -135,12 +135,12 @@ pub enum LogHealth {
     },
 }
 
+/// A sealed segment. Its file is opened by reads, through the page cache
+/// so it can be sendfile'd, and held in the shard's LRU (`StorageShard`).
 #[derive(Debug)]
 struct Sealed {
     meta: SealedMeta,
     index: SealedIndex,
-    /// Opened on first read, through the page cache, so it can be sendfile'd.
-    file: Option<(Rc<BufferedFile>, FileSlot)>,
 }
 
 /// A sealed segment's index: in memory, or only its header until first needed.
@@ -302,6 +302,7 @@ impl PartitionLog {
             .cache()
             .borrow_mut()
             .remove(self.inner.cache_key);
+        self.inner.shard.forget_log(self.inner.cache_key);
         self.inner.pending_permits.close();
         Ok(())
     }
@@ -379,6 +380,13 @@ impl PartitionLog {
     }
 }
 
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        // Its sealed files would otherwise hold slots of the shard's budget.
+        self.shard.forget_log(self.cache_key);
+    }
+}
+
 impl LogInner {
     fn check_writable(&self, state: &LogState) -> Result<()> {
         if let Some(error) = self.poisoned_error(state) {
@@ -396,6 +404,17 @@ impl LogInner {
             path: self.dir.clone(),
             reason: poison.reason.clone(),
         })
+    }
+
+    /// Counts a read that found damaged data, so `health` reports it.
+    fn note_read<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(error @ Error::Corrupt { .. }) = &result {
+            tracing::error!(dir = %self.dir.display(), %error, "a read found damaged data");
+            let mut state = self.state.borrow_mut();
+            state.corrupt_reads_count += 1;
+            state.last_corruption = Some(error.to_string());
+        }
+        result
     }
 }
 

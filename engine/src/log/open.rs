@@ -151,7 +151,6 @@ async fn open_sealed(dir: &Path, base_offset: u64, config: &LogConfig) -> Result
             return Ok(Sealed {
                 meta: header.meta,
                 index: SealedIndex::OnDisk(header),
-                file: None,
             });
         }
     }
@@ -203,7 +202,6 @@ async fn rebuild_sealed(
     Ok(Sealed {
         meta,
         index: SealedIndex::Loaded(Rc::new(found.index)),
-        file: None,
     })
 }
 

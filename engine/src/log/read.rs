@@ -12,6 +12,13 @@
 //! consumer makes progress), before the high watermark, and inside one
 //! segment. Nothing is copied into an intermediate buffer: a sealed range is
 //! handed over as a file range for `sendfile(2)`.
+//!
+//! Data from disk is checked, never trusted into a panic: every header walk
+//! starts at a boundary the index vouches for (position and offset) and
+//! checks that each frame continues the offsets exactly and stays inside
+//! the segment's `[base, next)` offsets and its bytes (`segment::scan`).
+//! A broken promise answers the read with [`Error::Corrupt`] and counts in
+//! the log's `health()`, so the broker can show it and page someone.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -23,7 +30,7 @@ use shardlog_wire::batch::{Batch, BatchHeader};
 use super::append::write_index_file;
 use super::{LogInner, PartitionLog, SealedIndex};
 use crate::segment::index::{self, SealedMeta, SparseIndex};
-use crate::segment::scan::{self, ScanStart};
+use crate::segment::scan::{self, FrameStart, HeaderWalk, ScanStart};
 use crate::segment::{index_path, log_path, SegmentFile};
 use crate::{Error, Result};
 
@@ -127,12 +134,27 @@ impl ReadSlice {
     }
 }
 
-/// A segment ready to be read: its file, where to start walking, and where its frames end.
+/// A segment ready to be read: its file, the frame boundary the index
+/// vouches for, and where its frames end (in bytes and offsets).
 struct Readable {
     file: SegmentFile,
-    start_position: u64,
-    limit_position: u64,
+    start: FrameStart,
+    end: FrameStart,
     path: std::path::PathBuf,
+}
+
+impl Readable {
+    fn walk(&self) -> HeaderWalk<'_> {
+        HeaderWalk::new(&self.file, &self.path, self.start, self.end)
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            position,
+            reason,
+        }
+    }
 }
 
 /// What the sparse index is asked.
@@ -143,10 +165,15 @@ enum Lookup {
 }
 
 impl Lookup {
-    fn position(self, index: &SparseIndex, base_offset: u64) -> u64 {
-        match self {
-            Lookup::Offset(offset) => index.position_for_offset(offset - base_offset),
-            Lookup::Timestamp(timestamp_ms) => index.position_for_timestamp(timestamp_ms),
+    /// The indexed frame boundary to walk from.
+    fn start(self, index: &SparseIndex, base_offset: u64) -> FrameStart {
+        let (position, relative_offset) = match self {
+            Lookup::Offset(offset) => index.entry_for_offset(offset - base_offset),
+            Lookup::Timestamp(timestamp_ms) => index.entry_for_timestamp(timestamp_ms),
+        };
+        FrameStart {
+            position,
+            offset: base_offset + relative_offset,
         }
     }
 }
@@ -157,14 +184,15 @@ impl PartitionLog {
     ///
     /// # Errors
     /// [`Error::OffsetOutOfRange`] when `offset` is below the log start or
-    /// above the high watermark; I/O errors.
+    /// above the high watermark; [`Error::Corrupt`] when the frames on disk
+    /// break what the index and the segment bounds promise (counted in
+    /// [`PartitionLog::health`]); I/O errors.
     pub async fn read(
         &self,
         offset: u64,
         max_bytes: u64,
         end_offset: Option<u64>,
     ) -> Result<ReadSlice> {
-        let inner = &self.inner;
         let (high_watermark, log_start_offset) = (self.high_watermark(), self.log_start_offset());
         if offset < log_start_offset || offset > high_watermark {
             return Err(Error::OffsetOutOfRange {
@@ -183,6 +211,7 @@ impl PartitionLog {
         if offset >= end {
             return Ok(slice);
         }
+        let inner = &self.inner;
         let cached = inner
             .shard
             .cache()
@@ -196,45 +225,7 @@ impl PartitionLog {
             slice.parts = parts.into_iter().map(ReadPart::Memory).collect();
             return Ok(slice);
         }
-        let segment = inner
-            .readable_segment(offset, Lookup::Offset(offset))
-            .await?;
-        let start_position = segment.start_position;
-        let found = scan::find_batch(
-            &segment.file,
-            &segment.path,
-            start_position,
-            segment.limit_position,
-            offset,
-        )
-        .await?;
-        let (position, first) = found.ok_or_else(|| Error::Corrupt {
-            path: segment.path.clone(),
-            position: start_position,
-            reason: format!("offset {offset} is below the high watermark but not in its segment"),
-        })?;
-        let extent = scan::extent(
-            &segment.file,
-            &segment.path,
-            position,
-            &first,
-            segment.limit_position,
-            end,
-            max_bytes,
-        );
-        let (end_position, next_offset) = extent.await?;
-        let length = end_position - position;
-        let part = match segment.file {
-            SegmentFile::Buffered(file) => ReadPart::File {
-                file,
-                position,
-                length,
-            },
-            SegmentFile::Direct(file) => {
-                let bytes = file.read_at(position, length as usize).await;
-                ReadPart::Direct(bytes.map_err(|e| Error::io("reading segment", &segment.path, e))?)
-            }
-        };
+        let (part, next_offset) = inner.note_read(inner.read_disk(offset, max_bytes, end).await)?;
         slice.parts.push(part);
         slice.next_offset = next_offset;
         Ok(slice)
@@ -244,53 +235,13 @@ impl PartitionLog {
     /// `timestamp_ms`, or `None` when every record is older.
     ///
     /// # Errors
-    /// I/O errors.
+    /// [`Error::Corrupt`] on damaged frames (counted in
+    /// [`PartitionLog::health`]); I/O errors.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
-        let high_watermark = self.high_watermark();
-        let Some(segment_base) = self.inner.segment_for_timestamp(timestamp_ms) else {
-            return Ok(None);
-        };
-        let segment = self
-            .inner
-            .readable_segment(segment_base, Lookup::Timestamp(timestamp_ms))
-            .await?;
-        let from = segment.start_position;
-        let found = scan::find_batch_by_timestamp(
-            &segment.file,
-            &segment.path,
-            from,
-            segment.limit_position,
-            timestamp_ms,
-        );
-        let Some((position, header)) = found.await? else {
-            return Ok(None);
-        };
-        if header.base_offset >= high_watermark {
-            return Ok(None);
-        }
-        let bytes = segment
-            .file
-            .read_at(position, header.length_bytes as usize)
-            .await;
-        let bytes = bytes.map_err(|e| Error::io("reading segment", &segment.path, e))?;
-        let batch = Batch::parse(
-            Bytes::copy_from_slice(&bytes),
-            &self.inner.config.batch_limits,
-        )?;
-        let Ok(records) = batch.records() else {
-            return Ok(Some(header.base_offset));
-        };
-        for record in records {
-            let record = record?;
-            if record.timestamp_ms >= timestamp_ms {
-                return Ok((record.offset < high_watermark).then_some(record.offset));
-            }
-        }
-        Ok(None)
+        let inner = &self.inner;
+        inner.note_read(inner.offset_for_timestamp(timestamp_ms).await)
     }
-}
 
-impl PartitionLog {
     /// The limits every appended batch is checked against.
     pub fn batch_limits(&self) -> shardlog_wire::batch::BatchLimits {
         self.inner.config.batch_limits
@@ -301,34 +252,99 @@ impl PartitionLog {
     /// idempotent-producer state from the last few thousand offsets with it.
     ///
     /// # Errors
-    /// [`Error::OffsetOutOfRange`] outside the log; I/O errors.
+    /// [`Error::OffsetOutOfRange`] outside the log; [`Error::Corrupt`] on
+    /// damaged frames (counted in [`PartitionLog::health`]); I/O errors.
     pub async fn batch_headers(&self, offset: u64) -> Result<Vec<BatchHeader>> {
-        let high_watermark = self.high_watermark();
+        let inner = &self.inner;
+        inner.note_read(inner.batch_headers(offset).await)
+    }
+}
+
+impl LogInner {
+    /// Reads from a segment file: the frames from the one holding `offset`,
+    /// as one part, and the offset after them.
+    async fn read_disk(&self, offset: u64, max_bytes: u64, end: u64) -> Result<(ReadPart, u64)> {
+        let segment = self
+            .readable_segment(offset, Lookup::Offset(offset))
+            .await?;
+        let mut walk = segment.walk();
+        let (position, first) = scan::find_batch(&mut walk, offset).await?;
+        // The walk starts at or before `offset` and continues the offsets exactly.
+        assert!(first.base_offset <= offset && offset < end);
+        let stop = scan::extent(&mut walk, position, end, max_bytes).await?;
+        let length = stop.position - position;
+        let part = match &segment.file {
+            SegmentFile::Buffered(file) => ReadPart::File {
+                file: file.clone(),
+                position,
+                length,
+            },
+            SegmentFile::Direct(file) => {
+                let bytes = file.read_at(position, length as usize).await;
+                let bytes = bytes.map_err(|e| Error::io("reading segment", &segment.path, e))?;
+                if bytes.len() as u64 != length {
+                    let reason = format!("read {} of {length} bytes of whole frames", bytes.len());
+                    return Err(segment.corrupt(position, reason));
+                }
+                ReadPart::Direct(bytes)
+            }
+        };
+        Ok((part, stop.offset))
+    }
+
+    async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let high_watermark = self.state.borrow().durable_offset;
+        let Some(segment_base) = self.segment_for_timestamp(timestamp_ms) else {
+            return Ok(None);
+        };
+        let segment = self
+            .readable_segment(segment_base, Lookup::Timestamp(timestamp_ms))
+            .await?;
+        let mut walk = segment.walk();
+        let found = scan::find_batch_by_timestamp(&mut walk, timestamp_ms).await?;
+        let Some((position, header)) = found else {
+            return Ok(None);
+        };
+        if header.base_offset >= high_watermark {
+            return Ok(None);
+        }
+        let bytes = segment
+            .file
+            .read_at(position, header.length_bytes as usize)
+            .await;
+        let bytes = bytes.map_err(|e| Error::io("reading segment", &segment.path, e))?;
+        let damaged = |e: shardlog_wire::Error| segment.corrupt(position, format!("batch: {e}"));
+        let batch = Batch::parse(Bytes::copy_from_slice(&bytes), &scan::stored_batch_limits())
+            .map_err(damaged)?;
+        let Ok(records) = batch.records() else {
+            return Ok(Some(header.base_offset));
+        };
+        for record in records {
+            let record = record.map_err(damaged)?;
+            if record.timestamp_ms >= timestamp_ms {
+                return Ok((record.offset < high_watermark).then_some(record.offset));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn batch_headers(&self, offset: u64) -> Result<Vec<BatchHeader>> {
+        let high_watermark = self.state.borrow().durable_offset;
         let mut headers = Vec::new();
         let mut next = offset;
         while next < high_watermark {
-            let segment = self
-                .inner
-                .readable_segment(next, Lookup::Offset(next))
-                .await?;
-            let mut position = segment.start_position;
-            let found = scan::find_batch(
-                &segment.file,
-                &segment.path,
-                position,
-                segment.limit_position,
-                next,
-            )
-            .await?;
-            let Some((found_position, _)) = found else {
-                break;
-            };
-            position = found_position;
-            while position < segment.limit_position && next < high_watermark {
-                let header = scan::read_header(&segment.file, &segment.path, position).await?;
-                position += u64::from(header.length_bytes);
-                next = header.next_offset();
+            let segment = self.readable_segment(next, Lookup::Offset(next)).await?;
+            let mut walk = segment.walk();
+            let (_, first) = scan::find_batch(&mut walk, next).await?;
+            headers.push(first);
+            // Every header moves `next` forward: the walk continues the offsets exactly.
+            next = walk.next_start().offset;
+            while next < high_watermark {
+                let Some((_, header)) = walk.next().await? else {
+                    break;
+                };
                 headers.push(header);
+                next = walk.next_start().offset;
             }
         }
         Ok(headers)
@@ -360,8 +376,11 @@ impl LogInner {
             if offset >= active.base_offset {
                 return Ok(Readable {
                     file: SegmentFile::Direct(active.file.clone()),
-                    start_position: lookup.position(&active.index, active.base_offset),
-                    limit_position: active.written_bytes,
+                    start: lookup.start(&active.index, active.base_offset),
+                    end: FrameStart {
+                        position: active.written_bytes,
+                        offset: state.written_offset,
+                    },
                     path: log_path(&self.dir, active.base_offset),
                 });
             }
@@ -369,14 +388,15 @@ impl LogInner {
         let base_offset = self.sealed_base_for(offset)?;
         let index = self.sealed_index(base_offset).await?;
         let file = self.sealed_file(base_offset).await?;
-        let limit_position = self.with_sealed(base_offset, |s| s.meta.log_bytes)?;
-        let path = log_path(&self.dir, base_offset);
-        let start_position = lookup.position(&index, base_offset);
+        let meta = self.with_sealed(base_offset, |s| s.meta)?;
         Ok(Readable {
             file: SegmentFile::Buffered(file),
-            start_position,
-            limit_position,
-            path,
+            start: lookup.start(&index, base_offset),
+            end: FrameStart {
+                position: meta.log_bytes,
+                offset: meta.next_offset,
+            },
+            path: log_path(&self.dir, base_offset),
         })
     }
 
@@ -480,41 +500,16 @@ impl LogInner {
         Ok(found.index)
     }
 
-    async fn sealed_file(&self, base_offset: u64) -> Result<Rc<BufferedFile>> {
-        if let Some(file) =
-            self.with_sealed(base_offset, |s| s.file.as_ref().map(|(f, _)| f.clone()))?
-        {
-            return Ok(file);
-        }
-        let slot = match self.shard.reserve_file() {
-            Ok(slot) => slot,
-            Err(_) => {
-                self.close_idle_sealed_files();
-                self.shard.reserve_file()?
-            }
-        };
+    /// The file of sealed segment `base_offset`, from the shard's LRU of open files.
+    pub(super) async fn sealed_file(&self, base_offset: u64) -> Result<Rc<BufferedFile>> {
         let path = log_path(&self.dir, base_offset);
-        let file = Rc::new(
-            BufferedFile::open(&path)
-                .await
-                .map_err(|e| Error::io("opening segment", &path, e))?,
-        );
-        self.with_sealed(base_offset, |s| {
-            s.file.get_or_insert((file.clone(), slot)).0.clone()
-        })
-    }
-
-    /// Closes sealed-segment files no read is using, to give their slots back.
-    fn close_idle_sealed_files(&self) {
-        let mut state = self.state.borrow_mut();
-        for segment in state.sealed.iter_mut() {
-            if segment
-                .file
-                .as_ref()
-                .is_some_and(|(file, _)| Rc::strong_count(file) == 1)
-            {
-                segment.file = None;
-            }
+        let file = self.shard.sealed_file(self.cache_key, base_offset, &path);
+        let file = file.await?;
+        // Retention may have deleted the segment while the file was opened.
+        if let Err(error) = self.with_sealed(base_offset, |_| ()) {
+            self.shard.forget_sealed_file(self.cache_key, base_offset);
+            return Err(error);
         }
+        Ok(file)
     }
 }

@@ -639,3 +639,171 @@ fn batch_headers_walk_every_segment_up_to_the_high_watermark() {
         assert!(log.batch_headers(300).await.unwrap().is_empty());
     });
 }
+
+/// A log with at least `sealed_count` sealed segments on `shard`.
+async fn log_with_sealed(dir: &Path, shard: &StorageShard, sealed_count: usize) -> PartitionLog {
+    let log = PartitionLog::open(dir, small_segments(), shard)
+        .await
+        .unwrap();
+    let mut i = 0;
+    while log.segment_count() <= sealed_count {
+        log.append(batch(i, 1, 900, 0)).await.unwrap();
+        i += 1;
+    }
+    log
+}
+
+/// The base offsets of a log's sealed segments.
+fn sealed_bases(log: &PartitionLog) -> Vec<u64> {
+    let state = log.inner.state.borrow();
+    state.sealed.iter().map(|s| s.meta.base_offset).collect()
+}
+
+fn is_open(shard: &StorageShard, log: &PartitionLog, base_offset: u64) -> bool {
+    shard.sealed_file_is_open(log.inner.cache_key, base_offset)
+}
+
+fn no_cache(open_files_max: u32) -> StorageShard {
+    StorageShard::new(ShardConfig {
+        cache_bytes: 0,
+        open_files_max,
+        sealed_files_reserved_percent: 0,
+    })
+}
+
+#[test]
+fn a_read_closes_the_least_recently_used_idle_sealed_file_of_any_log() {
+    run(|dir| async move {
+        // Two active segments pinned, two slots for sealed files.
+        let shard = no_cache(4);
+        let a = log_with_sealed(&dir.join("a"), &shard, 2).await;
+        let b = log_with_sealed(&dir.join("b"), &shard, 2).await;
+        let (a_bases, b_bases) = (sealed_bases(&a), sealed_bases(&b));
+        assert_eq!(shard.pinned_files(), 2);
+        a.read(a_bases[0], 1, None).await.unwrap();
+        b.read(b_bases[0], 1, None).await.unwrap();
+        assert_eq!(shard.open_files(), 4);
+        a.read(a_bases[0], 1, None).await.unwrap(); // a's file is now the most recent
+                                                    // b needs another file: b's own first one is the least recently used.
+        b.read(b_bases[1], 1, None).await.unwrap();
+        assert!(is_open(&shard, &a, a_bases[0]));
+        assert!(!is_open(&shard, &b, b_bases[0]));
+        assert!(is_open(&shard, &b, b_bases[1]));
+        // a needs another file: the least recently used is a's own, then b's.
+        a.read(a_bases[1], 1, None).await.unwrap();
+        assert!(!is_open(&shard, &a, a_bases[0]));
+        a.read(a_bases[0], 1, None).await.unwrap();
+        assert!(
+            !is_open(&shard, &b, b_bases[1]),
+            "another log's idle file is closed"
+        );
+        assert_eq!(shard.open_files(), 4);
+        assert_eq!(shard.sealed_file_evictions(), 3);
+    });
+}
+
+#[test]
+fn a_sealed_file_held_by_a_read_in_flight_is_not_closed() {
+    run(|dir| async move {
+        let shard = no_cache(3);
+        let a = log_with_sealed(&dir.join("a"), &shard, 1).await;
+        let b = log_with_sealed(&dir.join("b"), &shard, 1).await;
+        let (a_base, b_base) = (sealed_bases(&a)[0], sealed_bases(&b)[0]);
+        let held = a.read(a_base, 1, None).await.unwrap();
+        assert!(matches!(held.parts[0], ReadPart::File { .. }));
+        let refused = b.read(b_base, 1, None).await;
+        assert!(
+            matches!(refused, Err(Error::TooManyOpenFiles { limit: 3 })),
+            "{refused:?}"
+        );
+        assert!(refused.unwrap_err().is_retriable());
+        assert!(is_open(&shard, &a, a_base));
+        drop(held);
+        b.read(b_base, 1, None).await.unwrap();
+        assert!(!is_open(&shard, &a, a_base));
+        assert_eq!(shard.open_files(), 3);
+    });
+}
+
+#[test]
+fn active_segments_are_pinned_within_their_share_of_the_budget() {
+    run(|dir| async move {
+        let shard = StorageShard::new(ShardConfig {
+            cache_bytes: 0,
+            open_files_max: 10,
+            sealed_files_reserved_percent: 20,
+        });
+        assert_eq!(shard.pinned_files_max(), 8);
+        let first = log_with_sealed(&dir.join("first"), &shard, 2).await;
+        let bases = sealed_bases(&first);
+        first.read(bases[0], 1, None).await.unwrap();
+        first.read(bases[1], 1, None).await.unwrap();
+        let mut logs = vec![];
+        for i in 1..8 {
+            let log = PartitionLog::open(dir.join(format!("log-{i}")), small_segments(), &shard);
+            logs.push(log.await.unwrap());
+        }
+        assert_eq!(shard.pinned_files(), 8);
+        assert_eq!(shard.open_files(), 10);
+        let ninth = PartitionLog::open(dir.join("ninth"), small_segments(), &shard).await;
+        assert!(matches!(ninth, Err(Error::TooManyOpenFiles { limit: 8 })));
+        // The reserve still serves sealed reads, taking an idle file's place.
+        first.read(bases[0], 1, None).await.unwrap();
+        assert!(is_open(&shard, &first, bases[0]));
+        // An active segment is never closed to make room: only sealed ones are.
+        first.roll().await.unwrap();
+        assert_eq!(shard.pinned_files(), 8);
+        assert!(shard.open_files() <= 10);
+    });
+}
+
+#[test]
+fn opening_a_log_closes_an_idle_sealed_file_when_the_budget_is_full() {
+    run(|dir| async move {
+        let shard = no_cache(3);
+        let a = log_with_sealed(&dir.join("a"), &shard, 2).await;
+        let bases = sealed_bases(&a);
+        a.read(bases[0], 1, None).await.unwrap();
+        a.read(bases[1], 1, None).await.unwrap();
+        assert_eq!(shard.open_files(), 3);
+        let b = PartitionLog::open(dir.join("b"), small_segments(), &shard).await;
+        assert!(b.is_ok());
+        assert_eq!((shard.pinned_files(), shard.open_files()), (2, 3));
+        assert!(
+            !is_open(&shard, &a, bases[0]),
+            "the least recently used went"
+        );
+    });
+}
+
+#[test]
+fn deleted_segments_and_closed_logs_give_their_files_back() {
+    run(|dir| async move {
+        let shard = no_cache(100);
+        let config = LogConfig {
+            retention_bytes: Some(1),
+            retention_age: None,
+            ..small_segments()
+        };
+        let log = PartitionLog::open(&dir, config, &shard).await.unwrap();
+        for i in 0..300 {
+            log.append(batch(i, 1, 900, 0)).await.unwrap();
+        }
+        for base in sealed_bases(&log) {
+            log.read(base, 1, None).await.unwrap();
+        }
+        let sealed = sealed_bases(&log).len() as u32;
+        assert_eq!(shard.sealed_files_open(), sealed);
+        let outcome = log.apply_retention(0).await.unwrap();
+        assert_eq!(outcome.segments_deleted as u32, sealed);
+        assert_eq!(shard.sealed_files_open(), 0);
+        log.roll().await.unwrap();
+        let base = sealed_bases(&log)[0];
+        log.read(base, 1, None).await.unwrap();
+        assert_eq!(shard.sealed_files_open(), 1);
+        log.close().await.unwrap();
+        assert_eq!(shard.sealed_files_open(), 0);
+        drop(log);
+        assert_eq!(shard.open_files(), 0);
+    });
+}

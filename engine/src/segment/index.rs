@@ -15,6 +15,8 @@
 //! Start-up reads only the 64-byte header of each sealed segment; entries are
 //! loaded when the segment is first read.
 
+use shardlog_wire::batch::BATCH_HEADER_BYTES;
+
 use crate::{Error, Result};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SLIX");
@@ -59,24 +61,29 @@ impl SparseIndex {
         self.entries.last().map(|e| e.position)
     }
 
-    /// Position of the last indexed batch at or before `relative_offset` (0 if none).
-    pub(crate) fn position_for_offset(&self, relative_offset: u64) -> u64 {
+    /// The last indexed batch at or before `relative_offset`, as (position,
+    /// relative offset of that batch); (0, 0), the segment start, if none.
+    pub(crate) fn entry_for_offset(&self, relative_offset: u64) -> (u64, u64) {
         let after = self
             .entries
             .partition_point(|e| u64::from(e.relative_offset) <= relative_offset);
-        after
-            .checked_sub(1)
-            .map_or(0, |i| u64::from(self.entries[i].position))
+        self.start_of(after.checked_sub(1))
     }
 
-    /// Position from which to scan for the first batch with a timestamp at or after `timestamp_ms`.
-    pub(crate) fn position_for_timestamp(&self, timestamp_ms: i64) -> u64 {
+    /// Where to walk from for the first batch with a timestamp at or after
+    /// `timestamp_ms`, as (position, relative offset of the batch there).
+    pub(crate) fn entry_for_timestamp(&self, timestamp_ms: i64) -> (u64, u64) {
         let after = self
             .entries
             .partition_point(|e| e.max_timestamp_before_ms < timestamp_ms);
-        after
-            .checked_sub(1)
-            .map_or(0, |i| u64::from(self.entries[i].position))
+        self.start_of(after.checked_sub(1))
+    }
+
+    fn start_of(&self, at: Option<usize>) -> (u64, u64) {
+        at.map_or((0, 0), |i| {
+            let entry = &self.entries[i];
+            (u64::from(entry.position), u64::from(entry.relative_offset))
+        })
     }
 
     /// The last entry at or before `position`, and the index of the entries before it.
@@ -134,7 +141,11 @@ impl SparseIndex {
                     && entry.position > last.position
                     && entry.max_timestamp_before_ms >= last.max_timestamp_before_ms
             });
-            if !ordered || u64::from(entry.position) >= header.meta.log_bytes {
+            let offset_count = header.meta.next_offset - header.meta.base_offset;
+            if !ordered
+                || u64::from(entry.position) >= header.meta.log_bytes
+                || u64::from(entry.relative_offset) >= offset_count
+            {
                 return None;
             }
             index.entries.push(entry);
@@ -176,12 +187,18 @@ impl IndexHeader {
         if meta.base_offset != base_offset
             || meta.next_offset <= meta.base_offset
             || meta.log_bytes == 0
+            || meta.log_bytes > crate::config::SEGMENT_BYTES_MAX
         {
+            return None;
+        }
+        let entry_count = u32_at(40);
+        // Every entry points at its own frame, and a frame has at least a header.
+        if u64::from(entry_count) * BATCH_HEADER_BYTES as u64 > meta.log_bytes {
             return None;
         }
         Some(IndexHeader {
             meta,
-            entry_count: u32_at(40),
+            entry_count,
             entries_crc32c: u32_at(44),
         })
     }
@@ -238,14 +255,15 @@ mod tests {
     #[test]
     fn lookups_pick_the_entry_at_or_before() {
         let (index, _) = sample();
-        assert_eq!(index.position_for_offset(0), 0);
-        assert_eq!(index.position_for_offset(9), 0);
-        assert_eq!(index.position_for_offset(10), 4100);
-        assert_eq!(index.position_for_offset(1000), 8300);
-        assert_eq!(index.position_for_timestamp(10), 0);
-        assert_eq!(index.position_for_timestamp(51), 4100);
-        assert_eq!(index.position_for_timestamp(90), 4100);
-        assert_eq!(index.position_for_timestamp(91), 8300);
+        assert_eq!(index.entry_for_offset(0), (0, 0));
+        assert_eq!(index.entry_for_offset(9), (0, 0));
+        assert_eq!(index.entry_for_offset(10), (4100, 10));
+        assert_eq!(index.entry_for_offset(1000), (8300, 25));
+        assert_eq!(index.entry_for_timestamp(10), (0, 0));
+        assert_eq!(index.entry_for_timestamp(51), (4100, 10));
+        assert_eq!(index.entry_for_timestamp(90), (4100, 10));
+        assert_eq!(index.entry_for_timestamp(91), (8300, 25));
+        assert_eq!(SparseIndex::default().entry_for_offset(5), (0, 0));
         let (last, before) = index.split_at_position(8299).unwrap();
         assert_eq!((last.position, before.entries.len()), (4100, 1));
         assert_eq!(index.split_at_position(0).unwrap().1.entries.len(), 0);

@@ -4,8 +4,20 @@
 //! - [`recover`] validates every frame in full (CRC included) and stops at
 //!   the first torn, zero or bad one: it decides what survives a crash or a
 //!   failed write, from the segment's start or from a trusted frame boundary.
-//! - [`find_batch`] and [`extent`] read only headers of frames that recovery
-//!   or the writer already validated: they serve reads.
+//! - [`HeaderWalk`] reads only the headers of frames that recovery or the
+//!   writer already validated: it serves reads. It still checks what each
+//!   header promises, because the fields it steers by can change on disk
+//!   without the CRC noticing (`base_offset` and `leader_epoch` lie outside
+//!   it, and a header walk never computes it): every frame must start at the
+//!   offset the index or the frame before it promised, stay inside the
+//!   segment's bytes and offsets, and the last one must end exactly where the
+//!   segment does. A broken promise is [`Error::Corrupt`], never a panic, an
+//!   overflow or a walk that does not advance.
+//!
+//! ```text
+//!  index entry (position p, offset o) ──► frame@p base==o ──► frame@p+len base==o+count ──► ...
+//!                                                                    ... last frame ends at (end_position, end_offset)
+//! ```
 
 use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, BatchLimits, BATCH_HEADER_BYTES};
 
@@ -235,6 +247,15 @@ fn tail_reason(rest: &[u8]) -> StopReason {
     }
 }
 
+/// Limits for checking batches already stored: the format's, not the
+/// topic's (a topic may have lowered `batch_bytes_max` since they were written).
+pub(crate) fn stored_batch_limits() -> BatchLimits {
+    BatchLimits {
+        batch_bytes_max: WRITE_BYTES_MAX as u32,
+        record_count_max: u32::MAX,
+    }
+}
+
 /// The offset after the frame, or `None` when its offsets overflow (a damaged header).
 pub(crate) fn frame_next_offset(header: &BatchHeader) -> Option<u64> {
     header
@@ -259,68 +280,191 @@ pub(crate) async fn read_header(
     })
 }
 
-/// From a frame boundary at or before the target, finds the frame holding
-/// `offset` (or the first one after it). `None` when no frame before
-/// `limit_position` qualifies.
-pub(crate) async fn find_batch(
-    file: &SegmentFile,
-    path: &std::path::Path,
-    mut position: u64,
-    limit_position: u64,
-    offset: u64,
-) -> Result<Option<(u64, BatchHeader)>> {
-    while position < limit_position {
-        let header = read_header(file, path, position).await?;
-        if header.last_offset() >= offset {
-            return Ok(Some((position, header)));
-        }
-        position += u64::from(header.length_bytes);
-    }
-    Ok(None)
+/// A frame boundary: a byte position and the offset of the frame there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameStart {
+    pub position: u64,
+    pub offset: u64,
 }
 
-/// From the frame `first` at `position`, extends the range frame by frame
-/// while it stays within `max_bytes` (the first frame always counts), before
-/// `limit_position`, and below `end_offset`. Returns `(end position, next offset)`.
+/// A walk over the frame headers of one segment, from a frame boundary
+/// that the index (or the segment start) vouches for to the segment's end,
+/// checking that every header keeps the promises of the one before it.
+#[derive(Debug)]
+pub(crate) struct HeaderWalk<'a> {
+    file: &'a SegmentFile,
+    path: &'a std::path::Path,
+    /// The next frame starts here, at this offset.
+    next: FrameStart,
+    /// Where the segment's last frame ends.
+    end: FrameStart,
+}
+
+impl<'a> HeaderWalk<'a> {
+    /// A walk from `start` to `end`, both frame boundaries of the segment.
+    pub(crate) fn new(
+        file: &'a SegmentFile,
+        path: &'a std::path::Path,
+        start: FrameStart,
+        end: FrameStart,
+    ) -> HeaderWalk<'a> {
+        assert!(start.position <= end.position);
+        assert!(start.offset <= end.offset);
+        HeaderWalk {
+            file,
+            path,
+            next: start,
+            end,
+        }
+    }
+
+    /// The boundary after the frames walked so far.
+    pub(crate) fn next_start(&self) -> FrameStart {
+        self.next
+    }
+
+    /// True once the last frame of the segment was walked.
+    pub(crate) fn at_end(&self) -> bool {
+        self.next.position == self.end.position
+    }
+
+    /// The next frame's position and header; `None` after the last frame.
+    ///
+    /// # Errors
+    /// I/O errors; [`Error::Corrupt`] when the frame breaks a promise.
+    pub(crate) async fn next(&mut self) -> Result<Option<(u64, BatchHeader)>> {
+        let position = self.next.position;
+        if self.at_end() {
+            if self.next.offset != self.end.offset {
+                return Err(self.corrupt(
+                    position,
+                    format!(
+                        "the segment's frames end at offset {} but its bounds say {}",
+                        self.next.offset, self.end.offset
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let header = read_header(self.file, self.path, position).await?;
+        let next_offset = self
+            .check(position, &header)
+            .map_err(|reason| self.corrupt(position, reason))?;
+        self.next = FrameStart {
+            position: position + u64::from(header.length_bytes),
+            offset: next_offset,
+        };
+        Ok(Some((position, header)))
+    }
+
+    /// Checks that the frame at `position` continues the walk; the offset after it.
+    fn check(&self, position: u64, header: &BatchHeader) -> std::result::Result<u64, String> {
+        if header.base_offset != self.next.offset {
+            return Err(format!(
+                "frame starts at offset {} where offset {} was expected",
+                header.base_offset, self.next.offset
+            ));
+        }
+        let length_bytes = u64::from(header.length_bytes);
+        if length_bytes > WRITE_BYTES_MAX as u64 || position + length_bytes > self.end.position {
+            return Err(format!(
+                "frame of {length_bytes} bytes runs past the segment's end at {}",
+                self.end.position
+            ));
+        }
+        let next = match frame_next_offset(header) {
+            Some(next) if next <= self.end.offset => next,
+            _ => {
+                return Err(format!(
+                    "frame of {} records at offset {} runs past the segment's end offset {}",
+                    header.record_count, header.base_offset, self.end.offset
+                ))
+            }
+        };
+        // The last frame ends both where the segment's bytes and its offsets end.
+        let end_position = position + length_bytes;
+        if (end_position == self.end.position) != (next == self.end.offset) {
+            return Err(format!(
+                "frame ends at position {end_position}, offset {next}; the segment ends at position {}, offset {}",
+                self.end.position, self.end.offset
+            ));
+        }
+        Ok(next)
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> Error {
+        Error::Corrupt {
+            path: self.path.to_path_buf(),
+            position,
+            reason,
+        }
+    }
+}
+
+/// Walks on to the frame holding `offset`. The walk must start at or
+/// before it, and the segment must hold it.
+///
+/// # Errors
+/// I/O errors; [`Error::Corrupt`] when a frame breaks a promise or the
+/// segment ends before `offset`.
+pub(crate) async fn find_batch(
+    walk: &mut HeaderWalk<'_>,
+    offset: u64,
+) -> Result<(u64, BatchHeader)> {
+    assert!(walk.next_start().offset <= offset);
+    loop {
+        match walk.next().await? {
+            Some((position, header)) if walk.next_start().offset > offset => {
+                return Ok((position, header))
+            }
+            Some(_) => {}
+            None => {
+                let position = walk.next_start().position;
+                return Err(walk.corrupt(
+                    position,
+                    format!("offset {offset} is not in the segment its bounds say holds it"),
+                ));
+            }
+        }
+    }
+}
+
+/// From the walk standing after the first frame of a read (at
+/// `start_position`), extends the read frame by frame while it stays within
+/// `max_bytes` (the first frame always counts) and below `end_offset`.
+/// Returns the boundary after the last frame taken.
+///
+/// # Errors
+/// As [`HeaderWalk::next`].
 pub(crate) async fn extent(
-    file: &SegmentFile,
-    path: &std::path::Path,
-    position: u64,
-    first: &BatchHeader,
-    limit_position: u64,
+    walk: &mut HeaderWalk<'_>,
+    start_position: u64,
     end_offset: u64,
     max_bytes: u64,
-) -> Result<(u64, u64)> {
-    assert!(first.base_offset < end_offset);
-    let mut end = position + u64::from(first.length_bytes);
-    let mut next_offset = first.next_offset();
-    while end < limit_position && next_offset < end_offset {
-        let header = read_header(file, path, end).await?;
-        let length = u64::from(header.length_bytes);
-        if end + length - position > max_bytes || header.base_offset != next_offset {
+) -> Result<FrameStart> {
+    let mut end = walk.next_start();
+    while !walk.at_end() && end.offset < end_offset {
+        if walk.next().await?.is_none() || walk.next_start().position - start_position > max_bytes {
             break;
         }
-        end += length;
-        next_offset = header.next_offset();
+        end = walk.next_start();
     }
-    Ok((end, next_offset))
+    Ok(end)
 }
 
-/// From a position at or before the answer, finds the first frame whose max
-/// timestamp is at or after `timestamp_ms`.
+/// Walks on to the first frame whose max timestamp is at or after
+/// `timestamp_ms`; `None` when no frame of the segment has one.
+///
+/// # Errors
+/// As [`HeaderWalk::next`].
 pub(crate) async fn find_batch_by_timestamp(
-    file: &SegmentFile,
-    path: &std::path::Path,
-    mut position: u64,
-    limit_position: u64,
+    walk: &mut HeaderWalk<'_>,
     timestamp_ms: i64,
 ) -> Result<Option<(u64, BatchHeader)>> {
-    while position < limit_position {
-        let header = read_header(file, path, position).await?;
+    while let Some((position, header)) = walk.next().await? {
         if header.max_timestamp_ms >= timestamp_ms {
             return Ok(Some((position, header)));
         }
-        position += u64::from(header.length_bytes);
     }
     Ok(None)
 }
