@@ -160,3 +160,85 @@ fn a_failed_fdatasync_poisons_the_partition_until_it_is_recovered() {
 fn a_failed_write_poisons_the_partition_until_it_is_recovered() {
     poisoned_then_recovered("write");
 }
+
+/// A base offset damaged on disk in a sealed segment (outside the CRC, so
+/// only the read path's own checks can see it): reads of it are answered
+/// with `CorruptLog`, the partition shows as corrupt, and the broker and
+/// every other partition go on.
+#[test]
+fn damaged_data_on_disk_is_an_error_answer_and_a_corrupt_partition_not_a_crash() {
+    let mut broker = Broker::start(1, &["--segment-bytes", "65536"]);
+    let mut connection = broker.connect();
+    create_topic(&mut connection, "damaged", 1);
+    create_topic(&mut connection, "fine", 1);
+    for i in 0..60 {
+        let value = format!("{i}-{}", "d".repeat(4000));
+        send(&mut connection, "damaged", record(-1, -1, &value)).expect("produce");
+    }
+    drop(connection);
+    broker.stop();
+    let segment = std::fs::read_dir(broker.data_dir().join("data/topics"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("damaged-")
+        })
+        .expect("the topic's directory")
+        .join("0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).expect("the first, sealed segment");
+    let second = shardlog_wire::batch::peek_length_bytes(&bytes).unwrap() as usize;
+    assert!(second < bytes.len(), "the segment holds several batches");
+    shardlog_wire::batch::set_base_offset(&mut bytes[second..], 1 << 40);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    broker.restart();
+    let mut connection = broker.connect();
+    let mut corrupt = None;
+    let mut offset = 0u64;
+    for _ in 0..100 {
+        let request = Request::Fetch {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+            partitions: vec![shardlog_client::protocol::FetchPartition {
+                topic: "damaged".into(),
+                partition: 0,
+                offset,
+                max_bytes: 1 << 20,
+            }],
+        };
+        let Response::Fetch(mut fetched) = connection.call(&request).expect("an answer") else {
+            panic!("not a fetch response")
+        };
+        let fetched = fetched.remove(0);
+        if let Some(error) = fetched.error {
+            corrupt = Some(error);
+            break;
+        }
+        let batches = shardlog_wire::batch::BatchIter::new(
+            fetched.records,
+            shardlog_wire::batch::BatchLimits::default(),
+        );
+        let next = batches
+            .map(|b| b.expect("a batch").header().next_offset())
+            .last();
+        offset = next.expect("data before the damage");
+    }
+    let corrupt = corrupt.expect("the damaged batch is refused");
+    assert_eq!(corrupt.code, ErrorCode::CorruptLog, "{corrupt:?}");
+    assert!(broker.is_running(), "the broker is still up");
+    let described = cli(&broker, &["topic", "describe", "damaged"]);
+    assert!(described.contains("corrupt"), "{described}");
+    let metrics = broker.scrape_metrics();
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("shardlog_partition_corrupt_reads_total{topic=\"damaged\"")
+            && !l.ends_with(" 0")
+    });
+    assert!(counted, "{metrics}");
+    send(&mut connection, "fine", record(-1, -1, "still fine")).expect("others go on");
+    assert_eq!(consume_all(&mut connection, "fine", 0, 0).len(), 1);
+}

@@ -107,11 +107,11 @@ fn a_partition_that_does_not_open_stops_the_start_with_its_path() {
 
 #[test]
 fn create_topics_is_refused_up_front_past_the_open_file_budget() {
-    // 16 internal __offsets partitions already hold 16 of the 100 files,
-    // and 32 stay free for reading sealed segments: 52 partitions are left.
+    // 10 of the 100 files stay free for reading sealed segments, and the
+    // 16 internal __offsets partitions hold 16: 74 partitions are left.
     let mut broker = Broker::start(1, &["--open-files-per-shard-max", "100"]);
     let mut connection = broker.connect();
-    let request = Request::CreateTopics(vec![NewTopic::new("too-many", 53)]);
+    let request = Request::CreateTopics(vec![NewTopic::new("too-many", 75)]);
     match connection.call(&request).unwrap() {
         Response::Topics(results) => {
             let error = results[0].1.as_ref().expect("refused");
@@ -123,7 +123,7 @@ fn create_topics_is_refused_up_front_past_the_open_file_budget() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    create_topic(&mut connection, "just-right", 52);
+    create_topic(&mut connection, "just-right", 74);
     drop(connection);
     broker.stop();
     broker.restart();

@@ -187,10 +187,6 @@ pub async fn create_on_controller(
         .await
 }
 
-/// Files kept free on every shard for reading sealed segments, beyond the
-/// active segment that each partition holds open for good.
-const SEALED_FILES_RESERVED: u32 = 32;
-
 /// Refuses partitions that would leave a shard unable to hold its active
 /// segments open (`open_files_per_shard_max`), before anything is created.
 fn check_open_files(
@@ -198,8 +194,9 @@ fn check_open_files(
     metadata: &ClusterMetadata,
     partitions: u32,
 ) -> Option<WireError> {
+    // Every shard has the same budget; each partition holds its active segment open.
     let budget = shard.config.limits.open_files_per_shard_max;
-    let pinned_max = budget.saturating_sub(SEALED_FILES_RESERVED);
+    let pinned_max = shard.storage.pinned_files_max();
     let placement = metadata.place(partitions, shard.count);
     let mut owned = metadata.partitions_per_shard(shard.count);
     for placed in placement {
@@ -211,9 +208,8 @@ fn check_open_files(
             fb::ErrorCode::InvalidPartitions,
             format!(
                 "{partitions} more partitions would put {count} on shard {busiest}, but a shard \
-                 holds at most {pinned_max} (--open-files-per-shard-max {budget} less \
-                 {SEALED_FILES_RESERVED} kept for reading sealed segments); raise the limit \
-                 or create fewer partitions"
+                 holds at most {pinned_max} (--open-files-per-shard-max {budget} less the part \
+                 kept for reading sealed segments); raise the limit or create fewer partitions"
             ),
         )
     })

@@ -99,6 +99,7 @@ impl ShardState {
         let storage = StorageShard::new(shardlog_engine::ShardConfig {
             cache_bytes: config.cache_bytes,
             open_files_max: config.limits.open_files_per_shard_max,
+            ..shardlog_engine::ShardConfig::default()
         });
         let mut peer_of_shard = vec![None; config.shards];
         peer_of_shard[id] = Some(senders.peer_id());

@@ -24,8 +24,16 @@ async fn restore_producers(log: &PartitionLog) -> shardlog_engine::Result<Produc
         .saturating_sub(PRODUCER_STATE_RECOVERY_OFFSETS)
         .max(log.log_start_offset());
     if from < high_watermark {
-        for header in log.batch_headers(from).await? {
-            producers.restore(&header);
+        match log.batch_headers(from).await {
+            Ok(headers) => headers.iter().for_each(|h| producers.restore(h)),
+            // Damaged data is the partition's own problem (it shows as
+            // corrupt): it must not keep the broker from starting.
+            Err(error @ shardlog_engine::Error::Corrupt { .. }) => tracing::error!(
+                dir = %log.dir().display(),
+                %error,
+                "producer state not restored: the log is damaged; idempotent producers start over here"
+            ),
+            Err(error) => return Err(error),
         }
     }
     Ok(producers)
