@@ -439,3 +439,57 @@ fn metrics_show_requests_latencies_and_offsets_of_every_shard() {
         "every shard reports"
     );
 }
+
+#[test]
+fn the_broker_caps_fetches_whatever_the_client_asks() {
+    const RESPONSE_MAX: usize = 1 << 20;
+    const PARTITION_MAX: usize = 256 << 10;
+    let broker = Broker::start(
+        2,
+        &[
+            "--fetch-bytes-max",
+            &RESPONSE_MAX.to_string(),
+            "--fetch-partition-bytes-max",
+            &PARTITION_MAX.to_string(),
+        ],
+    );
+    let mut connection = broker.connect();
+    create_topic(&mut connection, "wide", 6);
+    let chunk: Vec<String> = (0..5)
+        .map(|i| format!("{i}-{}", "w".repeat(10_000)))
+        .collect();
+    for partition in 0..6 {
+        for _ in 0..20 {
+            produce(&mut connection, "wide", partition, &chunk);
+        }
+    }
+    let request = Request::Fetch {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: u32::MAX,
+        partitions: (0..6)
+            .map(|partition| FetchPartition {
+                topic: "wide".into(),
+                partition,
+                offset: 0,
+                max_bytes: u32::MAX,
+            })
+            .collect(),
+    };
+    let Response::Fetch(fetched) = connection.call(&request).unwrap() else {
+        panic!("not a fetch")
+    };
+    let sizes: Vec<usize> = fetched.iter().map(|f| f.records.len()).collect();
+    assert!(
+        sizes.iter().all(|s| *s <= PARTITION_MAX),
+        "each partition within its cap: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().sum::<usize>() <= RESPONSE_MAX,
+        "the response within its cap: {sizes:?}"
+    );
+    assert!(sizes[..3].iter().all(|s| *s > 0), "{sizes:?}");
+    assert!(fetched
+        .iter()
+        .all(|f| f.error.is_none() && f.high_watermark == 100));
+}

@@ -157,6 +157,16 @@ impl Readable {
     }
 }
 
+/// Whether a read may return its first batch whole past `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstBatch {
+    /// Always return the batch holding the offset, however large: a
+    /// consumer reading one partition always progresses.
+    Whole,
+    /// Return nothing rather than pass `max_bytes`.
+    WithinLimit,
+}
+
 /// What the sparse index is asked.
 #[derive(Debug, Clone, Copy)]
 enum Lookup {
@@ -193,6 +203,35 @@ impl PartitionLog {
         max_bytes: u64,
         end_offset: Option<u64>,
     ) -> Result<ReadSlice> {
+        self.read_limited(offset, max_bytes, end_offset, FirstBatch::Whole)
+            .await
+    }
+
+    /// As [`PartitionLog::read`], but never more than `max_bytes`: when the
+    /// batch holding `offset` is larger by itself, the slice is empty (and
+    /// nothing was read). A broker filling one response from many
+    /// partitions reads the later ones this way, so it never reads what it
+    /// will not send.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::read`].
+    pub async fn read_within(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        end_offset: Option<u64>,
+    ) -> Result<ReadSlice> {
+        self.read_limited(offset, max_bytes, end_offset, FirstBatch::WithinLimit)
+            .await
+    }
+
+    async fn read_limited(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        end_offset: Option<u64>,
+        first_batch: FirstBatch,
+    ) -> Result<ReadSlice> {
         let (high_watermark, log_start_offset) = (self.high_watermark(), self.log_start_offset());
         if offset < log_start_offset || offset > high_watermark {
             return Err(Error::OffsetOutOfRange {
@@ -218,6 +257,10 @@ impl PartitionLog {
             .borrow_mut()
             .read(inner.cache_key, offset, max_bytes, end);
         if let Some(parts) = cached {
+            let first_bytes = parts.first().map_or(0, |p| p.len() as u64);
+            if first_batch == FirstBatch::WithinLimit && first_bytes > max_bytes {
+                return Ok(slice);
+            }
             let last = parts.last().expect("a cache hit holds a batch");
             slice.next_offset = BatchHeader::parse(last)
                 .expect("cached batches are valid")
@@ -225,9 +268,11 @@ impl PartitionLog {
             slice.parts = parts.into_iter().map(ReadPart::Memory).collect();
             return Ok(slice);
         }
-        let (part, next_offset) = inner.note_read(inner.read_disk(offset, max_bytes, end).await)?;
-        slice.parts.push(part);
-        slice.next_offset = next_offset;
+        let read = inner.read_disk(offset, max_bytes, end, first_batch).await;
+        if let Some((part, next_offset)) = inner.note_read(read)? {
+            slice.parts.push(part);
+            slice.next_offset = next_offset;
+        }
         Ok(slice)
     }
 
@@ -263,7 +308,15 @@ impl PartitionLog {
 impl LogInner {
     /// Reads from a segment file: the frames from the one holding `offset`,
     /// as one part, and the offset after them.
-    async fn read_disk(&self, offset: u64, max_bytes: u64, end: u64) -> Result<(ReadPart, u64)> {
+    /// The frames from the one holding `offset`, or `None` when that one
+    /// alone exceeds `max_bytes` and must come `WithinLimit`.
+    async fn read_disk(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+        end: u64,
+        first_batch: FirstBatch,
+    ) -> Result<Option<(ReadPart, u64)>> {
         let segment = self
             .readable_segment(offset, Lookup::Offset(offset))
             .await?;
@@ -271,6 +324,9 @@ impl LogInner {
         let (position, first) = scan::find_batch(&mut walk, offset).await?;
         // The walk starts at or before `offset` and continues the offsets exactly.
         assert!(first.base_offset <= offset && offset < end);
+        if first_batch == FirstBatch::WithinLimit && u64::from(first.length_bytes) > max_bytes {
+            return Ok(None);
+        }
         let stop = scan::extent(&mut walk, position, end, max_bytes).await?;
         let length = stop.position - position;
         let part = match &segment.file {
@@ -289,7 +345,7 @@ impl LogInner {
                 ReadPart::Direct(bytes)
             }
         };
-        Ok((part, stop.offset))
+        Ok(Some((part, stop.offset)))
     }
 
     async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {

@@ -190,6 +190,40 @@ fn reads_end_on_batch_boundaries_within_limits() {
 }
 
 #[test]
+fn a_read_within_a_limit_never_passes_it_on_any_read_path() {
+    for cache_bytes in [0, 1 << 20] {
+        run(move |dir| async move {
+            let shard = StorageShard::new(ShardConfig {
+                cache_bytes,
+                ..ShardConfig::default()
+            });
+            let log = PartitionLog::open(&dir, LogConfig::default(), &shard)
+                .await
+                .unwrap();
+            let small = batch(0, 1, 100, 0);
+            let large = batch(1, 1, 5000, 0);
+            let (small_bytes, large_bytes) = (small.len() as u64, large.len() as u64);
+            log.append(small).await.unwrap();
+            log.append(large).await.unwrap();
+            let whole = log.read(1, 1000, None).await.unwrap();
+            assert_eq!(
+                whole.size_bytes(),
+                large_bytes,
+                "read returns a batch whole"
+            );
+            let within = log.read_within(1, 1000, None).await.unwrap();
+            assert!(within.is_empty(), "read_within does not ({cache_bytes})");
+            assert_eq!(within.next_offset, 1);
+            let first = log.read_within(0, small_bytes + 10, None).await.unwrap();
+            assert_eq!(first.size_bytes(), small_bytes);
+            assert_eq!(first.next_offset, 1);
+            let both = log.read_within(0, small_bytes + large_bytes, None).await;
+            assert_eq!(both.unwrap().next_offset, 2);
+        });
+    }
+}
+
+#[test]
 fn every_read_path_returns_the_same_bytes() {
     run(|dir| async move {
         // A cache too small for anything forces the disk paths.

@@ -28,7 +28,7 @@ use shardlog_wire::protocol::fb;
 use super::{error_parts, finish, unavailable};
 use crate::error::WireError;
 use crate::net::{Answer, ConnectionContext, MemoryCharge, Outgoing, PayloadPart};
-use crate::shard::messages::RemoteFetch;
+use crate::shard::messages::{ReadLimit, RemoteFetch};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
@@ -152,16 +152,11 @@ async fn read_round(shard: &Rc<ShardState>, request: &FetchParsed, budget_bytes:
     for (topic, partitions) in &request.topics {
         for fetch in partitions {
             let allotted = fetch.max_bytes.min(partition_cap).min(remaining);
-            let first_data = remaining == budget_bytes;
-            let mut fetched = read_partition(shard, topic, fetch, allotted).await;
-            if let Ok(found) = &mut fetched {
-                let size = found.size_bytes();
-                if size > allotted && !first_data {
-                    // Only the first data of a response may come whole past the limits.
-                    found.data = None;
-                } else {
-                    remaining = remaining.saturating_sub(size);
-                }
+            // Only the first data of a response may come whole past the limits.
+            let whole_first = remaining == budget_bytes;
+            let fetched = read_partition(shard, topic, fetch, allotted, whole_first).await;
+            if let Ok(found) = &fetched {
+                remaining = remaining.saturating_sub(found.size_bytes());
             }
             round.push(fetched);
         }
@@ -169,18 +164,25 @@ async fn read_round(shard: &Rc<ShardState>, request: &FetchParsed, budget_bytes:
     round
 }
 
-/// Reads one partition, here or on its owner; `max_bytes` 0 asks for its watermarks only.
+/// Reads one partition, here or on its owner, within `max_bytes` (its first
+/// batch may pass them when `whole_first`); `max_bytes` 0 asks for its
+/// watermarks only.
 async fn read_partition(
     shard: &Rc<ShardState>,
     topic: &str,
     fetch: &PartitionFetch,
     max_bytes: u64,
+    whole_first: bool,
 ) -> Result<Fetched, WireError> {
     let owner = shard
         .owner_of(topic, fetch.partition)
         .ok_or_else(|| WireError::unknown_partition(topic, fetch.partition))?;
+    let limit = ReadLimit {
+        max_bytes,
+        whole_first,
+    };
     if owner == shard.id {
-        let slice = read_local(shard, topic, fetch.partition, fetch.offset, max_bytes).await?;
+        let slice = read_local(shard, topic, fetch.partition, fetch.offset, limit).await?;
         let (high_watermark, log_start_offset) = (slice.high_watermark, slice.log_start_offset);
         let data = (!slice.is_empty()).then_some(Data::Local(slice));
         return Ok(Fetched {
@@ -193,7 +195,7 @@ async fn read_partition(
         topic: topic.to_string(),
         partition: fetch.partition,
         offset: fetch.offset,
-        max_bytes,
+        limit,
     };
     match shard.call(owner, request).await {
         ShardResponse::Fetch(Ok(remote)) => {
@@ -214,12 +216,12 @@ async fn read_local(
     topic: &str,
     partition: u32,
     offset: u64,
-    max_bytes: u64,
+    limit: ReadLimit,
 ) -> Result<ReadSlice, WireError> {
     let state = shard
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
-    if max_bytes == 0 {
+    if limit.max_bytes == 0 {
         return Ok(ReadSlice {
             parts: Vec::new(),
             next_offset: offset,
@@ -227,11 +229,11 @@ async fn read_local(
             log_start_offset: state.log.log_start_offset(),
         });
     }
-    state
-        .log
-        .read(offset, max_bytes, None)
-        .await
-        .map_err(|e| WireError::from(&e))
+    let read = match limit.whole_first {
+        true => state.log.read(offset, limit.max_bytes, None).await,
+        false => state.log.read_within(offset, limit.max_bytes, None).await,
+    };
+    read.map_err(|e| WireError::from(&e))
 }
 
 /// On the owner, for another shard: the read, copied into `Bytes` to cross cores.
@@ -240,9 +242,9 @@ pub async fn read_for_remote(
     topic: &str,
     partition: u32,
     offset: u64,
-    max_bytes: u64,
+    limit: ReadLimit,
 ) -> Result<RemoteFetch, WireError> {
-    let slice = read_local(shard, topic, partition, offset, max_bytes).await?;
+    let slice = read_local(shard, topic, partition, offset, limit).await?;
     let mut parts = Vec::with_capacity(slice.parts.len());
     for part in &slice.parts {
         parts.push(match part {
@@ -322,6 +324,8 @@ fn encode(
     // Sealed-file ranges go out with sendfile and hold no memory.
     let memory_bytes = bytes - round_file_bytes(&round);
     charge.shrink_to(memory_bytes);
+    // A first batch that came whole past the grant is charged too, if it can be.
+    charge.grow_up_to(memory_bytes.saturating_sub(charge.bytes()));
     let mut fbb = FlatBufferBuilder::new();
     let mut payload = Vec::new();
     let mut results = round.into_iter();

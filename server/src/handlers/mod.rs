@@ -179,9 +179,9 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             topic,
             partition,
             offset,
-            max_bytes,
+            limit,
         } => ShardResponse::Fetch(
-            fetch::read_for_remote(shard, &topic, partition, offset, max_bytes).await,
+            fetch::read_for_remote(shard, &topic, partition, offset, limit).await,
         ),
         ShardRequest::Watch {
             topic,

@@ -51,7 +51,7 @@ pub enum ShardRequest {
         topic: String,
         partition: u32,
         offset: u64,
-        max_bytes: u64,
+        limit: ReadLimit,
     },
     /// Resolve when the partition has data past `offset`, or after `wait_ms`.
     Watch {
@@ -171,6 +171,15 @@ impl GroupReply {
             _ => Err(Self::mismatch()),
         }
     }
+}
+
+/// How much one partition's read may return.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimit {
+    /// At most this many bytes (0: the watermarks only).
+    pub max_bytes: u64,
+    /// The batch holding the offset may pass `max_bytes` (a response's first data).
+    pub whole_first: bool,
 }
 
 /// A topic to create.
