@@ -352,3 +352,105 @@ fn reset_works_on_an_empty_group_and_is_refused_otherwise() {
         assert!(admin.list_groups().await.unwrap().iter().all(|g| g.group_id != "readers"));
     });
 }
+
+fn group_error(response: shardlog_client::protocol::Response) -> ErrorCode {
+    match response {
+        shardlog_client::protocol::Response::Error(error) => error.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn names_too_long_to_store_are_refused_before_anything_is_written() {
+    use shardlog_client::protocol::{OffsetSpec, Request};
+    let mut broker = Broker::start(1, &[]);
+    let mut connection = broker.connect();
+    shardlog_tests::create_topic(&mut connection, "real", 1);
+    let commit = |group: &str, topic: &str| Request::OffsetCommit {
+        group_id: group.into(),
+        member_id: String::new(),
+        offsets: vec![((topic.into(), 0), 1)],
+    };
+    let heartbeat = |group: &str, topic: &str| Request::GroupHeartbeat {
+        group_id: group.into(),
+        member_id: String::new(),
+        member_epoch: 0,
+        subscribed_topics: Some(vec![topic.into()]),
+        owned: Vec::new(),
+        session_timeout_ms: 10_000,
+        assignor: String::new(),
+    };
+    let reset = |group: &str, topic: &str| Request::ResetOffsets {
+        group_id: group.into(),
+        topic: topic.into(),
+        spec: OffsetSpec::Earliest,
+        timestamp_ms: 0,
+        to_offset: None,
+    };
+    let (long_group, huge_group) = ("g".repeat(201), "g".repeat(70_000));
+    let (long_topic, huge_topic) = ("t".repeat(201), "t".repeat(70_000));
+    for (request, code) in [
+        (commit("g", &long_topic), ErrorCode::InvalidTopic),
+        (commit("g", &huge_topic), ErrorCode::InvalidTopic),
+        (commit(&long_group, "real"), ErrorCode::InvalidGroup),
+        (commit(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (heartbeat("g", &huge_topic), ErrorCode::InvalidTopic),
+        (heartbeat(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (reset("g", &huge_topic), ErrorCode::InvalidTopic),
+        (reset(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (
+            Request::DeleteGroup(huge_group.clone()),
+            ErrorCode::InvalidGroup,
+        ),
+    ] {
+        assert_eq!(group_error(connection.call(&request).unwrap()), code);
+    }
+    let mut huge_member = heartbeat("g", "real");
+    if let Request::GroupHeartbeat { member_id, .. } = &mut huge_member {
+        *member_id = "m".repeat(70_000);
+    }
+    assert_eq!(
+        group_error(connection.call(&huge_member).unwrap()),
+        ErrorCode::InvalidRequest
+    );
+    let too_big = Request::OffsetCommit {
+        group_id: "g".into(),
+        member_id: String::new(),
+        offsets: (0..10_000)
+            .map(|p| ((long_topic[..200].to_string(), p), 1))
+            .collect(),
+    };
+    assert_eq!(
+        group_error(connection.call(&too_big).unwrap()),
+        ErrorCode::BatchTooLarge,
+        "a commit larger than one __offsets batch is refused whole"
+    );
+    let longest = "g".repeat(200);
+    assert!(matches!(
+        connection.call(&commit(&longest, "real")).unwrap(),
+        shardlog_client::protocol::Response::Done
+    ));
+    let listed = |connection: &mut shardlog_client::blocking::Connection| match connection
+        .call(&Request::ListGroups)
+        .unwrap()
+    {
+        shardlog_client::protocol::Response::Groups(groups) => groups,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        listed(&mut connection).len(),
+        1,
+        "only the valid commit made a group"
+    );
+    broker.stop();
+    broker.restart();
+    let mut connection = broker.connect();
+    let groups = listed(&mut connection);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].0, longest, "replayed whole");
+    let log = std::fs::read_to_string(&broker.log_path).unwrap();
+    assert!(
+        !log.contains("does not decode"),
+        "no record of __offsets is damaged"
+    );
+}

@@ -7,6 +7,13 @@
 //! (group, topic, partition) is held in memory. Membership lives in memory
 //! only: after a broker restart members rejoin (their heartbeats get
 //! `UnknownMemberId`), and their committed offsets are still there.
+//!
+//! Names are checked at the API before anything is stored: group ids have
+//! 1 to [`GROUP_ID_BYTES_MAX`] bytes (`InvalidGroup`), member ids at most
+//! [`MEMBER_ID_BYTES_MAX`], and every topic name in a commit, reset,
+//! subscription or owned list follows the topic rules (1 to 200 of
+//! `[A-Za-z0-9._-]`, `InvalidTopic`). The `__offsets` records hold u16
+//! lengths (`store.rs`): nothing is ever truncated.
 
 pub mod assign;
 pub mod state;
@@ -31,8 +38,15 @@ pub const OFFSETS_TOPIC: &str = "__offsets";
 pub const OFFSETS_PARTITIONS: u32 = 16;
 /// Longest group id.
 pub const GROUP_ID_BYTES_MAX: usize = 200;
+/// Longest member id a client may send (members are held in memory, not stored).
+pub const MEMBER_ID_BYTES_MAX: usize = 256;
+/// The largest batch of commits: the batch limit of `__offsets` (1 MiB).
+pub const COMMIT_BATCH_BYTES_MAX: usize = shardlog_wire::batch::BATCH_BYTES_MAX_DEFAULT as usize;
 /// How often coordinators look for expired sessions.
 pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+// A generated member id ("{group}-{pid}-{n}") always fits.
+const _: () = assert!(GROUP_ID_BYTES_MAX + 1 + 10 + 1 + 20 <= MEMBER_ID_BYTES_MAX);
 
 /// The `__offsets` partition of a group.
 pub fn offsets_partition(group_id: &str) -> u32 {
@@ -47,10 +61,30 @@ pub fn validate_group_id(group_id: &str) -> Result<(), WireError> {
     if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
         return Err(WireError::new(
             ErrorCode::InvalidGroup,
-            format!("group ids have 1 to {GROUP_ID_BYTES_MAX} bytes"),
+            format!(
+                "group ids have 1 to {GROUP_ID_BYTES_MAX} bytes, not {}",
+                group_id.len()
+            ),
         ));
     }
     Ok(())
+}
+
+/// Checks a topic name that a group request would store or hold: the
+/// rules of topic names ([`crate::metadata::validate_topic_name`]), or an
+/// internal topic's name.
+///
+/// # Errors
+/// `InvalidTopic`.
+pub fn validate_topic_name(name: &str) -> Result<(), WireError> {
+    if name == OFFSETS_TOPIC {
+        return Ok(());
+    }
+    crate::metadata::validate_topic_name(name).map_err(|reason| {
+        let shown: String = name.chars().take(64).collect();
+        let message = format!("topic {shown:?} ({} bytes): {reason}", name.len());
+        WireError::new(ErrorCode::InvalidTopic, message)
+    })
 }
 
 /// The groups one shard coordinates.
@@ -274,6 +308,15 @@ pub async fn persist_commits(
 ) -> Result<(), WireError> {
     let partition = offsets_partition_state(shard, group_id)?;
     let batch = store::encode_commits(group_id, commits);
+    if batch.len() > COMMIT_BATCH_BYTES_MAX {
+        let message = format!(
+            "a commit of {} partitions takes {} bytes in {OFFSETS_TOPIC}, more than the \
+             {COMMIT_BATCH_BYTES_MAX} bytes one commit may; commit fewer partitions at once",
+            commits.len(),
+            batch.len()
+        );
+        return Err(WireError::new(ErrorCode::BatchTooLarge, message));
+    }
     partition
         .log
         .append(batch)
@@ -335,5 +378,38 @@ pub async fn expiry_loop(shard: Rc<ShardState>) {
         )
         .await;
         shard.coordinator.expire(&shard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_not_be_stored_are_refused() {
+        assert!(validate_group_id(&"g".repeat(GROUP_ID_BYTES_MAX)).is_ok());
+        for bad in [
+            String::new(),
+            "g".repeat(GROUP_ID_BYTES_MAX + 1),
+            "g".repeat(70_000),
+        ] {
+            let error = validate_group_id(&bad).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidGroup);
+        }
+        assert!(validate_topic_name("orders.v2").is_ok());
+        assert!(validate_topic_name(OFFSETS_TOPIC).is_ok());
+        for bad in [
+            String::new(),
+            "t".repeat(201),
+            "t".repeat(70_000),
+            "a/b".into(),
+        ] {
+            let error = validate_topic_name(&bad).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidTopic);
+            assert!(
+                error.message.len() < 300,
+                "the message does not echo a long name"
+            );
+        }
     }
 }

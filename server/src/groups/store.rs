@@ -5,14 +5,23 @@
 //!  delete:  key = 0x02 | u16 len | group                                     value = null
 //! ```
 //! All integers little-endian. Replay applies records in offset order.
+//!
+//! Lengths are u16, so every name written here must fit: the group id and
+//! topic name limits are checked at the API (`validate_group_id`,
+//! `validate_topic_name`), asserted at compile time to fit a u16, and
+//! asserted again when a record is encoded.
 
 use bytes::{Bytes, BytesMut};
 use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
 
-use super::TopicPartition;
+use super::{TopicPartition, GROUP_ID_BYTES_MAX};
+use crate::metadata::TOPIC_NAME_BYTES_MAX;
 
 const COMMIT: u8 = 1;
 const DELETE: u8 = 2;
+
+const _: () = assert!(GROUP_ID_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(TOPIC_NAME_BYTES_MAX <= u16::MAX as usize);
 
 /// One replayed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +37,10 @@ pub enum Event {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
+    assert!(
+        s.len() <= usize::from(u16::MAX),
+        "names are validated at the API"
+    );
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -130,6 +143,22 @@ pub fn decode(bytes: Bytes) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_of_the_longest_allowed_length_round_trip() {
+        let group = "g".repeat(GROUP_ID_BYTES_MAX);
+        let topic = "t".repeat(TOPIC_NAME_BYTES_MAX);
+        let bytes = encode_commits(&group, &[((topic.clone(), 1), 5)]).freeze();
+        let events = decode(bytes);
+        assert_eq!(
+            events,
+            vec![Event::Commit {
+                group,
+                tp: (topic, 1),
+                offset: 5,
+            }]
+        );
+    }
 
     #[test]
     fn commits_and_deletes_round_trip() {
