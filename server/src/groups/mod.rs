@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 use shardlog_wire::protocol::fb::ErrorCode;
 
 pub use assign::TopicPartition;
-pub use state::{Group, Heartbeat, HeartbeatOutcome};
+pub use state::{Group, Heartbeat, HeartbeatOutcome, PartitionCounts};
 
 use crate::error::WireError;
+use crate::metadata::ClusterMetadata;
 use crate::shard::{PartitionState, ShardState};
 
 /// The internal topic holding committed offsets.
@@ -91,6 +92,8 @@ pub fn validate_topic_name(name: &str) -> Result<(), WireError> {
 #[derive(Debug, Default)]
 pub struct Coordinator {
     groups: RefCell<BTreeMap<String, Group>>,
+    /// Partition counts of the latest metadata revision seen.
+    partition_counts: RefCell<Option<Rc<PartitionCounts>>>,
 }
 
 /// A group as DescribeGroups reports it.
@@ -104,6 +107,27 @@ pub struct GroupSnapshot {
 }
 
 impl Coordinator {
+    /// Each topic's partition count for `metadata`, rebuilt only when its revision changed.
+    pub fn partition_counts(&self, metadata: &ClusterMetadata) -> Rc<PartitionCounts> {
+        let mut cached = self.partition_counts.borrow_mut();
+        if let Some(counts) = cached.as_ref() {
+            if counts.revision == metadata.revision {
+                return counts.clone();
+            }
+        }
+        let topics = metadata
+            .topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.partition_count()))
+            .collect();
+        let counts = Rc::new(PartitionCounts {
+            revision: metadata.revision,
+            topics,
+        });
+        *cached = Some(counts.clone());
+        counts
+    }
+
     /// Handles a heartbeat.
     ///
     /// # Errors
@@ -114,7 +138,7 @@ impl Coordinator {
         group_id: &str,
         request: Heartbeat,
     ) -> Result<HeartbeatOutcome, WireError> {
-        let partitions = partition_counts(shard);
+        let partitions = self.partition_counts(&shard.metadata());
         let mut groups = self.groups.borrow_mut();
         let group = groups.entry(group_id.to_string()).or_default();
         group.heartbeat(group_id, request, &partitions, Instant::now())
@@ -122,7 +146,7 @@ impl Coordinator {
 
     /// Removes expired members from every group.
     pub fn expire(&self, shard: &ShardState) {
-        let partitions = partition_counts(shard);
+        let partitions = self.partition_counts(&shard.metadata());
         let now = Instant::now();
         for (group_id, group) in self.groups.borrow_mut().iter_mut() {
             for member in group.expire(&partitions, now) {
@@ -358,15 +382,6 @@ fn unknown_group(group_id: &str) -> WireError {
         ErrorCode::UnknownGroup,
         format!("group {group_id:?} does not exist"),
     )
-}
-
-fn partition_counts(shard: &ShardState) -> BTreeMap<String, u32> {
-    shard
-        .metadata()
-        .topics
-        .iter()
-        .map(|(name, t)| (name.clone(), t.partition_count()))
-        .collect()
 }
 
 /// Runs on every shard: expires sessions of the groups it coordinates.
