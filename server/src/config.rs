@@ -45,6 +45,12 @@ pub struct Cli {
     /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Consumer groups one shard coordinates (with members or committed offsets) [default: 10000].
+    #[arg(long)]
+    pub groups_per_shard_max: Option<usize>,
+    /// An empty group's committed offsets are deleted this long after its last use, in ms [default: 604800000, 7 days].
+    #[arg(long)]
+    pub group_retention_ms: Option<u64>,
 }
 
 /// The same keys as [`Cli`], from a TOML file.
@@ -59,6 +65,8 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     cache_bytes: Option<u64>,
     log_level: Option<String>,
+    groups_per_shard_max: Option<usize>,
+    group_retention_ms: Option<u64>,
 }
 
 /// The resolved configuration of a broker.
@@ -92,7 +100,16 @@ pub struct ServerConfig {
     pub retention_ms_default: Option<u64>,
     /// How often each shard applies retention.
     pub retention_check_interval_ms: u64,
+    /// Groups one shard coordinates; a heartbeat or commit creating one more gets `Busy`.
+    pub groups_per_shard_max: usize,
+    /// How long an empty group keeps its committed offsets after its last use.
+    pub group_retention_ms: u64,
 }
+
+/// Bounds of `groups-per-shard-max`.
+pub const GROUPS_PER_SHARD_MAX_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds of `group-retention-ms`: 1 ms to 100 years (the clock arithmetic stays far from overflow).
+pub const GROUP_RETENTION_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=100 * 365 * 86_400_000;
 
 impl ServerConfig {
     /// Defaults, then the file named by `--config`, then the flags.
@@ -147,6 +164,14 @@ impl ServerConfig {
             partitions_per_topic_max: 100_000,
             retention_ms_default: Some(7 * 24 * 3600 * 1000),
             retention_check_interval_ms: 30_000,
+            groups_per_shard_max: cli
+                .groups_per_shard_max
+                .or(file.groups_per_shard_max)
+                .unwrap_or(10_000),
+            group_retention_ms: cli
+                .group_retention_ms
+                .or(file.group_retention_ms)
+                .unwrap_or(7 * 24 * 3600 * 1000),
         };
         config.validate()?;
         Ok(config)
@@ -167,6 +192,16 @@ impl ServerConfig {
                 self.shards
             )));
         }
+        check_range(
+            "--groups-per-shard-max",
+            self.groups_per_shard_max,
+            &GROUPS_PER_SHARD_MAX_RANGE,
+        )?;
+        check_range(
+            "--group-retention-ms",
+            self.group_retention_ms,
+            &GROUP_RETENTION_MS_RANGE,
+        )?;
         log_config(self.flush, self.segment_bytes)
             .validate()
             .map_err(|e| Error::Config(e.to_string()))
@@ -176,6 +211,19 @@ impl ServerConfig {
     pub fn shard_port(&self, shard: usize) -> u16 {
         self.listen.port() + 1 + shard as u16
     }
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + std::fmt::Debug>(
+    flag: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{flag} {value} must be in {range:?}"
+    )))
 }
 
 /// The log configuration of a partition: batches are capped at 1 MiB, or at
@@ -237,5 +285,35 @@ mod tests {
             ..Cli::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn group_limits_have_defaults_file_keys_and_bounds() {
+        let config = ServerConfig::resolve(Cli::default()).unwrap();
+        assert_eq!(config.groups_per_shard_max, 10_000);
+        assert_eq!(config.group_retention_ms, 7 * 24 * 3600 * 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        let keys = "groups-per-shard-max = 5\ngroup-retention-ms = 60000\n";
+        std::fs::write(&path, keys).unwrap();
+        let config = ServerConfig::resolve(Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(config.groups_per_shard_max, 5);
+        assert_eq!(config.group_retention_ms, 60_000);
+        for bad in [
+            Cli {
+                groups_per_shard_max: Some(0),
+                ..Cli::default()
+            },
+            Cli {
+                group_retention_ms: Some(0),
+                ..Cli::default()
+            },
+        ] {
+            assert!(ServerConfig::resolve(bad).is_err());
+        }
     }
 }

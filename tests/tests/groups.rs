@@ -353,6 +353,18 @@ fn reset_works_on_an_empty_group_and_is_refused_otherwise() {
     });
 }
 
+/// A member of `config`'s group that has consumed (and committed) the 20 records of "kept".
+async fn consume_twenty(config: GroupConsumerConfig) -> GroupConsumer {
+    let mut member = GroupConsumer::new(config);
+    member.subscribe(&["kept"]);
+    let mut count = 0;
+    while count < 20 {
+        count += member.poll().await.unwrap().len();
+    }
+    member.commit().await.unwrap();
+    member
+}
+
 fn group_error(response: shardlog_client::protocol::Response) -> ErrorCode {
     match response {
         shardlog_client::protocol::Response::Error(error) => error.code,
@@ -453,4 +465,123 @@ fn names_too_long_to_store_are_refused_before_anything_is_written() {
         !log.contains("does not decode"),
         "no record of __offsets is damaged"
     );
+}
+
+#[test]
+fn empty_groups_expire_after_the_retention_and_stay_deleted_across_a_restart() {
+    let mut broker = Broker::start(2, &["--group-retention-ms", "1500"]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("kept", 2)))
+        .unwrap();
+    rt.block_on(produce(&broker, "kept", (0..20).map(|i| format!("k{i}"))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let active = {
+        let (member, stop) = (
+            rt.block_on(consume_twenty(member_config(&broker, "active"))),
+            stop.clone(),
+        );
+        rt.spawn(async move {
+            let mut member = member;
+            while !stop.load(Ordering::SeqCst) {
+                member.poll().await.unwrap();
+            }
+            member.close().await.unwrap();
+        })
+    };
+    let idle = member_config(&broker, "idle");
+    rt.block_on(async { consume_twenty(idle).await.close().await.unwrap() });
+    let listed = || async {
+        let groups = admin.list_groups().await.unwrap();
+        groups.into_iter().map(|g| g.group_id).collect::<Vec<_>>()
+    };
+    rt.block_on(wait_for("the idle group to expire", async || {
+        !listed().await.contains(&"idle".to_string())
+    }));
+    let described = rt.block_on(admin.describe_group("active")).unwrap();
+    assert_eq!(
+        described.members.len(),
+        1,
+        "a group with members does not expire"
+    );
+    assert_eq!(described.offsets.iter().map(|o| o.offset).sum::<i64>(), 20);
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(active).unwrap();
+    rt.block_on(wait_for(
+        "the active group to expire once empty",
+        async || listed().await.is_empty(),
+    ));
+    broker.stop();
+    broker.restart();
+    let admin = Admin::new(client_config(&broker));
+    assert!(
+        rt.block_on(admin.list_groups()).unwrap().is_empty(),
+        "deletions are durable"
+    );
+    let refused = rt.block_on(admin.describe_group("idle"));
+    assert!(
+        matches!(refused, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::UnknownGroup)
+    );
+    let idle = member_config(&broker, "idle");
+    let again = rt.block_on(async { consume_twenty(idle).await.close().await });
+    again.unwrap();
+}
+
+#[test]
+fn a_full_coordinator_refuses_new_groups_until_an_empty_one_expires() {
+    let broker = Broker::start(
+        1,
+        &[
+            "--groups-per-shard-max",
+            "2",
+            "--group-retention-ms",
+            "1000",
+        ],
+    );
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("few", 1)))
+        .unwrap();
+    rt.block_on(produce(&broker, "few", (0..5).map(|i| format!("f{i}"))));
+    let join = |group: &str| {
+        let mut member = GroupConsumer::new(member_config(&broker, group));
+        member.subscribe(&["few"]);
+        member
+    };
+    let (mut first, mut second) = (join("first"), join("second"));
+    rt.block_on(async {
+        let mut count = 0;
+        while count < 5 {
+            count += first.poll().await.unwrap().len();
+        }
+        second.poll().await.unwrap();
+        let mut third = join("third");
+        match third.poll().await {
+            Err(shardlog_client::Error::Broker(error)) => {
+                assert_eq!(error.code, ErrorCode::Busy);
+                assert!(error.is_retriable());
+                assert!(error.message.contains("groups-per-shard-max"), "{}", error.message);
+            }
+            other => panic!("a third group does not fit: {other:?}"),
+        }
+        let outside = admin.reset_offsets("fourth", "few", Offset::Earliest).await;
+        assert!(matches!(outside, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::Busy), "{outside:?}");
+        first.close().await.unwrap();
+        // "first" committed, so it stays until it expires; "second" keeps its member alive.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            second.poll().await.unwrap();
+            match third.poll().await {
+                Ok(_) if !third.member_id().is_empty() => break,
+                Ok(_) => {}
+                Err(shardlog_client::Error::Broker(error)) if error.code == ErrorCode::Busy => {}
+                Err(other) => panic!("{other}"),
+            }
+            assert!(Instant::now() < deadline, "the expired group never made room");
+        }
+        let groups: Vec<String> = admin.list_groups().await.unwrap().into_iter().map(|g| g.group_id).collect();
+        assert_eq!(groups, vec!["second".to_string(), "third".to_string()]);
+        second.close().await.unwrap();
+        third.close().await.unwrap();
+    });
 }

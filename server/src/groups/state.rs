@@ -95,6 +95,18 @@ pub struct Group {
     target_inputs: Option<TargetInputs>,
     /// How many times the target was computed (for tests and debugging).
     pub targets_computed: u64,
+    /// Wall clock (Unix ms) of the group's last use: its last commit, or
+    /// the moment its last member left. Retention counts from here.
+    pub last_used_ms: i64,
+    /// The group does not expire before this (Unix ms): a grace after a
+    /// restart, or a pause after a failed expiry.
+    pub expiry_not_before_ms: i64,
+    /// Commits (or a reset) of this group being appended to `__offsets`.
+    pub persists_in_flight: u32,
+    /// The group's deletion is being appended to `__offsets`.
+    pub deleting: bool,
+    /// When the group expires (Unix ms), while it is in the coordinator's expiry queue.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl Default for Group {
@@ -108,6 +120,11 @@ impl Default for Group {
             next_member: 0,
             target_inputs: None,
             targets_computed: 0,
+            last_used_ms: i64::MIN,
+            expiry_not_before_ms: i64::MIN,
+            persists_in_flight: 0,
+            deleting: false,
+            expires_at_ms: None,
         }
     }
 }

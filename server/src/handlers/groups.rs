@@ -14,7 +14,7 @@ use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
 use crate::error::WireError;
-use crate::groups::{self, GroupSnapshot, Heartbeat, TopicPartition, OFFSETS_TOPIC};
+use crate::groups::{self, GroupSnapshot, Heartbeat, TopicPartition, Writer, OFFSETS_TOPIC};
 use crate::net::Outgoing;
 use crate::shard::messages::{GroupCall, GroupReply};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
@@ -256,42 +256,24 @@ pub async fn serve(shard: &Rc<ShardState>, call: GroupCall) -> GroupReply {
     let coordinator = &shard.coordinator;
     match call {
         GroupCall::Heartbeat { group, heartbeat } => {
-            GroupReply::Heartbeat(coordinator.heartbeat(shard, &group, heartbeat))
+            GroupReply::Heartbeat(groups::heartbeat(shard, &group, heartbeat))
         }
         GroupCall::Commit {
             group,
             member_id,
             commits,
         } => {
-            let result = match coordinator.check_committer(&group, &member_id) {
-                Ok(()) => groups::persist_commits(shard, &group, &commits)
-                    .await
-                    .map(|()| coordinator.apply_commits(&group, &commits)),
-                Err(error) => Err(error),
-            };
-            GroupReply::Done(result)
+            let writer = Writer::Member(&member_id);
+            GroupReply::Done(groups::commit(shard, &group, writer, &commits).await)
         }
         GroupCall::Fetch { group, partitions } => {
             GroupReply::Offsets(Ok(coordinator.committed(&group, partitions.as_deref())))
         }
         GroupCall::List => GroupReply::Listed(coordinator.list()),
         GroupCall::Describe { group } => GroupReply::Described(coordinator.describe(&group)),
-        GroupCall::Delete { group } => {
-            let result = match coordinator.check_empty(&group, true) {
-                Ok(()) => groups::persist_delete(shard, &group)
-                    .await
-                    .map(|()| coordinator.remove(&group)),
-                Err(error) => Err(error),
-            };
-            GroupReply::Done(result)
-        }
+        GroupCall::Delete { group } => GroupReply::Done(groups::delete(shard, &group).await),
         GroupCall::Reset { group, offsets } => {
-            let result = match coordinator.check_empty(&group, false) {
-                Ok(()) => groups::persist_commits(shard, &group, &offsets)
-                    .await
-                    .map(|()| coordinator.apply_commits(&group, &offsets)),
-                Err(error) => Err(error),
-            };
+            let result = groups::commit(shard, &group, Writer::Reset, &offsets).await;
             GroupReply::Offsets(result.map(|()| offsets))
         }
         GroupCall::Commits => GroupReply::Commits(coordinator.all_commits()),
