@@ -45,6 +45,9 @@ pub struct Cli {
     /// Log filter (tracing-subscriber syntax); RUST_LOG wins when set [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// How often each shard applies retention to its partitions, in ms [default: 30000].
+    #[arg(long)]
+    pub retention_check_interval_ms: Option<u64>,
     /// Consumer groups one shard coordinates (with members or committed offsets) [default: 10000].
     #[arg(long)]
     pub groups_per_shard_max: Option<usize>,
@@ -65,6 +68,7 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     cache_bytes: Option<u64>,
     log_level: Option<String>,
+    retention_check_interval_ms: Option<u64>,
     groups_per_shard_max: Option<usize>,
     group_retention_ms: Option<u64>,
 }
@@ -106,6 +110,8 @@ pub struct ServerConfig {
     pub group_retention_ms: u64,
 }
 
+/// Bounds of the retention check interval: 1 ms to 1 day.
+pub const RETENTION_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400_000;
 /// Bounds of `groups-per-shard-max`.
 pub const GROUPS_PER_SHARD_MAX_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 /// Bounds of `group-retention-ms`: 1 ms to 100 years (the clock arithmetic stays far from overflow).
@@ -163,7 +169,10 @@ impl ServerConfig {
             request_bytes_per_shard_max: 512 * 1024 * 1024,
             partitions_per_topic_max: 100_000,
             retention_ms_default: Some(7 * 24 * 3600 * 1000),
-            retention_check_interval_ms: 30_000,
+            retention_check_interval_ms: cli
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or(30_000),
             groups_per_shard_max: cli
                 .groups_per_shard_max
                 .or(file.groups_per_shard_max)
@@ -192,6 +201,11 @@ impl ServerConfig {
                 self.shards
             )));
         }
+        check_range(
+            "--retention-check-interval-ms",
+            self.retention_check_interval_ms,
+            &RETENTION_CHECK_INTERVAL_MS_RANGE,
+        )?;
         check_range(
             "--groups-per-shard-max",
             self.groups_per_shard_max,
@@ -315,5 +329,33 @@ mod tests {
         ] {
             assert!(ServerConfig::resolve(bad).is_err());
         }
+    }
+
+    #[test]
+    fn the_retention_check_interval_is_a_flag_and_a_key() {
+        assert_eq!(
+            ServerConfig::resolve(Cli::default())
+                .unwrap()
+                .retention_check_interval_ms,
+            30_000
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, "retention-check-interval-ms = 100\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        assert_eq!(
+            ServerConfig::resolve(cli)
+                .unwrap()
+                .retention_check_interval_ms,
+            100
+        );
+        let zero = Cli {
+            retention_check_interval_ms: Some(0),
+            ..Cli::default()
+        };
+        assert!(ServerConfig::resolve(zero).is_err());
     }
 }
