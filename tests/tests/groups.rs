@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardlog_client::{
     Admin, ConsumerConfig, ErrorCode, GroupConsumer, GroupConsumerConfig, NewTopic, Offset,
-    Producer, ProducerConfig, ProducerRecord,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord,
 };
 use shardlog_tests::{binary, client_config, runtime, Broker};
 
@@ -16,6 +16,7 @@ fn member_config(broker: &Broker, group: &str) -> GroupConsumerConfig {
     let consumer = ConsumerConfig {
         client: client_config(broker),
         max_wait: Duration::from_millis(100),
+        auto_offset_reset: OffsetReset::Earliest,
         ..Default::default()
     };
     let mut config = GroupConsumerConfig::new(consumer, group);
@@ -583,5 +584,83 @@ fn a_full_coordinator_refuses_new_groups_until_an_empty_one_expires() {
         assert_eq!(groups, vec!["second".to_string(), "third".to_string()]);
         second.close().await.unwrap();
         third.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_member_without_a_committed_offset_starts_where_auto_offset_reset_says() {
+    let broker = Broker::start(1, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("fresh", 1)))
+        .unwrap();
+    rt.block_on(produce(&broker, "fresh", (0..10).map(|i| format!("f{i}"))));
+    let member = |group: &str, reset: OffsetReset| {
+        let mut config = member_config(&broker, group);
+        config.consumer.auto_offset_reset = reset;
+        let mut member = GroupConsumer::new(config);
+        member.subscribe(&["fresh"]);
+        member
+    };
+    rt.block_on(async {
+        let mut strict = member("strict", OffsetReset::None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match strict.poll().await {
+                Ok(records) => {
+                    assert!(records.is_empty(), "no record before a position");
+                    assert!(
+                        Instant::now() < deadline,
+                        "none: the member is told its partition has no committed offset"
+                    );
+                }
+                Err(shardlog_client::Error::NoCommittedOffset {
+                    group,
+                    topic,
+                    partition,
+                }) => {
+                    assert_eq!(
+                        (group.as_str(), topic.as_str(), partition),
+                        ("strict", "fresh", 0)
+                    );
+                    break;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(
+            matches!(
+                strict.poll().await,
+                Err(shardlog_client::Error::NoCommittedOffset { .. })
+            ),
+            "every poll until a seek"
+        );
+        strict.seek("fresh", 0, 7);
+        let mut records = Vec::new();
+        while records.len() < 3 {
+            records.extend(strict.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, 7);
+        strict.close().await.unwrap();
+        let committed = admin.describe_group("strict").await.unwrap();
+        assert_eq!(committed.offsets[0].offset, 10);
+
+        let mut latest = member("latest", OffsetReset::Latest);
+        while latest.assignment().is_empty() {
+            assert!(latest.poll().await.unwrap().is_empty());
+        }
+        for _ in 0..3 {
+            assert!(
+                latest.poll().await.unwrap().is_empty(),
+                "latest: nothing old"
+            );
+        }
+        produce(&broker, "fresh", std::iter::once("new".to_string())).await;
+        let mut records = Vec::new();
+        while records.is_empty() {
+            records.extend(latest.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, 10);
+        latest.close().await.unwrap();
     });
 }
