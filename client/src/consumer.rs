@@ -4,6 +4,14 @@
 //! checks every batch's CRC, decompresses, and hands back records whose
 //! key and value are slices of the fetched buffer. With prefetch on, the
 //! next fetch is on the wire while the application works on this one.
+//!
+//! A position can fall out of its partition's log: retention deleted the
+//! segment holding it, or it was set past the end. The broker answers
+//! `OffsetOutOfRange`, and `auto_offset_reset` decides, as Kafka's
+//! `auto.offset.reset` does: move to the earliest offset, to the latest,
+//! or (`none`) fail the poll with [`Error::OffsetOutOfRange`] until the
+//! application seeks. Errors of a fetch are looked at before any record
+//! is decoded, so a failed poll advances no position and loses nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,6 +41,10 @@ pub struct ConsumerConfig {
     pub max_partition_bytes: u32,
     /// Start the next fetch as soon as a poll returns [default true].
     pub prefetch: bool,
+    /// Where to go when a position lies outside its partition's log, and
+    /// where a group member starts a partition with no committed offset
+    /// (Kafka's `auto.offset.reset`) [default latest].
+    pub auto_offset_reset: OffsetReset,
 }
 
 impl Default for ConsumerConfig {
@@ -44,6 +56,50 @@ impl Default for ConsumerConfig {
             max_bytes: 50 * 1024 * 1024,
             max_partition_bytes: 1024 * 1024,
             prefetch: true,
+            auto_offset_reset: OffsetReset::Latest,
+        }
+    }
+}
+
+/// What a consumer does without a valid position in a partition: its
+/// position is out of range (deleted by retention, or past the end), or,
+/// in a group, the partition has no committed offset. Kafka's
+/// `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Move to the first offset still stored.
+    Earliest,
+    /// Move to the end: only records produced from then on (Kafka's default).
+    #[default]
+    Latest,
+    /// Move nowhere: polls fail with [`Error::OffsetOutOfRange`] or
+    /// [`Error::NoCommittedOffset`] until the application seeks the partition.
+    None,
+}
+
+impl OffsetReset {
+    /// The seek this policy makes, if any.
+    pub fn to_offset(self) -> Option<Offset> {
+        match self {
+            OffsetReset::Earliest => Some(Offset::Earliest),
+            OffsetReset::Latest => Some(Offset::Latest),
+            OffsetReset::None => None,
+        }
+    }
+}
+
+impl std::str::FromStr for OffsetReset {
+    type Err = String;
+
+    /// `earliest`, `latest` or `none`, as in Kafka.
+    fn from_str(text: &str) -> Result<OffsetReset, String> {
+        match text {
+            "earliest" => Ok(OffsetReset::Earliest),
+            "latest" => Ok(OffsetReset::Latest),
+            "none" => Ok(OffsetReset::None),
+            _ => Err(format!(
+                "unknown offset reset {text:?}; use earliest, latest or none"
+            )),
         }
     }
 }
@@ -177,11 +233,12 @@ impl Consumer {
     }
 
     /// Returns the next records of the assigned partitions, waiting up to
-    /// `max_wait` when there are none.
+    /// `max_wait` when there are none. A partition whose position is out of
+    /// range moves as `auto_offset_reset` says (its records come at a later poll).
     ///
     /// # Errors
-    /// A partition's error (unknown topic, offset out of range, a corrupt
-    /// batch), I/O errors.
+    /// [`Error::OffsetOutOfRange`] under `auto_offset_reset = none`; a
+    /// partition's error (unknown topic, a corrupt batch), I/O errors.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, Error> {
         self.resolve_seeks().await?;
         let fetched = match self.prefetched.take() {
@@ -197,8 +254,9 @@ impl Consumer {
                 .await?
             }
         };
+        self.check_errors(&fetched)?;
         let records = self.decode(fetched)?;
-        if self.config.prefetch && !self.positions.is_empty() {
+        if self.config.prefetch && !self.positions.is_empty() && self.seeks.is_empty() {
             let task = tokio::spawn(fetch(
                 self.cluster.clone(),
                 self.config.clone(),
@@ -255,14 +313,46 @@ impl Consumer {
         Ok(())
     }
 
+    /// Resets every partition whose position is out of range (as
+    /// `auto_offset_reset` says), then returns the first error left, if any.
+    fn check_errors(&mut self, fetched: &[FetchedPartition]) -> Result<(), Error> {
+        let mut first_error = None;
+        for partition in fetched {
+            let Some(error) = &partition.error else {
+                continue;
+            };
+            let key = (partition.topic.clone(), partition.partition);
+            let Some(position) = self.positions.get(&key).copied() else {
+                continue;
+            };
+            let error = match (error.code, self.config.auto_offset_reset.to_offset()) {
+                (ErrorCode::OffsetOutOfRange, Some(to)) => {
+                    self.seek(&partition.topic, partition.partition, to);
+                    self.positions.remove(&key);
+                    continue;
+                }
+                (ErrorCode::OffsetOutOfRange, None) => Error::OffsetOutOfRange {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    offset: position,
+                    reason: error.clone(),
+                },
+                (ErrorCode::UnknownTopicOrPartition, _) => {
+                    self.cluster.forget(&partition.topic);
+                    Error::Broker(error.clone())
+                }
+                _ => Error::Broker(error.clone()),
+            };
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn decode(&mut self, fetched: Vec<FetchedPartition>) -> Result<Vec<ConsumerRecord>, Error> {
         let mut records = Vec::new();
         for partition in fetched {
-            if let Some(error) = partition.error {
-                if error.code == ErrorCode::UnknownTopicOrPartition {
-                    self.cluster.forget(&partition.topic);
-                }
-                return Err(Error::Broker(error));
+            if partition.error.is_some() {
+                continue;
             }
             let key = (partition.topic.clone(), partition.partition);
             let Some(position) = self.positions.get(&key).copied() else {
@@ -340,4 +430,22 @@ async fn fetch(
         }
     }
     Ok(fetched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_reset_reads_kafkas_names_and_defaults_to_latest() {
+        assert_eq!("earliest".parse(), Ok(OffsetReset::Earliest));
+        assert_eq!("latest".parse(), Ok(OffsetReset::Latest));
+        assert_eq!("none".parse(), Ok(OffsetReset::None));
+        assert!("smallest".parse::<OffsetReset>().is_err());
+        assert_eq!(
+            ConsumerConfig::default().auto_offset_reset,
+            OffsetReset::Latest
+        );
+        assert_eq!(OffsetReset::None.to_offset(), None);
+    }
 }

@@ -50,6 +50,32 @@ pub enum Error {
         /// The limit.
         limit_bytes: usize,
     },
+    /// A consumer's position lies outside its partition's log (retention
+    /// deleted it, or it is past the end) and `auto_offset_reset` is `none`.
+    /// Polls keep failing until the application seeks the partition.
+    #[error("offset {offset} of {topic}/{partition} is out of range and auto_offset_reset is none; seek the partition to go on ({reason})")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The position that is out of range.
+        offset: u64,
+        /// The broker's answer (it names the range the log holds).
+        reason: BrokerError,
+    },
+    /// A group member was given a partition that has no committed offset,
+    /// and `auto_offset_reset` is `none`. Polls keep failing until the
+    /// application seeks the partition.
+    #[error("group {group} has no committed offset for {topic}/{partition} and auto_offset_reset is none; seek the partition or reset the group's offsets")]
+    NoCommittedOffset {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+    },
     /// The producer or consumer was closed.
     #[error("the client was closed")]
     Closed,

@@ -11,6 +11,12 @@
 //! the next poll (or an explicit commit, a revocation, or close), so a crash
 //! redelivers, and nothing is skipped. Heartbeats ride on `poll`: call it at
 //! least once per session timeout.
+//!
+//! A granted partition with no committed offset starts where the
+//! consumer's `auto_offset_reset` says (earliest or latest); under `none`
+//! it stays without a position, and every poll fails with
+//! [`Error::NoCommittedOffset`] (still heartbeating first) until the
+//! application seeks it, as Kafka's `NoOffsetForPartitionException`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,8 +42,6 @@ pub struct GroupConsumerConfig {
     pub session_timeout: Duration,
     /// "sticky" [default] or "range"; decided by the group's first member.
     pub assignor: String,
-    /// Where a partition with no committed offset starts [default earliest].
-    pub reset: Offset,
 }
 
 impl GroupConsumerConfig {
@@ -49,7 +53,6 @@ impl GroupConsumerConfig {
             auto_commit_interval: Some(Duration::from_secs(5)),
             session_timeout: Duration::from_secs(10),
             assignor: "sticky".into(),
-            reset: Offset::Earliest,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct GroupConsumer {
     member_id: String,
     member_epoch: i32,
     assigned: BTreeSet<(String, u32)>,
+    /// Assigned partitions with no committed offset, under `auto_offset_reset = none`.
+    unpositioned: BTreeSet<(String, u32)>,
     heartbeat_interval: Duration,
     next_heartbeat: Instant,
     next_commit: Option<Instant>,
@@ -112,6 +117,7 @@ impl GroupConsumer {
             member_id: String::new(),
             member_epoch: 0,
             assigned: BTreeSet::new(),
+            unpositioned: BTreeSet::new(),
             heartbeat_interval: Duration::from_millis(500),
             next_heartbeat: Instant::now(),
             on_assigned: None,
@@ -148,7 +154,9 @@ impl GroupConsumer {
     /// Commits what earlier polls returned, heartbeats, and returns the next records.
     ///
     /// # Errors
-    /// Broker and I/O errors; a member the group dropped rejoins by itself.
+    /// [`Error::NoCommittedOffset`] and [`Error::OffsetOutOfRange`] under
+    /// `auto_offset_reset = none`; broker and I/O errors; a member the group
+    /// dropped rejoins by itself.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, Error> {
         if self.next_commit.is_some_and(|at| Instant::now() >= at) {
             self.commit().await?;
@@ -156,6 +164,13 @@ impl GroupConsumer {
         }
         if Instant::now() >= self.next_heartbeat {
             self.heartbeat().await?;
+        }
+        if let Some((topic, partition)) = self.unpositioned.first() {
+            return Err(Error::NoCommittedOffset {
+                group: self.config.group_id.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+            });
         }
         if self.assigned.is_empty() {
             tokio::time::sleep(self.heartbeat_interval.min(self.config.consumer.max_wait)).await;
@@ -225,17 +240,19 @@ impl GroupConsumer {
                     "offset fetch answered with another response".into(),
                 ));
             };
+            let reset = self.config.consumer.auto_offset_reset.to_offset();
             for (topic, partition) in &granted {
                 let offset = committed
                     .iter()
                     .find(|c| &c.topic == topic && c.partition == *partition)
                     .map_or(-1, |c| c.offset);
-                let from = if offset >= 0 {
-                    Offset::At(offset as u64)
-                } else {
-                    self.config.reset
-                };
-                self.consumer.seek(topic, *partition, from);
+                let from = u64::try_from(offset).ok().map(Offset::At).or(reset);
+                match from {
+                    Some(from) => self.consumer.seek(topic, *partition, from),
+                    None => {
+                        self.unpositioned.insert((topic.clone(), *partition));
+                    }
+                }
                 self.assigned.insert((topic.clone(), *partition));
             }
             if let Some(callback) = self.on_assigned.as_mut() {
@@ -248,13 +265,17 @@ impl GroupConsumer {
     fn release(&mut self, partitions: &[(String, u32)]) {
         for (topic, partition) in partitions {
             self.consumer.unassign(topic, *partition);
-            self.assigned.remove(&(topic.clone(), *partition));
+            let key = (topic.clone(), *partition);
+            self.unpositioned.remove(&key);
+            self.assigned.remove(&key);
         }
     }
 
     /// Moves a partition's position (for example, to just after the last
-    /// record processed); the next commit stores it.
+    /// record processed, or to give a partition with no committed offset a
+    /// start under `auto_offset_reset = none`); the next commit stores it.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) {
+        self.unpositioned.remove(&(topic.to_string(), partition));
         self.consumer.seek(topic, partition, Offset::At(offset));
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`Producer`]: batched, idempotent, compressed sends with retries, to
 //!   the shard owning each partition.
-//! - [`Consumer`]: assigned partitions, seek, long-poll fetch with prefetch.
+//! - [`Consumer`]: assigned partitions, seek, long-poll fetch with prefetch;
+//!   [`OffsetReset`] (Kafka's `auto.offset.reset`) for positions out of range.
 //! - [`GroupConsumer`]: partitions assigned by the broker, committed offsets.
 //! - [`Admin`]: topics and groups.
 //! - [`protocol`] and [`blocking`]: the wire layer underneath, for tools and tests.
@@ -59,7 +60,7 @@ pub mod protocol;
 pub use admin::{Admin, GroupListing, PartitionDescription, TopicDescription};
 pub use cluster::ClientConfig;
 pub use connection::Connection;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset, OffsetReset};
 pub use error::{BrokerError, Error};
 pub use group::{GroupConsumer, GroupConsumerConfig};
 pub use producer::{

@@ -97,6 +97,10 @@ settings! {
     metrics_request_timeout_ms: u64,
     /// Space kept in a reserve file in the data directory and given up when the disk is full, so that metadata changes (deleting a topic) still work [default: 16777216].
     disk_reserve_bytes: u64,
+    /// Consumer groups one shard coordinates (with members or committed offsets); more get Busy [default: 10000].
+    groups_per_shard_max: usize,
+    /// An empty group's committed offsets are deleted this long after its last use [default: 604800000 (7 days)].
+    group_retention_ms: u64,
 }
 
 /// Command-line flags: every setting, plus `--config`.
@@ -194,7 +198,18 @@ pub struct Limits {
     pub metrics_request_timeout_ms: u64,
     /// Bytes of the disk reserve file.
     pub disk_reserve_bytes: u64,
+    /// Groups one shard coordinates.
+    pub groups_per_shard_max: usize,
+    /// How long an empty group keeps its committed offsets after its last use.
+    pub group_retention_ms: u64,
 }
+
+/// Bounds of `groups-per-shard-max`.
+pub const GROUPS_PER_SHARD_MAX_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds of `group-retention-ms`: 1 ms to 100 years (the clock arithmetic stays far from overflow).
+pub const GROUP_RETENTION_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=100 * 365 * 86_400_000;
+/// Bounds of `retention-check-interval-ms`: 1 ms to 1 day.
+pub const RETENTION_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400_000;
 
 /// Most partitions one produce, fetch, list-offsets or recover request names.
 pub const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
@@ -269,9 +284,11 @@ impl ServerConfig {
             return bad(format!("--shards {} must be in 1..=256", self.shards));
         }
         self.validate_ports()?;
-        if self.retention_check_interval_ms == 0 {
-            return bad("--retention-check-interval-ms must be positive".into());
-        }
+        check_range(
+            "--retention-check-interval-ms",
+            self.retention_check_interval_ms,
+            &RETENTION_CHECK_INTERVAL_MS_RANGE,
+        )?;
         self.limits.validate(self.shards, descriptors_max)?;
         self.log_config(self.segment_bytes)
             .validate()
@@ -355,6 +372,8 @@ impl Limits {
             metrics_connections_max: s.metrics_connections_max.unwrap_or(16),
             metrics_request_timeout_ms: s.metrics_request_timeout_ms.unwrap_or(10_000),
             disk_reserve_bytes: s.disk_reserve_bytes.unwrap_or(16 << 20),
+            groups_per_shard_max: s.groups_per_shard_max.unwrap_or(10_000),
+            group_retention_ms: s.group_retention_ms.unwrap_or(7 * 24 * 3600 * 1000),
         }
     }
 
@@ -396,6 +415,16 @@ impl Limits {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return bad(format!("--{name} must be positive"));
         }
+        check_range(
+            "--groups-per-shard-max",
+            self.groups_per_shard_max,
+            &GROUPS_PER_SHARD_MAX_RANGE,
+        )?;
+        check_range(
+            "--group-retention-ms",
+            self.group_retention_ms,
+            &GROUP_RETENTION_MS_RANGE,
+        )?;
         let frame = u64::from(self.frame_bytes_max);
         if !(4096..=1 << 30).contains(&frame) {
             return bad(format!(
@@ -460,6 +489,19 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+fn check_range<T: PartialOrd + std::fmt::Display + std::fmt::Debug>(
+    flag: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{flag} {value} must be in {range:?}"
+    )))
 }
 
 /// `path` made absolute against the working directory (it need not exist yet).
@@ -663,6 +705,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("RLIMIT_NOFILE"), "{error}");
+    }
+
+    #[test]
+    fn group_limits_have_defaults_file_keys_and_bounds() {
+        let config = resolve(Settings::default()).unwrap();
+        assert_eq!(config.limits.groups_per_shard_max, 10_000);
+        assert_eq!(config.limits.group_retention_ms, 7 * 24 * 3600 * 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        let keys = "groups-per-shard-max = 5\ngroup-retention-ms = 60000\nretention-check-interval-ms = 100\n";
+        std::fs::write(&path, keys).unwrap();
+        let cli = Cli {
+            config: Some(path),
+            settings: Settings::default(),
+        };
+        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
+        assert_eq!(config.limits.groups_per_shard_max, 5);
+        assert_eq!(config.limits.group_retention_ms, 60_000);
+        assert_eq!(config.retention_check_interval_ms, 100);
+        for bad in [
+            Settings {
+                groups_per_shard_max: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                group_retention_ms: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                retention_check_interval_ms: Some(0),
+                ..Settings::default()
+            },
+        ] {
+            assert!(resolve(bad).is_err());
+        }
     }
 
     /// The README's limits table lists every setting by its flag.

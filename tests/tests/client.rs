@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shardlog_client::{
     Admin, Compression, Consumer, ConsumerConfig, ConsumerRecord, Error, NewTopic, Offset,
-    Producer, ProducerConfig, ProducerRecord,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord,
 };
 use shardlog_tests::{binary, client_config, runtime, Broker};
 
@@ -492,4 +492,157 @@ fn cli_errors_are_one_clear_line() {
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A one-partition topic whose old segments retention has deleted:
+/// returns (log start offset, high watermark), with the log start above 0.
+async fn aged_topic(broker: &Broker, topic: &str) -> (u64, u64) {
+    let admin = Admin::new(client_config(broker));
+    let mut spec = NewTopic::new(topic, 1);
+    spec.segment_bytes = Some(64 * 1024);
+    spec.retention_bytes = Some(1);
+    admin.create_topic(spec).await.unwrap();
+    let producer = Producer::new(ProducerConfig {
+        client: client_config(broker),
+        batch_size: 16 * 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let value = "v".repeat(1000);
+    for i in 0..300 {
+        producer
+            .send(ProducerRecord::new(topic, format!("{i}:{value}")))
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+    loop {
+        let described = admin.describe_topic(topic).await.unwrap();
+        let partition = &described.partitions[0];
+        if partition.log_start_offset > 0 {
+            return (
+                partition.log_start_offset as u64,
+                partition.high_watermark as u64,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reset_consumer(broker: &Broker, reset: OffsetReset) -> Consumer {
+    Consumer::new(ConsumerConfig {
+        client: client_config(broker),
+        max_wait: Duration::from_millis(50),
+        auto_offset_reset: reset,
+        ..Default::default()
+    })
+}
+
+/// Polls until `consumer` has a position in `topic`/0 and returns it with what the polls returned.
+async fn poll_until_positioned(consumer: &mut Consumer, topic: &str) -> (u64, Vec<ConsumerRecord>) {
+    let mut records = Vec::new();
+    loop {
+        records.extend(consumer.poll().await.unwrap());
+        if let Some(position) = consumer.position(topic, 0) {
+            return (position, records);
+        }
+    }
+}
+
+#[test]
+fn a_position_deleted_by_retention_resets_as_auto_offset_reset_says() {
+    let broker = Broker::start(1, &["--retention-check-interval-ms", "50"]);
+    runtime().block_on(async {
+        let (log_start, end) = aged_topic(&broker, "aged").await;
+
+        let mut earliest = reset_consumer(&broker, OffsetReset::Earliest);
+        earliest.assign("aged", &[0], Offset::At(0));
+        let mut records = Vec::new();
+        while records.is_empty() {
+            records.extend(earliest.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, log_start, "earliest: from the first offset still stored");
+
+        let mut latest = reset_consumer(&broker, OffsetReset::Latest);
+        latest.assign("aged", &[0], Offset::At(0));
+        let (position, records) = poll_until_positioned(&mut latest, "aged").await;
+        assert!(records.is_empty());
+        assert_eq!(position, end, "latest: at the end");
+
+        let mut strict = reset_consumer(&broker, OffsetReset::None);
+        strict.assign("aged", &[0], Offset::At(0));
+        for _ in 0..2 {
+            match strict.poll().await {
+                Err(Error::OffsetOutOfRange { topic, partition, offset, .. }) => {
+                    assert_eq!((topic.as_str(), partition, offset), ("aged", 0, 0));
+                }
+                other => panic!("none: a typed error, every poll until a seek, not {other:?}"),
+            }
+        }
+        assert_eq!(strict.position("aged", 0), Some(0), "nothing moved");
+        strict.seek("aged", 0, Offset::At(end + 10));
+        assert!(
+            matches!(strict.poll().await, Err(Error::OffsetOutOfRange { offset, .. }) if offset == end + 10),
+            "past the end is out of range too"
+        );
+        strict.seek("aged", 0, Offset::At(log_start));
+        assert_eq!(strict.poll().await.unwrap()[0].offset, log_start);
+
+        let mut past_end = reset_consumer(&broker, OffsetReset::Earliest);
+        past_end.assign("aged", &[0], Offset::At(end + 10));
+        let mut records = Vec::new();
+        while records.is_empty() {
+            records.extend(past_end.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, log_start);
+    });
+
+    let (log_start, end) = {
+        let admin = Admin::new(client_config(&broker));
+        let described = runtime().block_on(admin.describe_topic("aged")).unwrap();
+        let p = &described.partitions[0];
+        (p.log_start_offset as u64, p.high_watermark as u64)
+    };
+    let consume = |reset: &str| {
+        let args = ["consume", "aged", "--offset", "0", "--offset-reset", reset];
+        let mut args = args.to_vec();
+        args.extend(["--print-offsets", "--idle-timeout-ms", "500"]);
+        shardlog(&broker, &args, None)
+    };
+    let earliest = consume("earliest");
+    assert!(
+        earliest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&earliest.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&earliest.stdout);
+    let offsets: Vec<u64> = stdout
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(offsets.first(), Some(&log_start));
+    assert_eq!(offsets.len() as u64, end - log_start);
+    let latest = consume("latest");
+    assert!(latest.status.success() && latest.stdout.is_empty());
+    let none = consume("none");
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("out of range") && stderr.contains("auto_offset_reset is none"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let conflict = shardlog(
+        &broker,
+        &[
+            "consume",
+            "aged",
+            "--from-beginning",
+            "--offset-reset",
+            "none",
+        ],
+        None,
+    );
+    assert_eq!(conflict.status.code(), Some(2), "a usage error");
 }

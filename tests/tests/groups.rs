@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shardlog_client::{
     Admin, ConsumerConfig, ErrorCode, GroupConsumer, GroupConsumerConfig, NewTopic, Offset,
-    Producer, ProducerConfig, ProducerRecord,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord,
 };
 use shardlog_tests::{binary, client_config, runtime, Broker};
 
@@ -16,6 +16,7 @@ fn member_config(broker: &Broker, group: &str) -> GroupConsumerConfig {
     let consumer = ConsumerConfig {
         client: client_config(broker),
         max_wait: Duration::from_millis(100),
+        auto_offset_reset: OffsetReset::Earliest,
         ..Default::default()
     };
     let mut config = GroupConsumerConfig::new(consumer, group);
@@ -350,5 +351,316 @@ fn reset_works_on_an_empty_group_and_is_refused_otherwise() {
         assert!(to_offset.iter().all(|o| o.offset == 5));
         admin.delete_group("readers").await.unwrap();
         assert!(admin.list_groups().await.unwrap().iter().all(|g| g.group_id != "readers"));
+    });
+}
+
+/// A member of `config`'s group that has consumed (and committed) the 20 records of "kept".
+async fn consume_twenty(config: GroupConsumerConfig) -> GroupConsumer {
+    let mut member = GroupConsumer::new(config);
+    member.subscribe(&["kept"]);
+    let mut count = 0;
+    while count < 20 {
+        count += member.poll().await.unwrap().len();
+    }
+    member.commit().await.unwrap();
+    member
+}
+
+fn group_error(response: shardlog_client::protocol::Response) -> ErrorCode {
+    match response {
+        shardlog_client::protocol::Response::Error(error) => error.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn names_too_long_to_store_are_refused_before_anything_is_written() {
+    use shardlog_client::protocol::{OffsetSpec, Request};
+    let mut broker = Broker::start(1, &[]);
+    let mut connection = broker.connect();
+    shardlog_tests::create_topic(&mut connection, "real", 1);
+    let commit = |group: &str, topic: &str| Request::OffsetCommit {
+        group_id: group.into(),
+        member_id: String::new(),
+        offsets: vec![((topic.into(), 0), 1)],
+    };
+    let heartbeat = |group: &str, topic: &str| Request::GroupHeartbeat {
+        group_id: group.into(),
+        member_id: String::new(),
+        member_epoch: 0,
+        subscribed_topics: Some(vec![topic.into()]),
+        owned: Vec::new(),
+        session_timeout_ms: 10_000,
+        assignor: String::new(),
+    };
+    let reset = |group: &str, topic: &str| Request::ResetOffsets {
+        group_id: group.into(),
+        topic: topic.into(),
+        spec: OffsetSpec::Earliest,
+        timestamp_ms: 0,
+        to_offset: None,
+    };
+    let (long_group, huge_group) = ("g".repeat(201), "g".repeat(70_000));
+    let (long_topic, huge_topic) = ("t".repeat(201), "t".repeat(70_000));
+    for (request, code) in [
+        (commit("g", &long_topic), ErrorCode::InvalidTopic),
+        (commit("g", &huge_topic), ErrorCode::InvalidTopic),
+        (commit(&long_group, "real"), ErrorCode::InvalidGroup),
+        (commit(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (heartbeat("g", &huge_topic), ErrorCode::InvalidTopic),
+        (heartbeat(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (reset("g", &huge_topic), ErrorCode::InvalidTopic),
+        (reset(&huge_group, "real"), ErrorCode::InvalidGroup),
+        (
+            Request::DeleteGroup(huge_group.clone()),
+            ErrorCode::InvalidGroup,
+        ),
+    ] {
+        assert_eq!(group_error(connection.call(&request).unwrap()), code);
+    }
+    let mut huge_member = heartbeat("g", "real");
+    if let Request::GroupHeartbeat { member_id, .. } = &mut huge_member {
+        *member_id = "m".repeat(70_000);
+    }
+    assert_eq!(
+        group_error(connection.call(&huge_member).unwrap()),
+        ErrorCode::InvalidRequest
+    );
+    let too_big = Request::OffsetCommit {
+        group_id: "g".into(),
+        member_id: String::new(),
+        offsets: (0..10_000)
+            .map(|p| ((long_topic[..200].to_string(), p), 1))
+            .collect(),
+    };
+    assert_eq!(
+        group_error(connection.call(&too_big).unwrap()),
+        ErrorCode::BatchTooLarge,
+        "a commit larger than one __offsets batch is refused whole"
+    );
+    let longest = "g".repeat(200);
+    assert!(matches!(
+        connection.call(&commit(&longest, "real")).unwrap(),
+        shardlog_client::protocol::Response::Done
+    ));
+    let listed = |connection: &mut shardlog_client::blocking::Connection| match connection
+        .call(&Request::ListGroups)
+        .unwrap()
+    {
+        shardlog_client::protocol::Response::Groups(groups) => groups,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        listed(&mut connection).len(),
+        1,
+        "only the valid commit made a group"
+    );
+    broker.stop();
+    broker.restart();
+    let mut connection = broker.connect();
+    let groups = listed(&mut connection);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].0, longest, "replayed whole");
+    let log = std::fs::read_to_string(&broker.log_path).unwrap();
+    assert!(
+        !log.contains("does not decode"),
+        "no record of __offsets is damaged"
+    );
+}
+
+#[test]
+fn empty_groups_expire_after_the_retention_and_stay_deleted_across_a_restart() {
+    let mut broker = Broker::start(2, &["--group-retention-ms", "1500"]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("kept", 2)))
+        .unwrap();
+    rt.block_on(produce(&broker, "kept", (0..20).map(|i| format!("k{i}"))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let active = {
+        let (member, stop) = (
+            rt.block_on(consume_twenty(member_config(&broker, "active"))),
+            stop.clone(),
+        );
+        rt.spawn(async move {
+            let mut member = member;
+            while !stop.load(Ordering::SeqCst) {
+                member.poll().await.unwrap();
+            }
+            member.close().await.unwrap();
+        })
+    };
+    let idle = member_config(&broker, "idle");
+    rt.block_on(async { consume_twenty(idle).await.close().await.unwrap() });
+    let listed = || async {
+        let groups = admin.list_groups().await.unwrap();
+        groups.into_iter().map(|g| g.group_id).collect::<Vec<_>>()
+    };
+    rt.block_on(wait_for("the idle group to expire", async || {
+        !listed().await.contains(&"idle".to_string())
+    }));
+    let described = rt.block_on(admin.describe_group("active")).unwrap();
+    assert_eq!(
+        described.members.len(),
+        1,
+        "a group with members does not expire"
+    );
+    assert_eq!(described.offsets.iter().map(|o| o.offset).sum::<i64>(), 20);
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(active).unwrap();
+    rt.block_on(wait_for(
+        "the active group to expire once empty",
+        async || listed().await.is_empty(),
+    ));
+    broker.stop();
+    broker.restart();
+    let admin = Admin::new(client_config(&broker));
+    assert!(
+        rt.block_on(admin.list_groups()).unwrap().is_empty(),
+        "deletions are durable"
+    );
+    let refused = rt.block_on(admin.describe_group("idle"));
+    assert!(
+        matches!(refused, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::UnknownGroup)
+    );
+    let idle = member_config(&broker, "idle");
+    let again = rt.block_on(async { consume_twenty(idle).await.close().await });
+    again.unwrap();
+}
+
+#[test]
+fn a_full_coordinator_refuses_new_groups_until_an_empty_one_expires() {
+    let broker = Broker::start(
+        1,
+        &[
+            "--groups-per-shard-max",
+            "2",
+            "--group-retention-ms",
+            "1000",
+        ],
+    );
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("few", 1)))
+        .unwrap();
+    rt.block_on(produce(&broker, "few", (0..5).map(|i| format!("f{i}"))));
+    let join = |group: &str| {
+        let mut member = GroupConsumer::new(member_config(&broker, group));
+        member.subscribe(&["few"]);
+        member
+    };
+    let (mut first, mut second) = (join("first"), join("second"));
+    rt.block_on(async {
+        let mut count = 0;
+        while count < 5 {
+            count += first.poll().await.unwrap().len();
+        }
+        second.poll().await.unwrap();
+        let mut third = join("third");
+        match third.poll().await {
+            Err(shardlog_client::Error::Broker(error)) => {
+                assert_eq!(error.code, ErrorCode::Busy);
+                assert!(error.is_retriable());
+                assert!(error.message.contains("groups-per-shard-max"), "{}", error.message);
+            }
+            other => panic!("a third group does not fit: {other:?}"),
+        }
+        let outside = admin.reset_offsets("fourth", "few", Offset::Earliest).await;
+        assert!(matches!(outside, Err(shardlog_client::Error::Broker(ref e)) if e.code == ErrorCode::Busy), "{outside:?}");
+        first.close().await.unwrap();
+        // "first" committed, so it stays until it expires; "second" keeps its member alive.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            second.poll().await.unwrap();
+            match third.poll().await {
+                Ok(_) if !third.member_id().is_empty() => break,
+                Ok(_) => {}
+                Err(shardlog_client::Error::Broker(error)) if error.code == ErrorCode::Busy => {}
+                Err(other) => panic!("{other}"),
+            }
+            assert!(Instant::now() < deadline, "the expired group never made room");
+        }
+        let groups: Vec<String> = admin.list_groups().await.unwrap().into_iter().map(|g| g.group_id).collect();
+        assert_eq!(groups, vec!["second".to_string(), "third".to_string()]);
+        second.close().await.unwrap();
+        third.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_member_without_a_committed_offset_starts_where_auto_offset_reset_says() {
+    let broker = Broker::start(1, &[]);
+    let rt = runtime();
+    let admin = Admin::new(client_config(&broker));
+    rt.block_on(admin.create_topic(NewTopic::new("fresh", 1)))
+        .unwrap();
+    rt.block_on(produce(&broker, "fresh", (0..10).map(|i| format!("f{i}"))));
+    let member = |group: &str, reset: OffsetReset| {
+        let mut config = member_config(&broker, group);
+        config.consumer.auto_offset_reset = reset;
+        let mut member = GroupConsumer::new(config);
+        member.subscribe(&["fresh"]);
+        member
+    };
+    rt.block_on(async {
+        let mut strict = member("strict", OffsetReset::None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match strict.poll().await {
+                Ok(records) => {
+                    assert!(records.is_empty(), "no record before a position");
+                    assert!(
+                        Instant::now() < deadline,
+                        "none: the member is told its partition has no committed offset"
+                    );
+                }
+                Err(shardlog_client::Error::NoCommittedOffset {
+                    group,
+                    topic,
+                    partition,
+                }) => {
+                    assert_eq!(
+                        (group.as_str(), topic.as_str(), partition),
+                        ("strict", "fresh", 0)
+                    );
+                    break;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(
+            matches!(
+                strict.poll().await,
+                Err(shardlog_client::Error::NoCommittedOffset { .. })
+            ),
+            "every poll until a seek"
+        );
+        strict.seek("fresh", 0, 7);
+        let mut records = Vec::new();
+        while records.len() < 3 {
+            records.extend(strict.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, 7);
+        strict.close().await.unwrap();
+        let committed = admin.describe_group("strict").await.unwrap();
+        assert_eq!(committed.offsets[0].offset, 10);
+
+        let mut latest = member("latest", OffsetReset::Latest);
+        while latest.assignment().is_empty() {
+            assert!(latest.poll().await.unwrap().is_empty());
+        }
+        for _ in 0..3 {
+            assert!(
+                latest.poll().await.unwrap().is_empty(),
+                "latest: nothing old"
+            );
+        }
+        produce(&broker, "fresh", std::iter::once("new".to_string())).await;
+        let mut records = Vec::new();
+        while records.is_empty() {
+            records.extend(latest.poll().await.unwrap());
+        }
+        assert_eq!(records[0].offset, 10);
+        latest.close().await.unwrap();
     });
 }

@@ -4,10 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use shardlog_client::{
     Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, Error, GroupConsumer,
-    GroupConsumerConfig, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
+    GroupConsumerConfig, NewTopic, Offset, OffsetReset, Producer, ProducerConfig, ProducerRecord,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -150,6 +150,13 @@ struct ProduceArgs {
     compression: CompressionArg,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OffsetResetArg {
+    Earliest,
+    Latest,
+    None,
+}
+
 #[derive(Debug, Args)]
 struct ConsumeArgs {
     /// The topic.
@@ -157,12 +164,20 @@ struct ConsumeArgs {
     /// Read only this partition (default: all).
     #[arg(long)]
     partition: Option<u32>,
-    /// Start at the first offset still stored (default: the end).
+    /// Start at the first offset still stored (default: the end); implies
+    /// --offset-reset earliest. With --group: where partitions with no
+    /// committed offset start.
     #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
     /// Start at this offset.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     offset: Option<u64>,
+    /// Where to go when a position is out of range (deleted by retention,
+    /// or past the end) and, with --group, where a partition with no
+    /// committed offset starts: earliest, latest, or none (fail with an
+    /// error) [default: latest, or earliest with --from-beginning].
+    #[arg(long, value_enum)]
+    offset_reset: Option<OffsetResetArg>,
     /// Stop after this many records.
     #[arg(long)]
     max_records: Option<u64>,
@@ -181,8 +196,31 @@ struct ConsumeArgs {
     session_timeout_ms: u64,
 }
 
+/// The reset policy of `consume`, as Kafka's console consumer decides it.
+fn offset_reset(args: &ConsumeArgs) -> Result<OffsetReset, String> {
+    let reset = match args.offset_reset {
+        Some(OffsetResetArg::Earliest) => OffsetReset::Earliest,
+        Some(OffsetResetArg::Latest) => OffsetReset::Latest,
+        Some(OffsetResetArg::None) => OffsetReset::None,
+        None if args.from_beginning => OffsetReset::Earliest,
+        None => OffsetReset::Latest,
+    };
+    if args.from_beginning && reset != OffsetReset::Earliest {
+        return Err("--from-beginning means --offset-reset earliest; give one or the other".into());
+    }
+    Ok(reset)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let reset = match &cli.command {
+        Command::Consume(args) => offset_reset(args).unwrap_or_else(|message| {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit()
+        }),
+        _ => OffsetReset::default(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,8 +237,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Topic(command) => topic(client, command).await,
             Command::Produce(args) => produce(client, args).await,
-            Command::Consume(args) if args.group.is_some() => consume_group(client, args).await,
-            Command::Consume(args) => consume(client, args).await,
+            Command::Consume(args) if args.group.is_some() => {
+                consume_group(client, args, reset).await
+            }
+            Command::Consume(args) => consume(client, args, reset).await,
             Command::Group(command) => group(client, command).await,
         }
     });
@@ -342,7 +382,7 @@ async fn await_delivery(
     Ok(())
 }
 
-async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
+async fn consume(client: ClientConfig, args: ConsumeArgs, reset: OffsetReset) -> Result<(), Error> {
     let from = match (args.offset, args.from_beginning) {
         (Some(offset), _) => Offset::At(offset),
         (None, true) => Offset::Earliest,
@@ -351,6 +391,7 @@ async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
     let mut consumer = Consumer::new(ConsumerConfig {
         client,
         max_wait: Duration::from_millis(200),
+        auto_offset_reset: reset,
         ..ConsumerConfig::default()
     });
     match args.partition {
@@ -500,21 +541,21 @@ async fn group(client: ClientConfig, command: GroupCommand) -> Result<(), Error>
 }
 
 /// `consume --group`: commits exactly through the last record printed.
-async fn consume_group(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
+async fn consume_group(
+    client: ClientConfig,
+    args: ConsumeArgs,
+    reset: OffsetReset,
+) -> Result<(), Error> {
     let group = args.group.clone().unwrap_or_default();
     let consumer_config = ConsumerConfig {
         client,
         max_wait: Duration::from_millis(200),
+        auto_offset_reset: reset,
         ..ConsumerConfig::default()
     };
     let mut config = GroupConsumerConfig::new(consumer_config, group);
     config.session_timeout = Duration::from_millis(args.session_timeout_ms);
     config.auto_commit_interval = Some(Duration::from_secs(1));
-    config.reset = if args.from_beginning {
-        Offset::Earliest
-    } else {
-        args.offset.map_or(Offset::Latest, Offset::At)
-    };
     let mut consumer = GroupConsumer::new(config);
     consumer.subscribe(&[args.topic.as_str()]);
     let mut printer = Printer::new(&args);

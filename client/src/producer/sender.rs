@@ -315,6 +315,26 @@ fn clone_error(error: &Error) -> Error {
             size_bytes: *size_bytes,
             limit_bytes: *limit_bytes,
         },
+        Error::OffsetOutOfRange {
+            topic,
+            partition,
+            offset,
+            reason,
+        } => Error::OffsetOutOfRange {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+            reason: reason.clone(),
+        },
+        Error::NoCommittedOffset {
+            group,
+            topic,
+            partition,
+        } => Error::NoCommittedOffset {
+            group: group.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+        },
         Error::Closed => Error::Closed,
     }
 }

@@ -5,6 +5,18 @@
 //! members above their fair share give up their surplus; every free
 //! partition goes to the eligible member holding the fewest. One member
 //! joining or leaving therefore moves only the partitions it must.
+//!
+//! One such round is not idempotent when subscriptions differ: a member
+//! that alone subscribes to a topic may end above the fair share, and the
+//! next round, starting from that target, gives its surplus to others (x
+//! has 4 partitions and y 3; a subscribes to x, b to both, c to y, d to
+//! nothing; as they join one by one, single rounds leave b with 3 and c
+//! with 1, and one more round moves one of b's to c).
+//! Sticky therefore runs rounds until the target no longer changes, so the
+//! target it returns is a fixpoint: computing it again from itself changes
+//! nothing, and the coordinator need not recompute it until its inputs
+//! change. Random groups settle within 4 rounds; [`STICKY_ROUNDS_MAX`]
+//! bounds the loop all the same.
 //! Range (as an option): per topic, subscribed members sorted by id take
 //! contiguous ranges of partitions.
 
@@ -12,6 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic partition.
 pub type TopicPartition = (String, u32);
+
+/// Most sticky rounds for one assignment (see the module doc).
+pub const STICKY_ROUNDS_MAX: usize = 16;
 
 /// How partitions are spread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +85,22 @@ fn subscribed_partitions(
 }
 
 fn sticky(
+    members: &BTreeMap<String, BTreeSet<String>>,
+    partitions: &BTreeMap<String, u32>,
+    previous: &BTreeMap<TopicPartition, String>,
+) -> BTreeMap<TopicPartition, String> {
+    let mut target = sticky_round(members, partitions, previous);
+    for _ in 1..STICKY_ROUNDS_MAX {
+        let next = sticky_round(members, partitions, &target);
+        if next == target {
+            break;
+        }
+        target = next;
+    }
+    target
+}
+
+fn sticky_round(
     members: &BTreeMap<String, BTreeSet<String>>,
     partitions: &BTreeMap<String, u32>,
     previous: &BTreeMap<TopicPartition, String>,
@@ -215,5 +246,65 @@ mod tests {
             .map(|((_, p), _)| *p)
             .collect();
         assert_eq!(a, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn sticky_settles_where_one_round_would_not() {
+        let partitions: BTreeMap<String, u32> = [("x".to_string(), 4), ("y".to_string(), 3)].into();
+        let group = members(&[("a", &["x"]), ("b", &["x", "y"]), ("c", &["y"]), ("d", &[])]);
+        let mut target = BTreeMap::new();
+        for joined in 1..=group.len() {
+            let so_far: BTreeMap<_, _> = group.clone().into_iter().take(joined).collect();
+            target = assign(Assignor::Sticky, &so_far, &partitions, &target);
+        }
+        assert_eq!(
+            counts(&target),
+            [
+                ("a".to_string(), 3),
+                ("b".to_string(), 2),
+                ("c".to_string(), 2)
+            ]
+            .into()
+        );
+        let one_round = sticky_round(&group, &partitions, &target);
+        assert_eq!(one_round, target, "the target is a fixpoint");
+    }
+
+    #[test]
+    fn sticky_returns_a_fixpoint_for_random_groups() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let topics = ["w", "x", "y", "z"];
+        for round in 0..5_000 {
+            let partitions: BTreeMap<String, u32> = topics
+                .iter()
+                .map(|t| (t.to_string(), next(9) as u32))
+                .collect();
+            let mut group = BTreeMap::new();
+            for m in 0..1 + next(7) {
+                let subscribed = topics
+                    .iter()
+                    .filter(|_| next(2) == 0)
+                    .map(|t| t.to_string());
+                group.insert(format!("m{m}"), subscribed.collect());
+            }
+            let mut previous = BTreeMap::new();
+            for t in topics {
+                for p in 0..next(9) as u32 {
+                    previous.insert((t.to_string(), p), format!("m{}", next(9)));
+                }
+            }
+            let target = assign(Assignor::Sticky, &group, &partitions, &previous);
+            let again = sticky_round(&group, &partitions, &target);
+            assert_eq!(
+                again, target,
+                "round {round}: {group:?} {partitions:?} {previous:?}"
+            );
+        }
     }
 }

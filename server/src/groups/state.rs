@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  heartbeat(member, epoch, subscription, owned)
-//!     ─► update the member ─► recompute the target (sticky) ─► bump the group epoch if it changed
+//!     ─► update the member ─► membership, a subscription or a subscribed topic's
+//!        partition count changed? recompute the target (sticky) ─► bump the
+//!        group epoch if it changed
 //!     ◄─ assignment = the member's target partitions that no other member still owns
 //! ```
 //!
@@ -10,6 +12,14 @@
 //! assignment (revoke), commits, and stops listing it in `owned`; only then
 //! does the new owner get it. Members that stop heartbeating for longer than
 //! their session timeout are removed and their partitions are freed.
+//!
+//! The target is a function of the members, their subscriptions and the
+//! subscribed topics' partition counts (and, for sticky, the previous
+//! target). A heartbeat that changes none of them keeps the target as it
+//! is: recomputing would cost O(partitions) per heartbeat, and the sticky
+//! assignor is not idempotent when subscriptions differ (computing it again
+//! from its own result can move partitions), so recomputing could also
+//! move partitions between members for no reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -55,6 +65,23 @@ pub struct HeartbeatOutcome {
     pub assignment: Vec<TopicPartition>,
 }
 
+/// Each topic's partition count as of one metadata revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionCounts {
+    /// The metadata revision the counts come from.
+    pub revision: u64,
+    /// Partitions per topic.
+    pub topics: BTreeMap<String, u32>,
+}
+
+/// What the current target was computed from, besides the members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TargetInputs {
+    revision: u64,
+    /// The partition count of every subscribed topic (0 for a missing topic).
+    subscribed_counts: BTreeMap<String, u32>,
+}
+
 /// A group.
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -64,6 +91,22 @@ pub struct Group {
     pub target: BTreeMap<TopicPartition, String>,
     pub committed: BTreeMap<TopicPartition, i64>,
     next_member: u64,
+    /// `None` once membership or a subscription changed: the target is stale.
+    target_inputs: Option<TargetInputs>,
+    /// How many times the target was computed (for tests and debugging).
+    pub targets_computed: u64,
+    /// Wall clock (Unix ms) of the group's last use: its last commit, or
+    /// the moment its last member left. Retention counts from here.
+    pub last_used_ms: i64,
+    /// The group does not expire before this (Unix ms): a grace after a
+    /// restart, or a pause after a failed expiry.
+    pub expiry_not_before_ms: i64,
+    /// Commits (or a reset) of this group being appended to `__offsets`.
+    pub persists_in_flight: u32,
+    /// The group's deletion is being appended to `__offsets`.
+    pub deleting: bool,
+    /// When the group expires (Unix ms), while it is in the coordinator's expiry queue.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl Default for Group {
@@ -75,6 +118,13 @@ impl Default for Group {
             target: BTreeMap::new(),
             committed: BTreeMap::new(),
             next_member: 0,
+            target_inputs: None,
+            targets_computed: 0,
+            last_used_ms: i64::MIN,
+            expiry_not_before_ms: i64::MIN,
+            persists_in_flight: 0,
+            deleting: false,
+            expires_at_ms: None,
         }
     }
 }
@@ -104,7 +154,7 @@ impl Group {
         &mut self,
         group_id: &str,
         request: Heartbeat,
-        partitions: &BTreeMap<String, u32>,
+        partitions: &PartitionCounts,
         now: Instant,
     ) -> Result<HeartbeatOutcome, WireError> {
         if !SESSION_TIMEOUT_MS_RANGE.contains(&request.session_timeout_ms) {
@@ -112,8 +162,10 @@ impl Group {
             return Err(WireError::new(ErrorCode::InvalidGroup, message));
         }
         if request.member_epoch == -1 {
-            self.members.remove(&request.member_id);
-            self.recompute(partitions);
+            if self.members.remove(&request.member_id).is_some() {
+                self.target_inputs = None;
+            }
+            self.refresh_target(partitions);
             return Ok(HeartbeatOutcome {
                 member_id: request.member_id,
                 member_epoch: -1,
@@ -135,10 +187,13 @@ impl Group {
         member.last_seen = now;
         member.session_timeout = Duration::from_millis(request.session_timeout_ms);
         if let Some(topics) = request.topics {
-            member.topics = topics;
+            if member.topics != topics {
+                member.topics = topics;
+                self.target_inputs = None;
+            }
         }
         member.owned = request.owned;
-        self.recompute(partitions);
+        self.refresh_target(partitions);
         let epoch = self.epoch;
         let assignment = self.assignment_of(&member_id);
         if let Some(member) = self.members.get_mut(&member_id) {
@@ -186,6 +241,7 @@ impl Group {
             epoch: 0,
         };
         self.members.insert(member_id.clone(), member);
+        self.target_inputs = None;
         Ok(member_id)
     }
 
@@ -204,21 +260,57 @@ impl Group {
             .collect()
     }
 
-    fn recompute(&mut self, partitions: &BTreeMap<String, u32>) {
+    /// Recomputes the target if what it depends on changed since it was computed.
+    fn refresh_target(&mut self, partitions: &PartitionCounts) {
+        if let Some(inputs) = &self.target_inputs {
+            if inputs.revision == partitions.revision {
+                return;
+            }
+        }
+        let subscribed_counts: BTreeMap<String, u32> = self
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .map(|t| (t.clone(), partitions.topics.get(t).copied().unwrap_or(0)))
+            .collect();
+        let unchanged = self
+            .target_inputs
+            .as_ref()
+            .is_some_and(|inputs| inputs.subscribed_counts == subscribed_counts);
+        self.target_inputs = Some(TargetInputs {
+            revision: partitions.revision,
+            subscribed_counts,
+        });
+        if !unchanged {
+            self.recompute(partitions);
+        }
+    }
+
+    fn recompute(&mut self, partitions: &PartitionCounts) {
         let subscriptions: BTreeMap<String, BTreeSet<String>> = self
             .members
             .iter()
             .map(|(id, m)| (id.clone(), m.topics.clone()))
             .collect();
-        let target = assign(self.assignor, &subscriptions, partitions, &self.target);
+        let target = assign(
+            self.assignor,
+            &subscriptions,
+            &partitions.topics,
+            &self.target,
+        );
+        self.targets_computed += 1;
+        assert!(
+            target.values().all(|m| self.members.contains_key(m)),
+            "the target names members only"
+        );
         if target != self.target {
             self.target = target;
             self.epoch += 1;
         }
     }
 
-    /// Removes members whose session expired; true when any was removed.
-    pub fn expire(&mut self, partitions: &BTreeMap<String, u32>, now: Instant) -> Vec<String> {
+    /// Removes members whose session expired and returns their ids.
+    pub fn expire(&mut self, partitions: &PartitionCounts, now: Instant) -> Vec<String> {
         let expired: Vec<String> = self
             .members
             .iter()
@@ -229,7 +321,8 @@ impl Group {
             self.members.remove(id);
         }
         if !expired.is_empty() {
-            self.recompute(partitions);
+            self.target_inputs = None;
+            self.refresh_target(partitions);
         }
         expired
     }
@@ -250,13 +343,20 @@ mod tests {
         }
     }
 
+    fn counts(topics: &[(&str, u32)]) -> PartitionCounts {
+        PartitionCounts {
+            revision: 1,
+            topics: topics.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+        }
+    }
+
     fn parts(outcome: &HeartbeatOutcome) -> Vec<u32> {
         outcome.assignment.iter().map(|(_, p)| *p).collect()
     }
 
     #[test]
     fn a_partition_moves_only_after_its_owner_revoked_it() {
-        let partitions: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let partitions = counts(&[("t", 4)]);
         let now = Instant::now();
         let mut group = Group::default();
         let a = group
@@ -321,7 +421,7 @@ mod tests {
 
     #[test]
     fn leaving_and_expiring_free_partitions() {
-        let partitions: BTreeMap<String, u32> = [("t".to_string(), 2)].into();
+        let partitions = counts(&[("t", 2)]);
         let now = Instant::now();
         let mut group = Group::default();
         let a = group
@@ -358,7 +458,7 @@ mod tests {
         request.session_timeout_ms = 5;
         assert_eq!(
             group
-                .heartbeat("g", request, &BTreeMap::new(), Instant::now())
+                .heartbeat("g", request, &PartitionCounts::default(), Instant::now())
                 .unwrap_err()
                 .code,
             ErrorCode::InvalidGroup
@@ -367,10 +467,63 @@ mod tests {
         request.assignor = "roundrobin".into();
         assert_eq!(
             group
-                .heartbeat("g", request, &BTreeMap::new(), Instant::now())
+                .heartbeat("g", request, &PartitionCounts::default(), Instant::now())
                 .unwrap_err()
                 .code,
             ErrorCode::InvalidGroup
         );
+    }
+
+    #[test]
+    fn the_target_is_computed_only_when_its_inputs_change() {
+        let mut partitions = counts(&[("t", 2), ("u", 1)]);
+        let now = Instant::now();
+        let mut group = Group::default();
+        let a = group
+            .heartbeat("g", beat("", 0, &[]), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 1);
+        for _ in 0..5 {
+            group
+                .heartbeat("g", beat(&a.member_id, 1, &[0, 1]), &partitions, now)
+                .unwrap();
+        }
+        assert_eq!(group.targets_computed, 1, "nothing changed");
+        let mut resubscribe = beat(&a.member_id, 1, &[0, 1]);
+        resubscribe.topics = Some(["t".to_string(), "u".to_string()].into());
+        let a2 = group.heartbeat("g", resubscribe, &partitions, now).unwrap();
+        assert_eq!(group.targets_computed, 2, "a subscription changed");
+        assert_eq!(a2.assignment.len(), 3);
+        let mut same = beat(&a.member_id, a2.member_epoch, &[0, 1]);
+        same.topics = Some(["t".to_string(), "u".to_string()].into());
+        let b = group
+            .heartbeat("g", beat("", 0, &[]), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 3, "a member joined");
+        group
+            .heartbeat("g", same.clone(), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 3);
+        partitions.revision = 2;
+        partitions.topics.insert("unrelated".into(), 8);
+        group
+            .heartbeat("g", same.clone(), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 3, "no subscribed topic changed");
+        partitions.revision = 3;
+        partitions.topics.insert("t".into(), 3);
+        group
+            .heartbeat("g", same.clone(), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 4, "a subscribed topic grew");
+        assert_eq!(group.target.len(), 4);
+        group
+            .heartbeat("g", beat(&b.member_id, -1, &[]), &partitions, now)
+            .unwrap();
+        assert_eq!(group.targets_computed, 5, "a member left");
+        let later = now + Duration::from_secs(11);
+        assert_eq!(group.expire(&partitions, later).len(), 1);
+        assert_eq!(group.targets_computed, 6, "a session expired");
+        assert!(group.target.is_empty());
     }
 }

@@ -1,5 +1,10 @@
 //! The consumer group APIs. Each is routed to the group's coordinator (the
 //! owner of its `__offsets` partition); ListGroups asks every shard.
+//!
+//! Parsing checks every name a request carries (group ids, topic names in
+//! commits, resets, subscriptions and owned lists) before anything is
+//! routed, so a coordinator never holds or stores a name it could not
+//! write to `__offsets` (see `groups/mod.rs`).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -9,13 +14,15 @@ use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
 use crate::error::WireError;
-use crate::groups::{self, GroupSnapshot, Heartbeat, TopicPartition, OFFSETS_TOPIC};
+use crate::groups::{self, GroupSnapshot, Heartbeat, TopicPartition, Writer, OFFSETS_TOPIC};
 use crate::net::Outgoing;
 use crate::shard::messages::{GroupCall, GroupReply};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// Most partitions in one group request.
 const PARTITIONS_PER_REQUEST_MAX: usize = 100_000;
+/// Most topics one member subscribes to.
+const SUBSCRIBED_TOPICS_MAX: usize = 10_000;
 
 /// A group request in owned values.
 #[derive(Debug)]
@@ -60,6 +67,7 @@ fn topic_partitions(
     let mut out = Vec::new();
     for entry in list.iter().flatten() {
         let topic = entry.topic().unwrap_or_default();
+        groups::validate_topic_name(topic)?;
         for partition in entry.partitions().iter().flatten() {
             out.push((topic.to_string(), partition));
             if out.len() > PARTITIONS_PER_REQUEST_MAX {
@@ -78,6 +86,83 @@ fn group_id(id: Option<&str>) -> Result<String, WireError> {
     Ok(id.to_string())
 }
 
+fn subscription(
+    topics: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&str>>>,
+) -> Result<Option<std::collections::BTreeSet<String>>, WireError> {
+    let Some(topics) = topics else {
+        return Ok(None);
+    };
+    if topics.len() > SUBSCRIBED_TOPICS_MAX {
+        return Err(invalid(format!(
+            "a member subscribes to at most {SUBSCRIBED_TOPICS_MAX} topics"
+        )));
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for topic in topics.iter() {
+        groups::validate_topic_name(topic)?;
+        out.insert(topic.to_string());
+    }
+    Ok(Some(out))
+}
+
+fn member_id(id: Option<&str>) -> Result<String, WireError> {
+    let id = id.unwrap_or_default();
+    if id.len() > groups::MEMBER_ID_BYTES_MAX {
+        let max = groups::MEMBER_ID_BYTES_MAX;
+        return Err(invalid(format!(
+            "member ids have at most {max} bytes, not {}",
+            id.len()
+        )));
+    }
+    Ok(id.to_string())
+}
+
+fn parse_heartbeat(body: fb::GroupHeartbeatRequest<'_>) -> Result<GroupParsed, WireError> {
+    let heartbeat = Heartbeat {
+        member_id: member_id(body.member_id())?,
+        member_epoch: body.member_epoch(),
+        topics: subscription(body.subscribed_topics())?,
+        owned: topic_partitions(body.owned())?.into_iter().collect(),
+        session_timeout_ms: u64::from(body.session_timeout_ms()),
+        assignor: body.assignor().unwrap_or_default().to_string(),
+    };
+    Ok(GroupParsed::Heartbeat {
+        group: group_id(body.group_id())?,
+        heartbeat,
+    })
+}
+
+fn parse_commit(body: fb::OffsetCommitRequest<'_>) -> Result<GroupParsed, WireError> {
+    let too_many = || {
+        invalid(format!(
+            "a commit carries 1 to {PARTITIONS_PER_REQUEST_MAX} partitions"
+        ))
+    };
+    let mut commits = Vec::new();
+    for topic in body.topics().iter().flatten() {
+        let name = topic.topic().unwrap_or_default().to_string();
+        groups::validate_topic_name(&name)?;
+        for p in topic.partitions().iter().flatten() {
+            if p.offset() < 0 {
+                let message = format!("cannot commit the negative offset {}", p.offset());
+                return Err(invalid(message));
+            }
+            if commits.len() == PARTITIONS_PER_REQUEST_MAX {
+                return Err(too_many());
+            }
+            commits.push(((name.clone(), p.partition()), p.offset()));
+        }
+    }
+    if commits.is_empty() {
+        return Err(too_many());
+    }
+    Ok(GroupParsed::Commit {
+        group: group_id(body.group_id())?,
+        member_id: member_id(body.member_id())?,
+        commits,
+    })
+}
+
 pub fn parse(request: &fb::Request<'_>) -> Result<GroupParsed, WireError> {
     let missing = || invalid("the request body is missing");
     Ok(match request.body_type() {
@@ -85,48 +170,13 @@ pub fn parse(request: &fb::Request<'_>) -> Result<GroupParsed, WireError> {
             let body = request
                 .body_as_group_heartbeat_request()
                 .ok_or_else(missing)?;
-            let heartbeat = Heartbeat {
-                member_id: body.member_id().unwrap_or_default().to_string(),
-                member_epoch: body.member_epoch(),
-                topics: body
-                    .subscribed_topics()
-                    .map(|t| t.iter().map(str::to_string).collect()),
-                owned: topic_partitions(body.owned())?.into_iter().collect(),
-                session_timeout_ms: u64::from(body.session_timeout_ms()),
-                assignor: body.assignor().unwrap_or_default().to_string(),
-            };
-            GroupParsed::Heartbeat {
-                group: group_id(body.group_id())?,
-                heartbeat,
-            }
+            parse_heartbeat(body)?
         }
         fb::RequestBody::OffsetCommitRequest => {
             let body = request
                 .body_as_offset_commit_request()
                 .ok_or_else(missing)?;
-            let mut commits = Vec::new();
-            for topic in body.topics().iter().flatten() {
-                let name = topic.topic().unwrap_or_default().to_string();
-                for p in topic.partitions().iter().flatten() {
-                    if p.offset() < 0 {
-                        return Err(invalid(format!(
-                            "cannot commit the negative offset {}",
-                            p.offset()
-                        )));
-                    }
-                    commits.push(((name.clone(), p.partition()), p.offset()));
-                }
-            }
-            if commits.is_empty() || commits.len() > PARTITIONS_PER_REQUEST_MAX {
-                return Err(invalid(format!(
-                    "a commit carries 1 to {PARTITIONS_PER_REQUEST_MAX} partitions"
-                )));
-            }
-            GroupParsed::Commit {
-                group: group_id(body.group_id())?,
-                member_id: body.member_id().unwrap_or_default().to_string(),
-                commits,
-            }
+            parse_commit(body)?
         }
         fb::RequestBody::OffsetFetchRequest => {
             let body = request.body_as_offset_fetch_request().ok_or_else(missing)?;
@@ -163,9 +213,11 @@ pub fn parse(request: &fb::Request<'_>) -> Result<GroupParsed, WireError> {
             let body = request
                 .body_as_reset_offsets_request()
                 .ok_or_else(missing)?;
+            let topic = body.topic().unwrap_or_default();
+            groups::validate_topic_name(topic)?;
             GroupParsed::Reset {
                 group: group_id(body.group_id())?,
-                topic: body.topic().unwrap_or_default().to_string(),
+                topic: topic.to_string(),
                 spec: body.spec(),
                 offset: body.offset(),
                 timestamp_ms: body.timestamp_ms(),
@@ -204,42 +256,24 @@ pub async fn serve(shard: &Rc<ShardState>, call: GroupCall) -> GroupReply {
     let coordinator = &shard.coordinator;
     match call {
         GroupCall::Heartbeat { group, heartbeat } => {
-            GroupReply::Heartbeat(coordinator.heartbeat(shard, &group, heartbeat))
+            GroupReply::Heartbeat(groups::heartbeat(shard, &group, heartbeat))
         }
         GroupCall::Commit {
             group,
             member_id,
             commits,
         } => {
-            let result = match coordinator.check_committer(&group, &member_id) {
-                Ok(()) => groups::persist_commits(shard, &group, &commits)
-                    .await
-                    .map(|()| coordinator.apply_commits(&group, &commits)),
-                Err(error) => Err(error),
-            };
-            GroupReply::Done(result)
+            let writer = Writer::Member(&member_id);
+            GroupReply::Done(groups::commit(shard, &group, writer, &commits).await)
         }
         GroupCall::Fetch { group, partitions } => {
             GroupReply::Offsets(Ok(coordinator.committed(&group, partitions.as_deref())))
         }
         GroupCall::List => GroupReply::Listed(coordinator.list()),
         GroupCall::Describe { group } => GroupReply::Described(coordinator.describe(&group)),
-        GroupCall::Delete { group } => {
-            let result = match coordinator.check_empty(&group, true) {
-                Ok(()) => groups::persist_delete(shard, &group)
-                    .await
-                    .map(|()| coordinator.remove(&group)),
-                Err(error) => Err(error),
-            };
-            GroupReply::Done(result)
-        }
+        GroupCall::Delete { group } => GroupReply::Done(groups::delete(shard, &group).await),
         GroupCall::Reset { group, offsets } => {
-            let result = match coordinator.check_empty(&group, false) {
-                Ok(()) => groups::persist_commits(shard, &group, &offsets)
-                    .await
-                    .map(|()| coordinator.apply_commits(&group, &offsets)),
-                Err(error) => Err(error),
-            };
+            let result = groups::commit(shard, &group, Writer::Reset, &offsets).await;
             GroupReply::Offsets(result.map(|()| offsets))
         }
         GroupCall::Commits => GroupReply::Commits(coordinator.all_commits()),
@@ -466,9 +500,12 @@ async fn describe(shard: &Rc<ShardState>, correlation_id: u32, groups: Vec<Strin
         let call = GroupCall::Describe {
             group: group.clone(),
         };
-        let snapshot = ask(shard, &group, call)
-            .await
-            .and_then(GroupReply::into_described);
+        let snapshot = match crate::groups::validate_group_id(&group) {
+            Ok(()) => ask(shard, &group, call)
+                .await
+                .and_then(GroupReply::into_described),
+            Err(error) => Err(error),
+        };
         let outcome = match snapshot {
             Ok(snapshot) => {
                 let ends = snapshot.offsets.iter().map(|((topic, partition), _, _)| {
