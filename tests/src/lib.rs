@@ -348,6 +348,30 @@ pub fn batch(values: &[String], options: BatchBuilderOptions) -> Bytes {
     builder.finish().expect("finish").freeze()
 }
 
+/// A batch of `values` from idempotent producer `producer_id` (epoch 0),
+/// its first record at `base_sequence`.
+pub fn idempotent_batch(producer_id: i64, base_sequence: i32, values: &[String]) -> Bytes {
+    let options = BatchBuilderOptions {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence,
+        ..BatchBuilderOptions::default()
+    };
+    batch(values, options)
+}
+
+/// A new idempotent producer id.
+pub fn init_producer(connection: &mut Connection) -> i64 {
+    let request = Request::InitProducer {
+        producer_id: -1,
+        producer_epoch: -1,
+    };
+    match connection.call(&request).expect("init producer") {
+        Response::InitProducer { producer_id, .. } => producer_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// Produces one batch of `values` and returns its base offset.
 pub fn produce(connection: &mut Connection, topic: &str, partition: u32, values: &[String]) -> i64 {
     let data = batch(values, BatchBuilderOptions::default());

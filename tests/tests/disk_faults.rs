@@ -12,21 +12,11 @@ use bytes::Bytes;
 use shardlog_client::blocking::Connection;
 use shardlog_client::protocol::{Acks, Request, Response};
 use shardlog_client::{BrokerError, ErrorCode};
-use shardlog_tests::{binary, consume_all, create_topic, Broker};
-use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions};
+use shardlog_tests::{binary, consume_all, create_topic, idempotent_batch, init_producer, Broker};
 
-/// An idempotent batch of one record.
+/// A batch of one record; `producer_id` -1 is not idempotent.
 fn record(producer_id: i64, sequence: i32, value: &str) -> Bytes {
-    let mut builder = BatchBuilder::new(BatchBuilderOptions {
-        producer_id,
-        producer_epoch: 0,
-        base_sequence: sequence,
-        ..BatchBuilderOptions::default()
-    });
-    builder
-        .append(1_700_000_000_000, None, Some(value.as_bytes()), &[])
-        .expect("append");
-    builder.finish().expect("finish").freeze()
+    idempotent_batch(producer_id, sequence, &[value.to_string()])
 }
 
 fn send(connection: &mut Connection, topic: &str, data: Bytes) -> Result<i64, BrokerError> {
@@ -40,19 +30,6 @@ fn send(connection: &mut Connection, topic: &str, data: Bytes) -> Result<i64, Br
             let result = results.remove(0);
             result.error.map_or(Ok(result.offset), Err)
         }
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn producer_id(connection: &mut Connection) -> i64 {
-    match connection
-        .call(&Request::InitProducer {
-            producer_id: -1,
-            producer_epoch: -1,
-        })
-        .expect("init producer")
-    {
-        Response::InitProducer { producer_id, .. } => producer_id,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -97,7 +74,7 @@ fn poisoned_then_recovered(op: &str) {
     let mut connection = broker.connect();
     create_topic(&mut connection, &topic, 1);
     create_topic(&mut connection, "sturdy", 1);
-    let producer = producer_id(&mut connection);
+    let producer = init_producer(&mut connection);
     let (mut acknowledged, (sequence, value, error)) =
         produce_until_failure(&mut connection, &topic, producer);
     assert!(acknowledged.len() >= 2, "{acknowledged:?}");

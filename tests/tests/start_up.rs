@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use shardlog_client::protocol::{Acks, NewTopic, Request, Response};
 use shardlog_client::ErrorCode;
-use shardlog_tests::{binary, consume_all, create_topic, Broker};
-use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions};
+use shardlog_tests::{binary, consume_all, create_topic, idempotent_batch, init_producer, Broker};
 
 /// Runs the broker binary to its end (it must not start); (exit code, stdout, stderr).
 fn run_to_failure(args: &[&str]) -> (Option<i32>, String, String) {
@@ -146,29 +145,11 @@ fn a_produce_whose_handler_times_out_still_settles_and_its_retry_is_stored_once(
     let broker = Broker::start(1, &[]);
     let mut connection = broker.connect();
     create_topic(&mut connection, "hasty", 1);
-    let producer_id = match connection
-        .call(&Request::InitProducer {
-            producer_id: -1,
-            producer_epoch: -1,
-        })
-        .unwrap()
-    {
-        Response::InitProducer { producer_id, .. } => producer_id,
-        other => panic!("unexpected {other:?}"),
-    };
+    let producer_id = init_producer(&mut connection);
     let mut stored = Vec::new();
     for sequence in 0..20 {
         let value = format!("hasty-{sequence}");
-        let mut builder = BatchBuilder::new(BatchBuilderOptions {
-            producer_id,
-            producer_epoch: 0,
-            base_sequence: sequence,
-            ..BatchBuilderOptions::default()
-        });
-        builder
-            .append(1_700_000_000_000, None, Some(value.as_bytes()), &[])
-            .unwrap();
-        let data = builder.finish().unwrap().freeze();
+        let data = idempotent_batch(producer_id, sequence, std::slice::from_ref(&value));
         // A 1 ms timeout: the handler usually gives up before the fdatasync.
         let hasty = Request::Produce {
             acks: Acks::All,

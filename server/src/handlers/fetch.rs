@@ -26,12 +26,12 @@ use shardlog_engine::{ReadPart, ReadSlice};
 use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::net::{Answer, ConnectionContext, MemoryCharge, Outgoing, PayloadPart};
 use crate::shard::messages::{ReadLimit, RemoteFetch};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
-use crate::config::PARTITIONS_PER_REQUEST_MAX;
 /// How often a fetch that found no free memory looks again.
 const BUDGET_RETRY_MS: u64 = 10;
 

@@ -7,12 +7,11 @@ use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::net::Outgoing;
 use crate::shard::messages::OffsetsOutcome;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
-
-use crate::config::PARTITIONS_PER_REQUEST_MAX;
 
 /// One partition's query: (partition, spec, timestamp for `Timestamp`).
 type Query = (u32, fb::OffsetSpec, i64);

@@ -12,13 +12,12 @@ use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, BATCH_HEADER_BY
 use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
+use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::net::Outgoing;
 use crate::shard::messages::ProduceOutcome;
 use crate::shard::producers::SequenceCheck;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
-
-use crate::config::PARTITIONS_PER_REQUEST_MAX;
 
 /// A partition and where its batches lie in the request buffer.
 type PartitionRange = (u32, Range<usize>);
