@@ -253,6 +253,8 @@ async fn shard_main(
     }
     let _ = events.send(ShardEvent::Ready);
     glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
+    #[cfg(feature = "fault-injection")]
+    panic_on_request(id);
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(crate::groups::expiry_loop(shard.clone())).detach();
     let accept_shared = glommio::spawn_local(net::accept_loop(shard.clone(), shared));
@@ -263,6 +265,27 @@ async fn shard_main(
     shard.close_partitions().await;
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
+}
+
+/// Test builds only: `SHARDLOG_PANIC_SHARD=<shard>:<after_ms>` makes that
+/// shard panic, so that a test can see a dying shard end the whole process.
+#[cfg(feature = "fault-injection")]
+fn panic_on_request(shard: usize) {
+    let Ok(spec) = std::env::var("SHARDLOG_PANIC_SHARD") else {
+        return;
+    };
+    let Some((target, after_ms)) = spec.split_once(':') else {
+        return;
+    };
+    if target.parse::<usize>().ok() != Some(shard) {
+        return;
+    }
+    let after = Duration::from_millis(after_ms.parse().unwrap_or(0));
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(after).await;
+        panic!("SHARDLOG_PANIC_SHARD asked shard {shard} to panic");
+    })
+    .detach();
 }
 
 async fn watch_stop(shard: Rc<ShardState>, stop: Arc<AtomicBool>) {

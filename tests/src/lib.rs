@@ -266,6 +266,11 @@ impl Broker {
         Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// How the process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.child

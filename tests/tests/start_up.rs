@@ -193,3 +193,24 @@ fn a_produce_whose_handler_times_out_still_settles_and_its_retry_is_stored_once(
     }
     assert_eq!(consume_all(&mut connection, "hasty", 0, 0), stored);
 }
+
+/// A shard that dies (here: a test build's requested panic) ends the whole
+/// process with a failure, instead of leaving its partitions unserved.
+#[test]
+fn a_dying_shard_ends_the_whole_broker() {
+    let mut broker = Broker::start_with_env(2, &[], &[("SHARDLOG_PANIC_SHARD", "1:1500")]);
+    let mut connection = broker.connect();
+    create_topic(&mut connection, "doomed", 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while broker.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker outlived its dead shard"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = broker.exit_status().expect("it ended");
+    assert!(!status.success(), "a dead shard is a failure: {status}");
+    let log = std::fs::read_to_string(&broker.log_path).unwrap_or_default();
+    assert!(log.contains("asked shard 1 to panic"), "{log}");
+}
