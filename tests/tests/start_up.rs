@@ -214,3 +214,24 @@ fn a_dying_shard_ends_the_whole_broker() {
     let log = std::fs::read_to_string(&broker.log_path).unwrap_or_default();
     assert!(log.contains("asked shard 1 to panic"), "{log}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_text_logs_have_no_colours_in_a_file() {
+    for format in ["json", "text"] {
+        let mut broker = Broker::start(1, &["--log-format", format]);
+        let mut connection = broker.connect();
+        create_topic(&mut connection, "logged", 1);
+        drop(connection);
+        broker.stop();
+        let log = std::fs::read_to_string(&broker.log_path).unwrap();
+        assert!(log.lines().count() >= 2, "{log}");
+        assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file: {log}");
+        if format == "json" {
+            for line in log.lines() {
+                let object: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(object.get("level").is_some() && object.get("fields").is_some());
+            }
+        }
+    }
+}
