@@ -69,6 +69,8 @@ impl Marks {
 pub(super) async fn sample(run: std::sync::Arc<Run>) -> Sampled {
     let progress = progress_bar(run.config.quiet);
     let from = wait_for_window(&run).await;
+    // The first marks are taken when counting starts, not during the warmup.
+    tokio::time::sleep_until(from).await;
     let mut sampled = Sampled::default();
     let (mut second, mut window) = (Marks::now(&run), Marks::now(&run));
     let mut window_start = from;
