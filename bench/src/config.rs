@@ -1,8 +1,16 @@
 //! Options of `shardlog-bench`.
+//!
+//! Most options shape one workload directly. `workload FILE.yaml` takes
+//! the shape (topics, partitions, record size, producers, consumers, rate,
+//! durations) from an OpenMessaging Benchmark file instead; an option that
+//! would contradict the file is refused rather than silently ignored, except
+//! `--duration` and `--warmup`, which override the file's minutes (a short
+//! trial of a long workload).
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::Serialize;
 
 /// What to measure.
@@ -17,6 +25,33 @@ pub enum Workload {
     ConsumeTail,
     /// Producers and consumers together: end-to-end latency (send → receipt).
     E2e,
+    /// Producers, and consumers that are members of one consumer group at the tail.
+    Group,
+    /// An OpenMessaging Benchmark workload file (give its path after the word).
+    #[value(name = "workload")]
+    #[serde(rename = "workload")]
+    Omb,
+}
+
+impl Workload {
+    /// The name on the command line.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string())
+    }
+
+    /// Whether the workload has consumers.
+    pub fn consumes(self) -> bool {
+        self != Workload::Produce
+    }
+
+    /// Whether producers write while the consumers read (latency is end to end).
+    pub fn at_the_tail(self) -> bool {
+        matches!(
+            self,
+            Workload::ConsumeTail | Workload::E2e | Workload::Group | Workload::Omb
+        )
+    }
 }
 
 /// `acks` as a flag value.
@@ -48,9 +83,16 @@ pub struct BenchConfig {
     /// The workload.
     #[arg(value_enum)]
     pub workload: Workload,
+    /// With `workload`: the OpenMessaging Benchmark workload file.
+    #[arg(value_name = "FILE.yaml")]
+    pub file: Option<PathBuf>,
     /// The broker to measure.
     #[arg(long, default_value = "127.0.0.1:7070", conflicts_with = "embedded")]
     pub broker: String,
+    /// The broker's metrics endpoint, for its CPU and memory [default: the
+    /// broker's host, port 9644; with --embedded, its own].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "embedded")]
+    pub broker_metrics: Option<String>,
     /// Start a shardlog-server on a temporary directory and a free port, and stop it after.
     #[arg(long)]
     pub embedded: bool,
@@ -66,9 +108,12 @@ pub struct BenchConfig {
     /// With --embedded: the broker's tail cache per shard (0 sends every read to disk).
     #[arg(long)]
     pub cache_bytes: Option<u64>,
-    /// The topic (created if missing).
+    /// The topic (created if missing); with `workload`, the prefix of the topics' names.
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// With `group`: the consumer group's id.
+    #[arg(long, default_value = "bench-group")]
+    pub group: String,
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
@@ -109,9 +154,16 @@ pub struct BenchConfig {
     /// record's intended send time, so stalls are not hidden. Absent: as fast as possible.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Consumers do not fetch ahead: each poll's time is then a whole fetch round trip.
+    #[arg(long)]
+    pub no_prefetch: bool,
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the results as the OpenMessaging Benchmark's result JSON
+    /// (for its `bin/create_charts.py`).
+    #[arg(long, value_name = "FILE")]
+    pub omb_json: Option<PathBuf>,
     /// Draw throughput over time and the latency percentile curve (.svg).
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -120,7 +172,47 @@ pub struct BenchConfig {
     pub quiet: bool,
 }
 
+/// Options that a workload file sets; given on the command line too, they are refused.
+pub const SET_BY_WORKLOAD_FILE: [&str; 6] = [
+    "partitions",
+    "record_size",
+    "key_space",
+    "producers",
+    "consumers",
+    "rate",
+];
+
 impl BenchConfig {
+    /// Parses the command line (`args` includes the program name) and
+    /// checks it, reporting which options a workload file already sets.
+    ///
+    /// # Errors
+    /// clap's error (`--help` and `--version` come this way too), or a
+    /// message naming the bad option.
+    pub fn from_args<I, T>(args: I) -> Result<BenchConfig, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = BenchConfig::command()
+            .try_get_matches_from(args)
+            .map_err(ConfigError::Clap)?;
+        let config = BenchConfig::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
+        if config.workload == Workload::Omb {
+            let given = SET_BY_WORKLOAD_FILE
+                .iter()
+                .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+            if let Some(id) = given {
+                return Err(ConfigError::Invalid(format!(
+                    "--{} is set by the workload file; edit the file instead",
+                    id.replace('_', "-")
+                )));
+            }
+        }
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
     /// The run's length in seconds when it is bounded by time.
     pub fn duration_secs(&self) -> Option<f64> {
         match (self.records, self.duration) {
@@ -135,10 +227,23 @@ impl BenchConfig {
     /// # Errors
     /// A message naming the bad option.
     pub fn validate(&self) -> Result<(), String> {
+        match (self.workload, &self.file) {
+            (Workload::Omb, None) => {
+                return Err("workload needs a file: shardlog-bench workload FILE.yaml".into())
+            }
+            (Workload::Omb, Some(_)) => {}
+            (_, Some(file)) => {
+                return Err(format!(
+                    "unexpected {}: only `workload` takes a file",
+                    file.display()
+                ))
+            }
+            (_, None) => {}
+        }
         if self.producers == 0 && self.workload != Workload::Consume {
             return Err("--producers must be at least 1".into());
         }
-        if self.consumers == 0 && self.workload != Workload::Produce {
+        if self.consumers == 0 && self.workload.consumes() {
             return Err("--consumers must be at least 1".into());
         }
         if self.record_size < 16 {
@@ -156,9 +261,32 @@ impl BenchConfig {
         {
             return Err("--plot writes SVG or PNG: give a path ending in .svg or .png".into());
         }
+        if self.workload == Workload::Omb && self.records.is_some() {
+            return Err("a workload file's run is bounded by time, not --records".into());
+        }
         Ok(())
     }
 }
+
+/// Why the command line was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// clap's own (including `--help` and `--version`, which are not errors to the user).
+    Clap(clap::Error),
+    /// A combination clap cannot check.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Clap(error) => write!(f, "{error}"),
+            ConfigError::Invalid(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {
@@ -189,6 +317,77 @@ mod tests {
         assert_eq!(config.duration_secs(), None);
         assert_eq!(config.acks, AcksArg::Leader);
         assert_eq!(config.rate, Some(100.0));
+        assert_eq!(config.broker_metrics, None);
+        assert!(!config.no_prefetch);
+    }
+
+    #[test]
+    fn the_new_options_parse() {
+        let config = BenchConfig::from_args([
+            "shardlog-bench",
+            "group",
+            "--group",
+            "g1",
+            "--consumers",
+            "3",
+            "--broker-metrics",
+            "10.0.0.5:9999",
+            "--omb-json",
+            "omb.json",
+            "--no-prefetch",
+        ])
+        .unwrap();
+        assert_eq!(config.workload, Workload::Group);
+        assert_eq!(config.group, "g1");
+        assert_eq!(config.broker_metrics.as_deref(), Some("10.0.0.5:9999"));
+        assert_eq!(config.omb_json, Some(PathBuf::from("omb.json")));
+        assert!(config.no_prefetch);
+        let config = BenchConfig::from_args([
+            "shardlog-bench",
+            "workload",
+            "w.yaml",
+            "--embedded",
+            "--duration",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(config.workload, Workload::Omb);
+        assert_eq!(config.file, Some(PathBuf::from("w.yaml")));
+        assert_eq!(config.duration, Some(5.0));
+        // --broker-metrics names an outside broker's endpoint.
+        assert!(BenchConfig::from_args([
+            "shardlog-bench",
+            "produce",
+            "--embedded",
+            "--broker-metrics",
+            "x:1"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn a_workload_file_is_required_and_not_contradicted() {
+        let refused = |args: &[&str]| match BenchConfig::from_args(args) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("{args:?} gave {other:?}"),
+        };
+        assert!(refused(&["shardlog-bench", "workload"]).contains("needs a file"));
+        assert!(refused(&["shardlog-bench", "produce", "x.yaml"]).contains("only `workload`"));
+        let message = refused(&["shardlog-bench", "workload", "w.yaml", "--partitions", "4"]);
+        assert!(
+            message.contains("--partitions is set by the workload file"),
+            "{message}"
+        );
+        let message = refused(&[
+            "shardlog-bench",
+            "workload",
+            "w.yaml",
+            "--record-size",
+            "64",
+        ]);
+        assert!(message.contains("--record-size"), "{message}");
+        // A default is not a contradiction.
+        assert!(BenchConfig::from_args(["shardlog-bench", "workload", "w.yaml"]).is_ok());
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! `--embedded`: a shardlog-server on a temporary directory and free ports.
+//!
+//! The broker is a child process, not threads of the bench: its CPU time
+//! and memory are its own, read from its `/metrics`, and never mixed with
+//! the load generator's.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -10,6 +14,8 @@ pub struct EmbeddedBroker {
     child: Child,
     /// Its address.
     pub addr: String,
+    /// Its metrics endpoint.
+    pub metrics_addr: String,
     _data_dir: tempfile::TempDir,
 }
 
@@ -53,15 +59,11 @@ impl EmbeddedBroker {
             shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let base = free_port_range(shard_count as u16 + 2)?;
         let addr = format!("127.0.0.1:{base}");
+        let metrics_addr = format!("127.0.0.1:{}", base + shard_count as u16 + 1);
         let mut child = Command::new(server_binary()?)
             .arg("--data-dir")
             .arg(data_dir.path())
-            .args([
-                "--listen",
-                &addr,
-                "--metrics-listen",
-                &format!("127.0.0.1:{}", base + shard_count as u16 + 1),
-            ])
+            .args(["--listen", &addr, "--metrics-listen", &metrics_addr])
             .args([
                 "--shards",
                 &shard_count.to_string(),
@@ -89,6 +91,7 @@ impl EmbeddedBroker {
             Ok(line) if line.contains("listening on") => Ok(EmbeddedBroker {
                 child,
                 addr,
+                metrics_addr,
                 _data_dir: data_dir,
             }),
             _ => {
@@ -96,17 +99,6 @@ impl EmbeddedBroker {
                 anyhow::bail!("the embedded broker did not start")
             }
         }
-    }
-
-    /// The broker's peak resident memory so far, in bytes (from /proc).
-    pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        line.split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
     }
 }
 

@@ -1,16 +1,28 @@
 //! The `shardlog-bench` binary.
 
-use clap::Parser;
-use shardlog_bench::config::BenchConfig;
+use shardlog_bench::config::{BenchConfig, ConfigError, Workload};
 use shardlog_bench::embedded::EmbeddedBroker;
+use shardlog_bench::omb::{OmbResult, OmbTotals, OmbWorkload};
+use shardlog_bench::plan::Plan;
+use shardlog_bench::resources::default_metrics_addr;
 
 fn main() -> std::process::ExitCode {
-    let config = BenchConfig::parse();
-    if let Err(message) = config.validate() {
-        eprintln!("shardlog-bench: {message}");
-        return std::process::ExitCode::from(2);
-    }
-    match run(&config) {
+    let config = match BenchConfig::from_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(ConfigError::Clap(error)) => error.exit(),
+        Err(ConfigError::Invalid(message)) => {
+            eprintln!("shardlog-bench: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let plan = match plan(&config) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("shardlog-bench: {error:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(&config, &plan) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("shardlog-bench: {error:#}");
@@ -19,28 +31,65 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(config: &BenchConfig) -> anyhow::Result<()> {
+fn plan(config: &BenchConfig) -> anyhow::Result<Plan> {
+    match (&config.workload, &config.file) {
+        (Workload::Omb, Some(file)) => {
+            let omb = OmbWorkload::load(file)?;
+            if omb.message_size_bytes < 16 {
+                anyhow::bail!("{}: messageSize must be at least 16", file.display());
+            }
+            Ok(Plan::from_omb(config, &omb, &topic_suffix()))
+        }
+        _ => Ok(Plan::from_options(config)),
+    }
+}
+
+/// A suffix that keeps one run's topics apart from another's on the same broker.
+fn topic_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:07x}",
+        (nanos ^ u128::from(std::process::id())) as u32 & 0x0fff_ffff
+    )
+}
+
+fn run(config: &BenchConfig, plan: &Plan) -> anyhow::Result<()> {
     let embedded = if config.embedded {
         Some(EmbeddedBroker::start(config)?)
     } else {
         None
     };
-    let broker = embedded
-        .as_ref()
-        .map_or(config.broker.clone(), |b| b.addr.clone());
+    let (broker, metrics) = match &embedded {
+        Some(b) => (b.addr.clone(), b.metrics_addr.clone()),
+        None => (
+            config.broker.clone(),
+            config
+                .broker_metrics
+                .clone()
+                .unwrap_or_else(|| default_metrics_addr(&config.broker)),
+        ),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (report, latency) = runtime.block_on(shardlog_bench::run::run(config, &broker))?;
+    let (report, histograms, sampled) =
+        runtime.block_on(shardlog_bench::run::run(config, plan, &broker, &metrics))?;
     print!("{}", report.table());
-    if let Some(rss) = embedded.as_ref().and_then(EmbeddedBroker::peak_rss_bytes) {
-        println!("broker peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
-    }
     if let Some(path) = &config.json {
         report.write_json(path)?;
     }
+    if let Some(path) = &config.omb_json {
+        let totals = OmbTotals {
+            publish: &histograms.publish,
+            publish_delay: &histograms.publish_delay,
+            end_to_end: &histograms.end_to_end,
+        };
+        OmbResult::new(&plan.omb_shape(), &sampled.windows, totals).write(path)?;
+    }
     if let Some(path) = &config.plot {
-        report.plot(path, &latency)?;
+        report.plot(path, &histograms)?;
     }
     Ok(())
 }

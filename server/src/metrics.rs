@@ -4,6 +4,13 @@
 //! histograms, never shared). A scrape of `http://<metrics-listen>/metrics`
 //! is served by shard 0, which asks every shard for its rendering over the
 //! mesh and concatenates them: no shard reads another's memory.
+//!
+//! The process-wide series (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_resident_memory_max_bytes`)
+//! come from `/proc/self` once per scrape, not per shard: CPU and memory
+//! belong to the whole process (its shards, the io-wq workers io_uring
+//! starts for it, any blocking-pool thread), and a benchmark divides the
+//! change of the CPU counter by the bytes it moved.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write;
@@ -317,9 +324,85 @@ pub fn header() -> &'static str {
      # TYPE shardlog_partition_corrupt_reads_total counter\n"
 }
 
+/// The whole process's CPU time and memory, read from `/proc/self`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system time of every thread, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size now, in bytes.
+    pub resident_bytes: u64,
+    /// The largest resident set size so far (VmHWM), in bytes.
+    pub resident_max_bytes: u64,
+}
+
+impl ProcessStats {
+    /// Reads the process's own counters.
+    ///
+    /// # Errors
+    /// `/proc` is not mounted or a file is not in the expected shape.
+    pub fn read() -> std::io::Result<ProcessStats> {
+        // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks_per_second = u64::try_from(ticks_per_second)
+            .ok()
+            .filter(|t| *t > 0)
+            .unwrap_or(100);
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        parse_process_stats(&stat, &status, ticks_per_second).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unexpected /proc/self/stat or /proc/self/status",
+            )
+        })
+    }
+
+    /// The three series with their HELP and TYPE lines.
+    pub fn render(&self) -> String {
+        format!(
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\n\
+             process_cpu_seconds_total {}\n\
+             # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\n\
+             process_resident_memory_bytes {}\n\
+             # HELP process_resident_memory_max_bytes Peak resident memory size in bytes (VmHWM).\n\
+             # TYPE process_resident_memory_max_bytes gauge\n\
+             process_resident_memory_max_bytes {}\n",
+            self.cpu_seconds, self.resident_bytes, self.resident_max_bytes
+        )
+    }
+}
+
+/// Parses `/proc/self/stat` (utime and stime, fields 14 and 15, in clock
+/// ticks) and `/proc/self/status` (VmRSS and VmHWM, in kB).
+fn parse_process_stats(stat: &str, status: &str, ticks_per_second: u64) -> Option<ProcessStats> {
+    assert!(ticks_per_second > 0);
+    // The command name (field 2) is in parentheses and may hold spaces or
+    // parentheses itself: count fields from the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace();
+    // After the name come state (field 3) .. ; utime is field 14, stime 15.
+    let utime_ticks: u64 = fields.nth(11)?.parse().ok()?;
+    let stime_ticks: u64 = fields.next()?.parse().ok()?;
+    let kilobytes = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some(ProcessStats {
+        cpu_seconds: (utime_ticks + stime_ticks) as f64 / ticks_per_second as f64,
+        resident_bytes: kilobytes("VmRSS:")? * 1024,
+        resident_max_bytes: kilobytes("VmHWM:")? * 1024,
+    })
+}
+
 /// Gathers every shard's rendering (shard 0 serves scrapes).
 pub async fn gather(shard: &Rc<ShardState>) -> String {
     let mut text = String::from(header());
+    match ProcessStats::read() {
+        Ok(stats) => text.push_str(&stats.render()),
+        Err(error) => tracing::warn!(%error, "cannot read the process's CPU and memory"),
+    }
     let renders = (0..shard.count).map(|target| shard.call(target, ShardRequest::Metrics));
     for response in futures_util::future::join_all(renders).await {
         if let ShardResponse::Metrics(rendered) = response {
@@ -449,6 +532,40 @@ mod tests {
                 api.0
             );
         }
+    }
+
+    #[test]
+    fn process_stats_parse_and_render_once() {
+        // A command name with a space and a parenthesis, as comm allows.
+        let stat = "4242 (shardlog (x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    250 130 0 0 20 0 3 0 12345 104857600 2560 18446744073709551615";
+        let status = "Name:\tshardlog\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        let stats = parse_process_stats(stat, status, 100).unwrap();
+        assert_eq!(stats.cpu_seconds, 3.8);
+        assert_eq!(stats.resident_bytes, 10240 * 1024);
+        assert_eq!(stats.resident_max_bytes, 20480 * 1024);
+        assert!(parse_process_stats("garbage", status, 100).is_none());
+        assert!(parse_process_stats(stat, "Name: x\n", 100).is_none());
+
+        let text = stats.render();
+        let value = |name: &str| -> f64 {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some(name))
+                .collect();
+            assert_eq!(lines.len(), 1, "{name} once in {text}");
+            lines[0].split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        assert_eq!(value("process_cpu_seconds_total"), 3.8);
+        assert_eq!(value("process_resident_memory_bytes"), 10_485_760.0);
+        assert_eq!(value("process_resident_memory_max_bytes"), 20_971_520.0);
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge\n"));
+        assert!(text.contains("# HELP process_resident_memory_max_bytes "));
+        // This process's own counters read too (Linux only, as the broker).
+        let own = ProcessStats::read().unwrap();
+        assert!(own.resident_bytes > 0);
+        assert!(own.resident_max_bytes >= own.resident_bytes);
     }
 
     #[test]
