@@ -2,11 +2,12 @@
 //!
 //! ```text
 //!  call() ─► queue ─► writer task: correlation id, frame, write ─► socket
-//!                         └─ pending (FIFO) ◄── reader task: frame, verify, decode ◄─ socket
+//!                         └─ pending (by id) ◄── reader task: frame, verify, decode ◄─ socket
 //! ```
 //!
-//! The broker answers in request order, so the reader pairs each response
-//! with the oldest pending call and checks the correlation id. Requests go
+//! The broker answers each request as it completes, so the reader pairs a
+//! response with the pending call of its correlation id; an id nobody waits
+//! for is a protocol error. Requests go
 //! on the wire in the order [`Connection::send`] calls complete, which is
 //! what keeps one producer partition's batches in sequence order. Calls in
 //! flight are bounded by `max_in_flight` (a semaphore): a call waits for a
@@ -14,7 +15,7 @@
 //! the caller gets around to looking at it). Any I/O or protocol error
 //! closes the connection and fails every pending call; the owner reconnects.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -69,7 +70,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         let (queue_tx, queue_rx) = mpsc::channel(max_in_flight.max(1));
-        let pending: Arc<Mutex<VecDeque<Pending>>> = Arc::default();
+        let pending: Arc<Mutex<PendingCalls>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(write_loop(
             writer,
@@ -129,7 +130,7 @@ impl Connection {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(closed_error()),
                 Err(_) => {
-                    // The response would arrive out of step with what follows: start afresh.
+                    // A broker that sat on a request this long is not to be trusted: start afresh.
                     closed.store(true, Ordering::SeqCst);
                     Err(Error::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -148,14 +149,14 @@ fn closed_error() -> Error {
     ))
 }
 
-/// A request on the wire: its correlation id, where its response goes, and
+/// Requests on the wire by correlation id: where each response goes, and
 /// the in-flight permit it holds until the response is read.
-type Pending = (u32, Reply, OwnedSemaphorePermit);
+type PendingCalls = HashMap<u32, (Reply, OwnedSemaphorePermit)>;
 
 async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut queue: mpsc::Receiver<Queued>,
-    pending: Arc<Mutex<VecDeque<Pending>>>,
+    pending: Arc<Mutex<PendingCalls>>,
     closed: Arc<AtomicBool>,
 ) {
     let mut correlation_id = 1u32;
@@ -170,9 +171,14 @@ async fn write_loop(
                 let _ = reply.send(Err(closed_error()));
                 continue;
             }
-            waiting.push_back((correlation_id, reply, permit));
+            let earlier = waiting.insert(correlation_id, (reply, permit));
+            assert!(
+                earlier.is_none(),
+                "2^32 requests are never in flight at once"
+            );
         }
-        correlation_id = correlation_id.wrapping_add(1);
+        // 0 is what the broker answers a frame it could not read an id from.
+        correlation_id = correlation_id.wrapping_add(1).max(1);
         if writer.write_all(&frame).await.is_err() {
             fail_all(&pending, &closed);
         }
@@ -182,7 +188,7 @@ async fn write_loop(
 
 async fn read_loop(
     mut reader: tokio::net::tcp::OwnedReadHalf,
-    pending: Arc<Mutex<VecDeque<Pending>>>,
+    pending: Arc<Mutex<PendingCalls>>,
     closed: Arc<AtomicBool>,
 ) {
     let limits = ProtocolLimits::default();
@@ -191,17 +197,13 @@ async fn read_loop(
         let Ok((correlation_id, response)) = result else {
             break;
         };
-        let next = lock(&pending).pop_front();
-        match next {
-            Some((expected, reply, _permit)) if expected == correlation_id => {
+        let waiting = lock(&pending).remove(&correlation_id);
+        match waiting {
+            Some((reply, _permit)) => {
                 let _ = reply.send(Ok(response));
             }
-            Some((expected, reply, _permit)) => {
-                let message =
-                    format!("response {correlation_id} arrived where {expected} was expected");
-                let _ = reply.send(Err(Error::Protocol(message)));
-                break;
-            }
+            // A response to nothing asked (or to a request that timed out,
+            // which closes the connection anyway): the stream is not to be trusted.
             None => break,
         }
     }
@@ -229,13 +231,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Marks the connection closed and fails every request waiting for a response.
-fn fail_all(pending: &Mutex<VecDeque<Pending>>, closed: &AtomicBool) {
-    let failed: Vec<Pending> = {
+fn fail_all(pending: &Mutex<PendingCalls>, closed: &AtomicBool) {
+    let failed: Vec<(Reply, OwnedSemaphorePermit)> = {
         let mut waiting = lock(pending);
         closed.store(true, Ordering::SeqCst);
-        waiting.drain(..).collect()
+        waiting.drain().map(|(_, call)| call).collect()
     };
-    for (_, reply, _permit) in failed {
+    for (reply, _permit) in failed {
         let _ = reply.send(Err(closed_error()));
     }
 }

@@ -1,14 +1,18 @@
 //! One client connection.
 //!
 //! ```text
-//!  socket ─► reader: prefix ─► limits ─► body (charged as it arrives) ─► verify ─► parse ─► spawn handler ─┐
-//!                                                                                                         │ bounded queue
-//!  socket ◄─ writer: awaits handlers in request order, writes each response, gives back its memory ◄──────┘ (inflight_requests_max)
+//!  socket ─► reader: slot ─► prefix ─► limits ─► body (charged as it arrives) ─► verify ─► parse ─► spawn handler
+//!                (inflight_requests_max)                                                               │ each, when done
+//!  socket ◄─ writer: writes each answer as it completes, gives back its memory and slot ◄──────────────┘
 //! ```
 //!
-//! Requests are handled concurrently but answered in the order they came,
-//! so a client may pipeline. What a connection may hold is bounded three
-//! ways: requests in flight (the queue), bytes (request bodies and fetched
+//! Requests are handled concurrently and answered as they complete, each
+//! response carrying its request's correlation id: a produce waiting for an
+//! fdatasync does not hold back a metadata answer, nor one slow partition
+//! the acknowledgements of others. Handlers start in arrival order (glommio
+//! runs a spawned task at once), which is what keeps one producer
+//! partition's batches in order. What a connection may hold is bounded three
+//! ways: requests in flight (slots), bytes (request bodies and fetched
 //! data count against the connection's and the shard's memory budget, see
 //! `budget.rs`), and time: a connection that sends nothing for
 //! `connection_idle_timeout_ms`, whose frame stalls for
@@ -24,7 +28,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::io::{BufferedFile, ReadResult};
 use glommio::net::TcpStream;
-use glommio::task::JoinHandle;
+use glommio::sync::{Semaphore, StaticPermit};
 use shardlog_wire::protocol::{self, fb, FRAME_PREFIX_BYTES};
 
 use super::budget::{Budget, MemoryCharge};
@@ -35,9 +39,12 @@ use crate::shard::ShardState;
 
 /// Request body bytes reserved (not touched) up front; larger bodies grow as they arrive.
 const BODY_RESERVE_BYTES: usize = 1 << 20;
-/// The first read of a body asks for this much; each next read for up to
-/// what has arrived so far, so a stalled frame holds little memory.
-const BODY_FIRST_READ_BYTES: usize = 4096;
+/// The most a read waiting for an empty socket takes in at once (into a
+/// stack buffer); the rest is received straight into the body.
+const BODY_WAIT_READ_BYTES: usize = 4096;
+/// The first direct receive of a body asks for this much; each next one for
+/// up to what is charged already.
+const RECV_FIRST_BYTES: usize = 64 * 1024;
 
 /// A response ready to be written: the flatbuffer, then the raw payload.
 #[derive(Debug)]
@@ -100,11 +107,17 @@ pub struct ConnectionContext {
     pub budget: Rc<Budget>,
 }
 
-struct InFlight {
-    response: JoinHandle<Answer>,
+/// A handled request, ready to be written.
+struct Done {
+    answer: Answer,
     /// The request's body, given back once its response is written.
     _charge: MemoryCharge,
+    /// Its place among the requests in flight, given back with it.
+    _slot: StaticPermit,
 }
+
+/// Shared by the reader and every handler task; the channel closes when the last goes.
+type DoneSender = Rc<local_channel::LocalSender<Done>>;
 
 /// Why a connection closes.
 #[derive(Debug)]
@@ -143,13 +156,15 @@ pub async fn serve(shard: Rc<ShardState>, stream: TcpStream) {
         budget: Budget::new(limits.connection_memory_bytes_max, shard.memory.clone()),
     });
     let (reader, writer) = futures_lite::io::split(stream);
-    let (queue_tx, queue_rx) = local_channel::new_bounded::<InFlight>(limits.inflight_requests_max);
-    let writer_shard = shard.clone();
-    let writer_task =
-        glommio::spawn_local(
-            async move { write_loop(writer_shard, writer, socket, queue_rx).await },
-        );
-    let closed = read_loop(&shard, &context, reader, &queue_tx).await;
+    let slots = Rc::new(Semaphore::new(limits.inflight_requests_max as u64));
+    // Each request in flight holds a slot and sends at most once: never full.
+    let (done_tx, done_rx) = local_channel::new_bounded::<Done>(limits.inflight_requests_max);
+    let (writer_shard, writer_slots) = (shard.clone(), slots.clone());
+    let writer_task = glommio::spawn_local(async move {
+        write_loop(writer_shard, writer, socket, done_rx, writer_slots).await
+    });
+    let done_tx: DoneSender = Rc::new(done_tx);
+    let closed = read_loop(&shard, &context, reader, socket, &slots, &done_tx).await;
     match &closed {
         Close::Done => {}
         Close::Idle => shard.metrics.connection_closed("idle"),
@@ -159,7 +174,7 @@ pub async fn serve(shard: Rc<ShardState>, stream: TcpStream) {
             tracing::debug!(%reason, "closing connection");
         }
     }
-    drop(queue_tx);
+    drop(done_tx);
     writer_task.await;
 }
 
@@ -175,31 +190,41 @@ async fn read_loop(
     shard: &Rc<ShardState>,
     context: &Rc<ConnectionContext>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
-    queue: &local_channel::LocalSender<InFlight>,
+    socket: std::os::fd::RawFd,
+    slots: &Rc<Semaphore>,
+    done: &DoneSender,
 ) -> Close {
     let limits = protocol::ProtocolLimits {
         frame_bytes_max: shard.config.limits.frame_bytes_max,
         ..protocol::ProtocolLimits::default()
     };
     loop {
-        let frame = match read_frame(shard, context, &mut reader, &limits).await {
+        // With every slot taken, the next frame is not read: pushback.
+        let Ok(slot) = slots.acquire_static_permit(1).await else {
+            return Close::Broken("the writer stopped".into());
+        };
+        let frame = match read_frame(shard, context, &mut reader, socket, &limits).await {
             Ok(frame) => frame,
             Err(close) => return close,
         };
-        let response = match frame.message_bytes {
+        let answer = match frame.message_bytes {
             Some(message_bytes) => dispatch(shard, context, frame.body, message_bytes, &limits),
-            None => ready(handlers::error_response(
+            None => Box::pin(ready(handlers::error_response(
                 0,
                 &malformed("the message length exceeds the frame"),
-            )),
+            ))),
         };
-        let in_flight = InFlight {
-            response,
-            _charge: frame.charge,
-        };
-        if queue.send(in_flight).await.is_err() {
-            return Close::Broken("the writer stopped".into());
-        }
+        let (done, charge) = (done.clone(), frame.charge);
+        glommio::spawn_local(async move {
+            let done_answer = Done {
+                answer: answer.await,
+                _charge: charge,
+                _slot: slot,
+            };
+            // Fails only once the writer stopped: the answer is dropped.
+            let _ = done.send(done_answer).await;
+        })
+        .detach();
     }
 }
 
@@ -210,6 +235,7 @@ async fn read_frame(
     shard: &Rc<ShardState>,
     context: &ConnectionContext,
     reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    socket: std::os::fd::RawFd,
     limits: &protocol::ProtocolLimits,
 ) -> Result<Frame, Close> {
     let config = &shard.config.limits;
@@ -239,7 +265,7 @@ async fn read_frame(
     };
     let body_bytes = frame_bytes - FRAME_PREFIX_BYTES;
     let mut charge = context.budget.charge();
-    let body = read_body(reader, body_bytes, &mut charge, deadline, shard).await?;
+    let body = read_body(reader, socket, body_bytes, &mut charge, deadline, shard).await?;
     Ok(Frame {
         body,
         message_bytes,
@@ -248,28 +274,44 @@ async fn read_frame(
 }
 
 /// Reads `body_bytes`, charging each read to `charge` once it has arrived.
-/// Zeroing memory ahead of a read is what makes it resident, so each read
-/// asks for at most as much as has arrived already (from 4 KiB): a frame
+/// Bytes the socket already holds are received straight into the body's
+/// spare capacity ([`recv_ready`]), so a body is never zero-filled first;
+/// only when the socket is empty does the read wait, through glommio, for
+/// at most a small scratch buffer. Capacity is reserved up to 1 MiB (not
+/// touched, so not resident) and grown only as bytes arrive, so a frame
 /// whose sender stalls holds little more than what it sent.
 async fn read_body(
     reader: &mut futures_lite::io::ReadHalf<TcpStream>,
+    socket: std::os::fd::RawFd,
     body_bytes: usize,
     charge: &mut MemoryCharge,
     deadline: Instant,
     shard: &ShardState,
 ) -> Result<BytesMut, Close> {
     let mut body = BytesMut::with_capacity(body_bytes.min(BODY_RESERVE_BYTES));
+    let mut scratch = [0u8; BODY_WAIT_READ_BYTES];
     while body.len() < body_bytes {
-        let filled = body.len();
-        let ask = filled.max(BODY_FIRST_READ_BYTES).min(body_bytes - filled);
-        body.resize(filled + ask, 0);
-        let read = read_some(reader, &mut body[filled..], deadline, shard).await;
-        let n = match read {
-            Ok(0) => return Err(Close::Broken("the connection closed inside a frame".into())),
-            Ok(n) => n,
-            Err(close) => return Err(close),
+        // Up to what is charged already (from 64 KiB): uncharged bytes in
+        // hand stay within that, however fast a sender is while the budget waits.
+        let charged = usize::try_from(charge.bytes()).unwrap_or(usize::MAX);
+        let want = (body_bytes - body.len()).min(charged.max(RECV_FIRST_BYTES));
+        let n = match recv_ready(socket, &mut body, want) {
+            Ok(Some(0)) => {
+                return Err(Close::Broken("the connection closed inside a frame".into()))
+            }
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let ask = want.min(scratch.len());
+                match read_some(reader, &mut scratch[..ask], deadline, shard).await? {
+                    0 => return Err(Close::Broken("the connection closed inside a frame".into())),
+                    n => {
+                        body.extend_from_slice(&scratch[..n]);
+                        n
+                    }
+                }
+            }
+            Err(error) => return Err(Close::Broken(error.to_string())),
         };
-        body.truncate(filled + n);
         charge
             .grow(n as u64)
             .await
@@ -277,6 +319,38 @@ async fn read_body(
     }
     assert!(body.len() == body_bytes);
     Ok(body)
+}
+
+/// Receives what `socket` (non-blocking) holds now, at most `want` bytes,
+/// into the spare capacity of `body`: `Some(0)` at end of stream, `None`
+/// when nothing is there yet.
+fn recv_ready(
+    socket: std::os::fd::RawFd,
+    body: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<Option<usize>> {
+    body.reserve(want);
+    loop {
+        let spare = body.spare_capacity_mut();
+        let len = want.min(spare.len());
+        // SAFETY: `spare` is memory owned by `body`, writable for at least
+        // `len` bytes; recv writes at most `len` bytes there and takes no
+        // other pointer. The socket belongs to this connection for the call.
+        let n = unsafe { libc::recv(socket, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            let n = n as usize;
+            assert!(n <= len);
+            // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+            unsafe { body.set_len(body.len() + n) };
+            return Ok(Some(n));
+        }
+        let error = std::io::Error::last_os_error();
+        match error.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(error),
+        }
+    }
 }
 
 /// One read, bounded by `deadline` (timing out as [`Close::StalledFrame`])
@@ -309,18 +383,20 @@ fn malformed(message: &str) -> WireError {
     WireError::new(fb::ErrorCode::MalformedFrame, message)
 }
 
-fn ready(outgoing: Outgoing) -> JoinHandle<Answer> {
-    glommio::spawn_local(async move { Answer::from(outgoing) }).detach()
+async fn ready(outgoing: Outgoing) -> Answer {
+    Answer::from(outgoing)
 }
 
-/// Verifies and parses one frame, and starts its handler.
+type Handling = std::pin::Pin<Box<dyn std::future::Future<Output = Answer>>>;
+
+/// Verifies and parses one frame; the future that handles it.
 fn dispatch(
     shard: &Rc<ShardState>,
     context: &Rc<ConnectionContext>,
     body: BytesMut,
     message_bytes: usize,
     limits: &protocol::ProtocolLimits,
-) -> JoinHandle<Answer> {
+) -> Handling {
     let started = std::time::Instant::now();
     let mut api = 0u8;
     let parsed = match protocol::verify_request(&body[..message_bytes], limits) {
@@ -339,15 +415,16 @@ fn dispatch(
     match parsed {
         Ok((correlation_id, request)) => {
             let (shard, context) = (shard.clone(), context.clone());
-            glommio::spawn_local(async move {
+            Box::pin(async move {
                 let answer =
                     handlers::handle(&shard, &context, correlation_id, request, body).await;
                 shard.metrics.latency(api, started.elapsed());
                 answer
             })
-            .detach()
         }
-        Err((correlation_id, error)) => ready(handlers::error_response(correlation_id, &error)),
+        Err((correlation_id, error)) => {
+            Box::pin(ready(handlers::error_response(correlation_id, &error)))
+        }
     }
 }
 
@@ -355,51 +432,47 @@ async fn write_loop(
     shard: Rc<ShardState>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     socket: std::os::fd::RawFd,
-    queue: local_channel::LocalReceiver<InFlight>,
+    done: local_channel::LocalReceiver<Done>,
+    slots: Rc<Semaphore>,
 ) {
     let timeout = Duration::from_millis(shard.config.limits.response_write_timeout_ms);
-    while let Some(in_flight) = queue.recv().await {
-        let answer = in_flight.response.await;
-        let written = match answer {
-            Some(Answer {
-                outgoing,
-                charge: _charge,
-            }) => {
-                let payload_bytes: u64 = outgoing.payload.iter().map(PayloadPart::len).sum();
-                let bytes = (FRAME_PREFIX_BYTES + outgoing.message.len()) as u64 + payload_bytes;
-                shard.metrics.bytes_out(bytes);
-                let write = async { Some(write_response(&mut writer, socket, outgoing).await) };
-                let expire = async {
-                    glommio::timer::sleep(timeout).await;
-                    None
-                };
-                match futures_lite::future::or(write, expire).await {
-                    Some(result) => result,
-                    None => {
-                        shard.metrics.connection_closed("write_timeout");
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the client did not take a response within response_write_timeout_ms",
-                        ))
-                    }
-                }
+    // `done_answer` lives to the end of each turn: its memory and slot come back once written.
+    while let Some(done_answer) = done.recv().await {
+        let outgoing = &done_answer.answer.outgoing;
+        let payload_bytes: u64 = outgoing.payload.iter().map(PayloadPart::len).sum();
+        let bytes = (FRAME_PREFIX_BYTES + outgoing.message.len()) as u64 + payload_bytes;
+        shard.metrics.bytes_out(bytes);
+        let write = async { Some(write_response(&mut writer, socket, outgoing).await) };
+        let expire = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        let written = match futures_lite::future::or(write, expire).await {
+            Some(result) => result,
+            None => {
+                shard.metrics.connection_closed("write_timeout");
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not take a response within response_write_timeout_ms",
+                ))
             }
-            None => Err(std::io::Error::other("a request handler was cancelled")),
         };
         if let Err(error) = written {
             tracing::debug!(%error, "writing a response failed; closing the connection");
             break;
         }
     }
-    // Requests that will never be answered give their memory back as they drop.
-    drop(queue);
+    // The reader stops at its next slot; answers still to come are dropped
+    // as they arrive, giving back their memory and slots.
+    slots.close();
+    while done.recv().await.is_some() {}
     let _ = writer.close().await;
 }
 
 async fn write_response(
     writer: &mut futures_lite::io::WriteHalf<TcpStream>,
     socket: std::os::fd::RawFd,
-    outgoing: Outgoing,
+    outgoing: &Outgoing,
 ) -> std::io::Result<()> {
     let payload_bytes: u64 = outgoing.payload.iter().map(PayloadPart::len).sum();
     let prefix = protocol::checked_prefix(outgoing.message.len(), payload_bytes)
@@ -408,15 +481,15 @@ async fn write_response(
     head.extend_from_slice(&prefix);
     head.extend_from_slice(&outgoing.message);
     writer.write_all(&head).await?;
-    for part in outgoing.payload {
+    for part in &outgoing.payload {
         match part {
-            PayloadPart::Bytes(bytes) => writer.write_all(&bytes).await?,
-            PayloadPart::Direct(result) => writer.write_all(&result).await?,
+            PayloadPart::Bytes(bytes) => writer.write_all(bytes).await?,
+            PayloadPart::Direct(result) => writer.write_all(result).await?,
             PayloadPart::File {
                 file,
                 position,
                 length,
-            } => send_file(writer, socket, &file, position, length).await?,
+            } => send_file(writer, socket, file, *position, *length).await?,
         }
     }
     writer.flush().await

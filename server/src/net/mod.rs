@@ -20,14 +20,30 @@ pub use budget::{Budget, MemoryCharge};
 pub use connection::{Answer, ConnectionContext, Outgoing, PayloadPart};
 
 /// Binds the shared client port with SO_REUSEPORT: every shard binds it and
-/// the kernel spreads connections over them.
+/// the kernel spreads connections over them. SO_REUSEADDR too, so that a
+/// restart is not refused while old connections on the port sit in
+/// TIME_WAIT (std's own listeners, used for the exclusive ports, set it).
 ///
 /// # Errors
 /// The address is taken (without SO_REUSEPORT) or not local.
 pub fn bind_shared(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| Error::io("binding", addr.to_string(), std::io::Error::from(e)))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let error = |e: std::io::Error| Error::io("binding", addr.to_string(), e);
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_reuse_port(true).map_err(error)?;
+    socket.bind(&addr.into()).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)?;
+    Ok(adopt(socket.into()))
 }
+
+/// Connections the kernel queues on a listener before the shard accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// Binds a port that belongs to one listener alone (a shard's own port, the
 /// metrics port): without SO_REUSEPORT, so a second broker on the same
