@@ -32,7 +32,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use shardlog_wire::protocol::{self, fb, FRAME_PREFIX_BYTES};
 
 use super::budget::{Budget, MemoryCharge};
-use super::sendfile::{send_file, set_nonblocking};
+use super::sendfile::{send_file, set_nonblocking, write_slices};
 use crate::error::WireError;
 use crate::handlers;
 use crate::shard::ShardState;
@@ -477,20 +477,26 @@ async fn write_response(
     let payload_bytes: u64 = outgoing.payload.iter().map(PayloadPart::len).sum();
     let prefix = protocol::checked_prefix(outgoing.message.len(), payload_bytes)
         .ok_or_else(|| std::io::Error::other("a response exceeds the 4 GiB frame limit"))?;
-    let mut head = Vec::with_capacity(FRAME_PREFIX_BYTES + outgoing.message.len());
-    head.extend_from_slice(&prefix);
-    head.extend_from_slice(&outgoing.message);
-    writer.write_all(&head).await?;
+    // Runs of memory parts go out in one writev each; a sealed-file range
+    // with sendfile between them.
+    let mut run: Vec<&[u8]> = Vec::with_capacity(2 + outgoing.payload.len());
+    run.push(&prefix);
+    run.push(&outgoing.message);
     for part in &outgoing.payload {
         match part {
-            PayloadPart::Bytes(bytes) => writer.write_all(bytes).await?,
-            PayloadPart::Direct(result) => writer.write_all(result).await?,
+            PayloadPart::Bytes(bytes) => run.push(bytes),
+            PayloadPart::Direct(result) => run.push(result),
             PayloadPart::File {
                 file,
                 position,
                 length,
-            } => send_file(writer, socket, file, *position, *length).await?,
+            } => {
+                write_slices(writer, socket, &run).await?;
+                run.clear();
+                send_file(writer, socket, file, *position, *length).await?;
+            }
         }
     }
+    write_slices(writer, socket, &run).await?;
     writer.flush().await
 }
