@@ -91,7 +91,7 @@ fn source() -> &'static Source {
 fn frames_of(bytes: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut position = 0;
-    while position + 64 <= bytes.len() {
+    while position + shardlog_wire::batch::BATCH_HEADER_BYTES <= bytes.len() {
         let header = shardlog_wire::batch::BatchHeader::parse(&bytes[position..]);
         let Ok(header) = header else { break };
         frames.push(Frame {
@@ -114,14 +114,21 @@ enum Damage {
 }
 
 impl Damage {
-    /// (byte offset in the header, bit in that byte)
+    /// (byte offset in the header, bit in that byte) of bit `bit` of the
+    /// field's value. Kafka's header is big-endian: bit 0 is in the field's last byte.
     fn locate(self) -> (usize, u8) {
-        let (field_at, bit) = match self {
-            Damage::Length(bit) => (0, bit),
-            Damage::LeaderEpoch(bit) => (4, bit),
-            Damage::BaseOffset(bit) => (8, bit),
+        // Kafka RecordBatch v2: baseOffset i64 at 0, batchLength i32 at 8,
+        // partitionLeaderEpoch i32 at 12.
+        let (field_at, field_bytes, bit) = match self {
+            Damage::Length(bit) => (8, 4, bit),
+            Damage::LeaderEpoch(bit) => (12, 4, bit),
+            Damage::BaseOffset(bit) => (0, 8, bit),
         };
-        (field_at + bit as usize / 8, 1 << (bit % 8))
+        assert!((bit as usize) < field_bytes * 8);
+        (
+            field_at + field_bytes - 1 - bit as usize / 8,
+            1 << (bit % 8),
+        )
     }
 
     /// True when reads steer by the field, so walking the frame must fail.
@@ -293,8 +300,8 @@ fn a_base_offset_near_the_end_of_u64_in_a_sealed_segment_is_corrupt() {
         let target = frames[1];
         let path = dir.join(segment.file_name().unwrap());
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[target.position + 8..target.position + 16]
-            .copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        // Kafka's baseOffset is an i64: the largest one is what a damaged sign bit looks like.
+        bytes[target.position..target.position + 8].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         std::io::Write::write_all(&mut file, &bytes).unwrap();
         file.sync_all().unwrap();

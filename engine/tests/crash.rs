@@ -141,11 +141,12 @@ fn a_flipped_bit_cuts_the_log_before_the_damaged_batch() {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                // Bytes 4..8 hold the leader epoch, which lies outside the CRC
-                // as in Kafka: a flip there is not detectable by the batch.
+                // Bytes 12..16 hold Kafka's partitionLeaderEpoch, which lies
+                // outside the CRC: a flip there is not detectable by the batch.
+                // (A flip in baseOffset, bytes 0..8, breaks offset continuity.)
                 let mut at = start + seed % (end - start);
-                if (start + 4..start + 8).contains(&at) {
-                    at = start + 8;
+                if (start + 12..start + 16).contains(&at) {
+                    at = start + 16;
                 }
                 let dir = root.join(format!("flip-{damaged}-{at}-{}", seed % 8));
                 copy_dir(&source, &dir);

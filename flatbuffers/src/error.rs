@@ -45,9 +45,12 @@ pub enum Error {
         /// The attributes field.
         attributes: u16,
     },
-    /// Reserved header bytes are not zero.
-    #[error("reserved batch header bytes are not zero")]
-    ReservedNotZero,
+    /// Kafka's batchLength field is negative or shorter than a header.
+    #[error("batch length field {batch_length} is out of range: a batch holds at least its 61-byte header")]
+    LengthOutOfRange {
+        /// The batchLength field (bytes after it).
+        batch_length: i32,
+    },
     /// A batch must hold at least one record and its count must match the offset span.
     #[error(
         "batch record count {record_count} does not match last offset delta {last_offset_delta}"

@@ -4,9 +4,11 @@
 //! protocol** ([`protocol`]: frames, verification, generated flatbuffers types).
 //! The record batch format is the unit that a
 //! producer builds, the broker validates and appends, the disk stores and a
-//! consumer reads back. The bytes are identical on disk and on the wire: the
-//! broker only stamps the base offset and leader epoch into the header (two
-//! fields outside the CRC) and never re-encodes anything.
+//! consumer reads back. It is Apache Kafka's RecordBatch v2 (magic 2), byte
+//! for byte, so Kafka's tools and client libraries read it as it is. The
+//! bytes are identical on disk and on the wire: the broker only stamps the
+//! base offset and leader epoch into the header (two fields outside the CRC)
+//! and never re-encodes anything.
 //!
 //! The crate does no I/O and knows nothing of glommio, so the client SDK can
 //! use it without pulling in the broker.

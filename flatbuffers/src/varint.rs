@@ -1,4 +1,6 @@
-//! LEB128 variable-length integers and zigzag encoding, as used inside records.
+//! LEB128 variable-length integers and zig-zag encoding. Records use the
+//! zig-zag form everywhere, as Kafka's `varint` (i32 values) and `varlong`
+//! (i64); the unsigned form is what lies beneath it.
 
 /// The most bytes a `u64` takes as LEB128.
 pub const VARINT_BYTES_MAX: usize = 10;

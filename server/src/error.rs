@@ -37,6 +37,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The data directory was written in an on-disk format this build cannot read.
+    #[error("data directory {path} holds {found}, which this build cannot read (it stores Kafka RecordBatch v2, data format {version}); there is no converter: move or delete the directory, or pick another --data-dir", version = crate::metadata::DATA_FORMAT_VERSION)]
+    DataFormat {
+        /// The data directory.
+        path: PathBuf,
+        /// What was found.
+        found: String,
+    },
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] shardlog_engine::Error),

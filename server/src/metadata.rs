@@ -174,6 +174,78 @@ impl ClusterMetadata {
     }
 }
 
+/// The on-disk format this build writes: 2 since batches are Kafka
+/// RecordBatch v2 (format 1, shardlog's own batch layout, had no marker).
+pub const DATA_FORMAT_VERSION: u32 = 2;
+const DATA_FORMAT_PREFIX: &str = "shardlog-data-format ";
+
+/// Checks the data directory's format marker (`<data-dir>/format`), and
+/// writes it into a directory that holds no data yet.
+///
+/// # Errors
+/// [`Error::DataFormat`] for a directory written by another format: one
+/// with data but no marker (format 1) or with another version. There is
+/// no converter; the message says to move or delete the directory.
+pub fn check_data_format(data_dir: &Path) -> Result<()> {
+    let path = data_dir.join("format");
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if holds_data(data_dir)? {
+                return Err(Error::DataFormat {
+                    path: data_dir.to_path_buf(),
+                    found: "format 1 (no format marker)".to_string(),
+                });
+            }
+            return write_data_format(data_dir, &path);
+        }
+        Err(e) => return Err(Error::io("reading the data format marker", path, e)),
+    };
+    let version = found
+        .trim_end()
+        .strip_prefix(DATA_FORMAT_PREFIX)
+        .and_then(|v| v.parse::<u32>().ok());
+    match version {
+        Some(DATA_FORMAT_VERSION) => Ok(()),
+        Some(other) => Err(Error::DataFormat {
+            path: data_dir.to_path_buf(),
+            found: format!("format {other}"),
+        }),
+        None => Err(Error::DataFormat {
+            path: data_dir.to_path_buf(),
+            found: format!("an unreadable format marker {:?}", found.trim_end()),
+        }),
+    }
+}
+
+/// True when the directory has metadata or topic directories.
+fn holds_data(data_dir: &Path) -> Result<bool> {
+    if metadata_path(data_dir).exists() {
+        return Ok(true);
+    }
+    let topics = data_dir.join("topics");
+    match std::fs::read_dir(&topics) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("listing topics", topics, e)),
+    }
+}
+
+/// Writes the marker durably (temporary file, fsync, rename, directory fsync).
+fn write_data_format(data_dir: &Path, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let text = format!("{DATA_FORMAT_PREFIX}{DATA_FORMAT_VERSION}\n");
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|e| Error::io("writing the format marker", &tmp, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("writing the format marker", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming the format marker", path, e))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io("syncing data directory", data_dir, e))
+}
+
 fn metadata_path(data_dir: &Path) -> PathBuf {
     data_dir.join("metadata.json")
 }
@@ -307,6 +379,37 @@ mod tests {
         assert!(matches!(
             ClusterMetadata::load(dir.path()),
             Err(Error::Metadata { .. })
+        ));
+    }
+
+    #[test]
+    fn the_data_format_marker_is_written_once_and_old_data_is_refused() {
+        let fresh = tempfile::tempdir().unwrap();
+        check_data_format(fresh.path()).unwrap();
+        let marker = std::fs::read_to_string(fresh.path().join("format")).unwrap();
+        assert_eq!(marker, "shardlog-data-format 2\n");
+        check_data_format(fresh.path()).unwrap();
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(old.path().join("metadata.json"), b"{}").unwrap();
+        let error = check_data_format(old.path()).unwrap_err();
+        assert!(matches!(error, Error::DataFormat { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("move or delete"), "{message}");
+        assert!(
+            !old.path().join("format").exists(),
+            "nothing written into old data"
+        );
+
+        let topics_only = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(topics_only.path().join("topics/t-1/0")).unwrap();
+        assert!(check_data_format(topics_only.path()).is_err());
+
+        let older = tempfile::tempdir().unwrap();
+        std::fs::write(older.path().join("format"), "shardlog-data-format 1\n").unwrap();
+        assert!(matches!(
+            check_data_format(older.path()),
+            Err(Error::DataFormat { .. })
         ));
     }
 }

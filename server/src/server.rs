@@ -1,7 +1,7 @@
 //! Starting and stopping the broker.
 //!
 //! ```text
-//!  main thread: lock data dir ─► load metadata ─► spawn N shard threads ─► wait "ready" ×N ─► print listening line
+//!  main thread: lock data dir ─► check its format ─► load metadata ─► spawn N shard threads ─► wait "ready" ×N ─► print listening line
 //!                                                      │                                     └► wait for SIGINT/SIGTERM
 //!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port       or a shard that died
 //!            shard 0 also: create internal topics (opened on every shard), bind metrics ─► ready ─► serve
@@ -93,6 +93,7 @@ pub fn run(config: ServerConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::io("creating data directory", &config.data_dir, e))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    crate::metadata::check_data_format(&config.data_dir)?;
     crate::metadata::ensure_disk_reserve(&config.data_dir, config.limits.disk_reserve_bytes)?;
     let metadata = Arc::new(ClusterMetadata::load(&config.data_dir)?);
     let stop = Arc::new(AtomicBool::new(false));

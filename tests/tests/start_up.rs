@@ -105,6 +105,36 @@ fn a_partition_that_does_not_open_stops_the_start_with_its_path() {
 }
 
 #[test]
+fn a_data_directory_of_the_old_batch_format_is_refused_with_what_to_do() {
+    let mut broker = Broker::start(1, &[]);
+    create_topic(&mut broker.connect(), "old", 1);
+    broker.stop();
+    let data_dir = broker.data_dir().join("data");
+    // Data written before the format marker existed: shardlog's own batch format.
+    std::fs::remove_file(data_dir.join("format")).expect("the broker wrote its format marker");
+    let (code, stdout, stderr) = run_to_failure(&[
+        "--shards",
+        "1",
+        "--listen",
+        &broker.addr.to_string(),
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", broker.addr.port() + 2),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stdout.contains("listening"), "no ready line: {stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(data_dir.to_str().unwrap()) && last.contains("move or delete"),
+        "one line naming the directory and what to do: {stderr}"
+    );
+    std::fs::write(data_dir.join("format"), "shardlog-data-format 2\n").unwrap();
+    broker.restart();
+    broker.connect();
+}
+
+#[test]
 fn create_topics_is_refused_up_front_past_the_open_file_budget() {
     // 10 of the 100 files stay free for reading sealed segments, and the
     // 16 internal __offsets partitions hold 16: 74 partitions are left.

@@ -32,7 +32,9 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use glommio::io::DmaFile;
 use glommio::sync::Semaphore;
-use shardlog_wire::batch::{self, set_base_offset, set_leader_epoch};
+use shardlog_wire::batch::{
+    set_base_offset, set_leader_epoch, BatchHeader, BatchLimits, ValidBatch,
+};
 
 use crate::cache::CacheKey;
 use crate::config::LogConfig;
@@ -214,8 +216,21 @@ impl PartitionLog {
     /// (retriable; the log goes on), [`Error::Poisoned`] when this or an
     /// earlier write or fdatasync failed (see [`PartitionLog::recover`]),
     /// [`Error::Closed`].
-    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendInfo> {
-        let header = batch::validate(&batch, &self.inner.config.batch_limits)?;
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
+        let batch = ValidBatch::check(batch, &self.inner.config.batch_limits)?;
+        self.append_valid(batch).await
+    }
+
+    /// As [`PartitionLog::append`], for a batch the caller has validated
+    /// already (the broker does so where it splits a produce request, to
+    /// read the producer fields), so that its CRC is computed once. Only the
+    /// log's limits are checked again, which costs two comparisons.
+    ///
+    /// # Errors
+    /// As [`PartitionLog::append`].
+    pub async fn append_valid(&self, batch: ValidBatch) -> Result<AppendInfo> {
+        let (header, mut batch) = batch.into_parts();
+        check_limits(&header, &self.inner.config.batch_limits)?;
         let size_bytes = batch.len() as u64;
         self.inner
             .pending_permits
@@ -422,6 +437,23 @@ impl LogInner {
 pub(crate) fn now_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     now.map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The limits of a batch that was validated against limits of its holder's choosing.
+fn check_limits(header: &BatchHeader, limits: &BatchLimits) -> Result<()> {
+    if header.length_bytes > limits.batch_bytes_max {
+        return Err(Error::InvalidBatch(shardlog_wire::Error::TooLarge {
+            length_bytes: header.length_bytes,
+            limit_bytes: limits.batch_bytes_max,
+        }));
+    }
+    if header.record_count > limits.record_count_max {
+        return Err(Error::InvalidBatch(shardlog_wire::Error::TooManyRecords {
+            record_count: header.record_count,
+            limit_count: limits.record_count_max,
+        }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,10 +2,15 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::header::{write_header, Compression, HeaderFields, BATCH_HEADER_BYTES};
+use super::header::{
+    write_header, Compression, HeaderFields, BATCH_HEADER_BYTES, LENGTH_PREFIX_BYTES,
+};
 use super::record::{self, RecordHeaderRef};
-use crate::varint::{uvarint_len, VARINT_BYTES_MAX};
+use crate::varint::{varint_len, VARINT_BYTES_MAX};
 use crate::Error;
+
+/// The largest whole batch Kafka's i32 batchLength can describe.
+const BATCH_LENGTH_BYTES_MAX: u64 = i32::MAX as u64 + LENGTH_PREFIX_BYTES as u64;
 
 /// What identifies the producer of a batch. The defaults describe a producer
 /// that is not idempotent.
@@ -69,7 +74,8 @@ impl BatchBuilder {
     /// Appends one record and returns its offset delta within the batch.
     ///
     /// # Errors
-    /// [`Error::FieldOverflow`] when the batch would pass 4 GiB or `u32::MAX` records.
+    /// [`Error::FieldOverflow`] when the batch would pass Kafka's limits:
+    /// 2 GiB (batchLength is an i32) or `i32::MAX` records.
     pub fn append(
         &mut self,
         timestamp_ms: i64,
@@ -84,7 +90,7 @@ impl BatchBuilder {
         let timestamp_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
         let record_bytes = self.record_size_bytes(timestamp_ms, key, value, headers);
         let total = self.buf.len() as u64 + record_bytes as u64;
-        if total > u64::from(u32::MAX) || offset_delta == u32::MAX {
+        if total > BATCH_LENGTH_BYTES_MAX || offset_delta >= i32::MAX as u32 {
             return Err(Error::FieldOverflow { what: "batch" });
         }
         record::encode(
@@ -120,8 +126,8 @@ impl BatchBuilder {
             value,
             headers,
         );
-        debug_assert!(uvarint_len(body as u64) <= VARINT_BYTES_MAX);
-        uvarint_len(body as u64) + body
+        debug_assert!(varint_len(body as i64) <= VARINT_BYTES_MAX);
+        varint_len(body as i64) + body
     }
 
     /// Size of the batch if it were finished now.
@@ -154,7 +160,7 @@ impl BatchBuilder {
     /// attributes. `compress` is not called for [`Compression::None`].
     ///
     /// # Errors
-    /// [`Error::EmptyBatch`]; [`Error::FieldOverflow`] past 4 GiB.
+    /// [`Error::EmptyBatch`]; [`Error::FieldOverflow`] past 2 GiB.
     pub fn finish_with(
         self,
         compression: Compression,
@@ -169,8 +175,10 @@ impl BatchBuilder {
             buf.truncate(BATCH_HEADER_BYTES);
             buf.extend_from_slice(&block);
         }
-        let length_bytes =
-            u32::try_from(buf.len()).map_err(|_| Error::FieldOverflow { what: "batch" })?;
+        if buf.len() as u64 > BATCH_LENGTH_BYTES_MAX {
+            return Err(Error::FieldOverflow { what: "batch" });
+        }
+        let length_bytes = buf.len() as u32;
         let fields = HeaderFields {
             length_bytes,
             attributes: compression.to_bits(),

@@ -1,20 +1,25 @@
-//! Records inside an uncompressed batch, Kafka-style:
+//! Records inside an uncompressed batch (or a decompressed records block),
+//! as Kafka's `DefaultRecord` writes them. Every integer is a zig-zag
+//! varint (varlong for the timestamp delta), so -1 is one byte.
 //!
 //! ```text
-//! body_len          uvarint   bytes of the record after this field
-//! attributes        u8        0
-//! timestamp_delta   varint    from the batch's first_timestamp_ms
-//! offset_delta      uvarint   from the batch's base_offset
+//! length            varint    bytes of the record after this field
+//! attributes        i8        0 (unused by Kafka)
+//! timestamp_delta   varlong   from the batch's baseTimestamp; may be negative
+//! offset_delta      varint    from the batch's baseOffset: 0, 1, 2, ...
 //! key_len, key      varint (-1 = null), bytes
 //! value_len, value  varint (-1 = null), bytes
-//! header_count      uvarint
-//!   key_len, key    uvarint, UTF-8 bytes
+//! header_count      varint
+//!   key_len, key    varint, UTF-8 bytes (never null)
 //!   value_len, val  varint (-1 = null), bytes
 //! ```
+//!
+//! Lengths, counts and offset deltas are Kafka `int32`s: a decoded value
+//! outside `0..=i32::MAX` is malformed.
 
 use bytes::{BufMut, Bytes};
 
-use crate::varint::{get_uvarint, get_varint, put_uvarint, put_varint, uvarint_len, varint_len};
+use crate::varint::{get_varint, put_varint, varint_len};
 use crate::Error;
 
 /// One header of a record, borrowed, as given to the builder.
@@ -67,11 +72,11 @@ pub(crate) fn body_len(
     value: Option<&[u8]>,
     headers: &[RecordHeaderRef<'_>],
 ) -> usize {
-    let mut len = 1 + varint_len(timestamp_delta) + uvarint_len(u64::from(offset_delta));
+    let mut len = 1 + varint_len(timestamp_delta) + varint_len(i64::from(offset_delta));
     len += nullable_len(key) + nullable_len(value);
-    len += uvarint_len(headers.len() as u64);
+    len += varint_len(headers.len() as i64);
     for header in headers {
-        len += uvarint_len(header.key.len() as u64) + header.key.len() + nullable_len(header.value);
+        len += varint_len(header.key.len() as i64) + header.key.len() + nullable_len(header.value);
     }
     len
 }
@@ -93,15 +98,15 @@ pub(crate) fn encode(
     headers: &[RecordHeaderRef<'_>],
 ) {
     let body = body_len(timestamp_delta, offset_delta, key, value, headers);
-    put_uvarint(out, body as u64);
+    put_varint(out, body as i64);
     out.put_u8(0);
     put_varint(out, timestamp_delta);
-    put_uvarint(out, u64::from(offset_delta));
+    put_varint(out, i64::from(offset_delta));
     put_nullable(out, key);
     put_nullable(out, value);
-    put_uvarint(out, headers.len() as u64);
+    put_varint(out, headers.len() as i64);
     for header in headers {
-        put_uvarint(out, header.key.len() as u64);
+        put_varint(out, header.key.len() as i64);
         out.put_slice(header.key.as_bytes());
         put_nullable(out, header.value);
     }
@@ -117,16 +122,18 @@ fn put_nullable(out: &mut impl BufMut, bytes: Option<&[u8]>) {
     }
 }
 
-/// Walks the `body_len` prefixes of an uncompressed records section and
+/// Walks the length prefixes of an uncompressed records section and
 /// checks that exactly `record_count` records fill it. Cheap: no field is decoded.
 pub(crate) fn check_framing(records: &[u8], record_count: u32) -> Result<(), Error> {
     let mut at = 0usize;
     for _ in 0..record_count {
-        let (body, used) = get_uvarint(&records[at..]).ok_or(Error::MalformedRecords {
+        let length =
+            get_varint(&records[at..]).and_then(|(body, used)| Some((int32_len(body)?, used)));
+        let (body, used) = length.ok_or(Error::MalformedRecords {
             reason: "bad record length",
         })?;
         let end = (at + used)
-            .checked_add(body as usize)
+            .checked_add(body)
             .filter(|end| *end <= records.len());
         at = end.ok_or(Error::MalformedRecords {
             reason: "record runs past the batch",
@@ -174,7 +181,7 @@ impl RecordIter {
             buf: &self.records,
             at: self.at,
         };
-        let body = cursor.uvarint()? as usize;
+        let body = cursor.length()?;
         let end = cursor
             .at
             .checked_add(body)
@@ -188,18 +195,18 @@ impl RecordIter {
         };
         let _attributes = cursor.byte()?;
         let timestamp_delta = cursor.varint()?;
-        let offset_delta = cursor.uvarint()?;
-        if offset_delta != u64::from(self.next_delta) {
+        let offset_delta = cursor.varint()?;
+        if offset_delta != i64::from(self.next_delta) {
             return Err(Error::MalformedRecords {
                 reason: "offset deltas are not consecutive",
             });
         }
         let key = cursor.nullable(&self.records)?;
         let value = cursor.nullable(&self.records)?;
-        let header_count = cursor.uvarint()?;
+        let header_count = cursor.length()?;
         let mut headers = Vec::new();
         for _ in 0..header_count {
-            let key_len = cursor.uvarint()? as usize;
+            let key_len = cursor.length()?;
             let key = cursor.take(&self.records, key_len)?;
             if std::str::from_utf8(&key).is_err() {
                 return Err(Error::MalformedRecords {
@@ -216,7 +223,7 @@ impl RecordIter {
         }
         self.at = end;
         Ok(Record {
-            offset: self.base_offset + offset_delta,
+            offset: self.base_offset + u64::from(self.next_delta),
             timestamp_ms: self.first_timestamp_ms.wrapping_add(timestamp_delta),
             key,
             value,
@@ -246,6 +253,15 @@ impl Iterator for RecordIter {
     }
 }
 
+/// A Kafka `int32` length or count as a `usize`; `None` when negative or past `i32::MAX`.
+fn int32_len(value: i64) -> Option<usize> {
+    if (0..=i64::from(i32::MAX)).contains(&value) {
+        Some(value as usize)
+    } else {
+        None
+    }
+}
+
 struct Cursor<'a> {
     buf: &'a [u8],
     at: usize,
@@ -260,13 +276,11 @@ impl Cursor<'_> {
         Ok(byte)
     }
 
-    fn uvarint(&mut self) -> Result<u64, Error> {
-        let rest = self.buf.get(self.at..).unwrap_or(&[]);
-        let (value, used) = get_uvarint(rest).ok_or(Error::MalformedRecords {
-            reason: "bad varint",
-        })?;
-        self.at += used;
-        Ok(value)
+    /// A length or count: a varint in `0..=i32::MAX`.
+    fn length(&mut self) -> Result<usize, Error> {
+        int32_len(self.varint()?).ok_or(Error::MalformedRecords {
+            reason: "negative or oversized length",
+        })
     }
 
     fn varint(&mut self) -> Result<i64, Error> {
@@ -294,9 +308,11 @@ impl Cursor<'_> {
     fn nullable(&mut self, whole: &Bytes) -> Result<Option<Bytes>, Error> {
         match self.varint()? {
             -1 => Ok(None),
-            len if len >= 0 => self.take(whole, len as usize).map(Some),
+            len if (0..=i64::from(i32::MAX)).contains(&len) => {
+                self.take(whole, len as usize).map(Some)
+            }
             _ => Err(Error::MalformedRecords {
-                reason: "negative field length",
+                reason: "negative or oversized field length",
             }),
         }
     }

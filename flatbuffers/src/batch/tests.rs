@@ -9,6 +9,16 @@ type Owned = (
 );
 
 fn build(records: &[Owned], options: BatchBuilderOptions) -> bytes::BytesMut {
+    build_with(records, options, Compression::None)
+}
+
+/// Builds with `compression`; the stand-in "codec" reverses the records
+/// block, which is enough for checks that never decompress.
+fn build_with(
+    records: &[Owned],
+    options: BatchBuilderOptions,
+    compression: Compression,
+) -> bytes::BytesMut {
     let mut builder = BatchBuilder::new(options);
     for (ts, key, value, headers) in records {
         let headers: Vec<_> = headers
@@ -22,7 +32,8 @@ fn build(records: &[Owned], options: BatchBuilderOptions) -> bytes::BytesMut {
             .append(*ts, key.as_deref(), value.as_deref(), &headers)
             .unwrap();
     }
-    builder.finish().unwrap()
+    let reverse = |block: &[u8]| block.iter().rev().copied().collect();
+    builder.finish_with(compression, reverse).unwrap()
 }
 
 fn record_strategy() -> impl Strategy<Value = Owned> {
@@ -74,15 +85,20 @@ proptest! {
     }
 
     #[test]
-    fn any_bit_flip_after_the_crc_field_is_caught(
+    fn any_bit_flip_from_the_batch_length_on_is_caught_except_in_the_stamped_epoch(
         records in proptest::collection::vec(record_strategy(), 1..5),
+        compression in proptest::sample::select(Compression::ALL.to_vec()),
         flip_seed: usize,
         bit in 0u8..8,
     ) {
-        let mut bytes = build(&records, BatchBuilderOptions::default());
-        let at = header::CRC_START + flip_seed % (bytes.len() - header::CRC_START);
+        // batchLength (8..12), magic (16), the CRC itself (17..21) and everything
+        // it covers (21..): each flip is caught. baseOffset (0..8) and the leader
+        // epoch (12..16) are the broker's to stamp and lie outside every check here.
+        let mut bytes = build_with(&records, BatchBuilderOptions::default(), compression);
+        let checked: Vec<usize> = (8..12).chain(16..bytes.len()).collect();
+        let at = checked[flip_seed % checked.len()];
         bytes[at] ^= 1 << bit;
-        prop_assert!(validate(&bytes, &BatchLimits::default()).is_err());
+        prop_assert!(validate(&bytes, &BatchLimits::default()).is_err(), "flip at byte {} bit {}", at, bit);
     }
 
     #[test]
@@ -138,39 +154,51 @@ fn each_failed_check_has_its_own_error() {
         Err(Error::LengthMismatch { .. })
     ));
     let tight = BatchLimits {
-        batch_bytes_max: 65,
+        batch_bytes_max: 62,
         ..limits
     };
     assert!(matches!(
         validate(&good, &tight),
         Err(Error::TooLarge { .. })
     ));
+    let mut negative = good.clone();
+    negative[8] = 0x80;
+    assert!(matches!(
+        validate(&negative, &limits),
+        Err(Error::LengthOutOfRange { .. })
+    ));
     let mut magic = good.clone();
-    magic[20] = 9;
+    magic[16] = 1;
     assert!(matches!(
         validate(&magic, &limits),
-        Err(Error::UnsupportedMagic { magic: 9, .. })
+        Err(Error::UnsupportedMagic { magic: 1, .. })
     ));
     let mut attributes = good.clone();
-    attributes[22] = 0b111;
+    attributes[22] = 0b101; // codec 5 does not exist
     assert!(matches!(
         validate(&attributes, &limits),
         Err(Error::InvalidAttributes { .. })
     ));
-    let mut reserved = good.clone();
-    reserved[63] = 1;
+    let mut high_bit = good.clone();
+    high_bit[22] = 0x40; // bit 6: compaction's delete horizon
     assert!(matches!(
-        validate(&reserved, &limits),
-        Err(Error::ReservedNotZero)
+        validate(&high_bit, &limits),
+        Err(Error::InvalidAttributes { .. })
     ));
     let mut count = good.clone();
-    count[28] = 2;
+    count[60] = 2;
     assert!(matches!(
         validate(&count, &limits),
         Err(Error::CountMismatch { .. })
     ));
+    let mut order = good.clone();
+    order[34] = 20; // baseTimestamp's low byte: 20 is after maxTimestamp 10
+    assert!(matches!(
+        validate(&order, &limits),
+        Err(Error::TimestampOrder { .. })
+    ));
     let mut crc = good.clone();
-    crc[good.len() - 1] ^= 0xff;
+    crc[good.len() - 1] ^= 0xff; // inside the value: only the CRC tells
     assert!(matches!(
         validate(&crc, &limits),
         Err(Error::CrcMismatch { .. })
@@ -322,4 +350,93 @@ fn producer_fields_set_before_finishing_or_restamped_after_are_covered_by_the_cr
         );
         assert_eq!(fields, (42, 3, 1000));
     }
+}
+
+#[test]
+fn header_fields_sit_where_kafka_puts_them_big_endian() {
+    let mut builder = BatchBuilder::new(BatchBuilderOptions {
+        producer_id: 0x0102_0304_0506_0708,
+        producer_epoch: 0x0a0b,
+        base_sequence: 0x0c0d_0e0f,
+        capacity_bytes: 0,
+    });
+    builder.append(0x1122_3344, None, Some(b"v"), &[]).unwrap();
+    builder.append(0x1122_3350, None, Some(b"w"), &[]).unwrap();
+    let mut bytes = builder.finish().unwrap();
+    set_base_offset(&mut bytes, 0x7766_5544_3322_1100);
+    set_leader_epoch(&mut bytes, 0x0909_0909);
+    let be = |at: usize, n: usize| bytes[at..at + n].to_vec();
+    assert_eq!(be(0, 8), 0x7766_5544_3322_1100u64.to_be_bytes());
+    assert_eq!(be(8, 4), ((bytes.len() - 12) as u32).to_be_bytes());
+    assert_eq!(be(12, 4), 0x0909_0909u32.to_be_bytes());
+    assert_eq!(bytes[16], 2, "magic");
+    assert_eq!(be(17, 4), crc32c::crc32c(&bytes[21..]).to_be_bytes());
+    assert_eq!(be(21, 2), [0, 0], "attributes");
+    assert_eq!(be(23, 4), 1u32.to_be_bytes(), "lastOffsetDelta");
+    assert_eq!(be(27, 8), 0x1122_3344u64.to_be_bytes());
+    assert_eq!(be(35, 8), 0x1122_3350u64.to_be_bytes());
+    assert_eq!(be(43, 8), 0x0102_0304_0506_0708u64.to_be_bytes());
+    assert_eq!(be(51, 2), 0x0a0bu16.to_be_bytes());
+    assert_eq!(be(53, 4), 0x0c0d_0e0fu32.to_be_bytes());
+    assert_eq!(be(57, 4), 2u32.to_be_bytes(), "records count");
+    // The first record, all zig-zag: length 7 (14), attributes 0, timestamp
+    // delta 0, offset delta 0, null key (-1 = 1), value length 1 (2), 'v', no headers.
+    assert_eq!(be(61, 8), vec![14, 0, 0, 0, 1, 2, b'v', 0]);
+}
+
+#[test]
+fn a_batch_length_of_zero_reads_as_zero_padding_and_short_input_as_unknown() {
+    assert_eq!(peek_length_bytes(&[0u8; 4096]), Some(0));
+    assert_eq!(peek_length_bytes(&[0u8; 11]), None);
+    let bytes = one_batch();
+    assert_eq!(peek_length_bytes(&bytes), Some(bytes.len() as u32));
+    let mut negative = bytes.to_vec();
+    negative[8] = 0xff;
+    assert_eq!(peek_length_bytes(&negative), Some(u32::MAX));
+}
+
+#[test]
+fn attribute_bits_read_as_kafka_defines_them() {
+    let mut bytes = one_batch().to_vec();
+    for (bits, codec) in [
+        (0u16, "none"),
+        (1, "gzip"),
+        (2, "snappy"),
+        (3, "lz4"),
+        (4, "zstd"),
+    ] {
+        let attributes = bits | 1 << 3 | 1 << 4 | 1 << 5;
+        let fields = header::HeaderFields {
+            length_bytes: bytes.len() as u32,
+            attributes,
+            record_count: 1,
+            first_timestamp_ms: 10,
+            max_timestamp_ms: 10,
+            producer_id: -1,
+            base_sequence: -1,
+            producer_epoch: -1,
+        };
+        header::write_header(&mut bytes, &fields);
+        let header = validate(&bytes, &BatchLimits::default()).unwrap();
+        assert_eq!(header.compression().name(), codec);
+        assert!(header.is_log_append_time());
+        assert!(header.is_transactional());
+        assert!(header.is_control());
+    }
+}
+
+#[test]
+fn valid_batches_keep_their_header_and_buffer() {
+    let bytes = one_batch();
+    let length = bytes.len();
+    let valid = ValidBatch::check(bytes, &BatchLimits::default()).unwrap();
+    assert_eq!(valid.header().record_count, 1);
+    let (header, bytes) = valid.into_parts();
+    assert_eq!(
+        (header.length_bytes as usize, bytes.len()),
+        (length, length)
+    );
+    let mut bad = one_batch();
+    bad[length - 1] ^= 1;
+    assert!(ValidBatch::check(bad, &BatchLimits::default()).is_err());
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use flatbuffers::FlatBufferBuilder;
-use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, BATCH_HEADER_BYTES};
+use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, ValidBatch, BATCH_HEADER_BYTES};
 use shardlog_wire::protocol::fb;
 
 use super::{error_parts, finish, unavailable};
@@ -262,10 +262,13 @@ fn encode(correlation_id: u32, request: &ProduceParsed, outcomes: &[ProduceOutco
 
 /// Splits a partition's data into single batches and validates every one,
 /// so that nothing is appended unless all of it is good.
+/// Splits a partition's data into batches and validates each, CRC included:
+/// the one CRC pass of the produce path (the log appends a [`ValidBatch`]
+/// without another). Control batches are the broker's to write, as in Kafka.
 fn split_batches(
     mut data: BytesMut,
     limits: &batch::BatchLimits,
-) -> Result<Vec<(BatchHeader, BytesMut)>, WireError> {
+) -> Result<Vec<ValidBatch>, WireError> {
     let mut batches = Vec::new();
     while !data.is_empty() {
         let length = peek_length_bytes(&data).map_or(0, |l| l as usize);
@@ -276,8 +279,14 @@ fn split_batches(
             ));
         }
         let one = data.split_to(length);
-        let header = batch::validate(&one, limits).map_err(|e| WireError::from(&e))?;
-        batches.push((header, one));
+        let valid = ValidBatch::check(one, limits).map_err(|e| WireError::from(&e))?;
+        if valid.header().is_control() {
+            return Err(WireError::new(
+                fb::ErrorCode::InvalidRequest,
+                "control batches (transaction markers) are written by the broker, not by producers",
+            ));
+        }
+        batches.push(valid);
     }
     Ok(batches)
 }
@@ -309,15 +318,16 @@ pub async fn append_local(
     };
     let mut duplicate_base: Option<u64> = None;
     let mut to_append = Vec::with_capacity(batches.len());
-    for (header, bytes) in batches {
+    for valid in batches {
+        let header = *valid.header();
         if header.producer_id < 0 {
-            to_append.push((header, bytes));
+            to_append.push(valid);
             continue;
         }
         let check = state.producers.borrow_mut().check(&header);
         let error = match check {
             SequenceCheck::Append => {
-                to_append.push((header, bytes));
+                to_append.push(valid);
                 continue;
             }
             SequenceCheck::Duplicate { base_offset } => {
@@ -352,7 +362,11 @@ pub async fn append_local(
                 ),
             ),
         };
-        for (recorded, _) in to_append.iter().filter(|(h, _)| h.producer_id >= 0) {
+        for recorded in to_append
+            .iter()
+            .map(ValidBatch::header)
+            .filter(|h| h.producer_id >= 0)
+        {
             state
                 .producers
                 .borrow_mut()
@@ -380,13 +394,13 @@ pub async fn append_local(
 /// Appends batches that passed the checks; the result is the base offset of the first.
 async fn append_checked(
     state: Rc<crate::shard::PartitionState>,
-    batches: Vec<(BatchHeader, BytesMut)>,
+    batches: Vec<ValidBatch>,
     duplicate_base: Option<u64>,
 ) -> Result<i64, WireError> {
-    let headers: Vec<BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
+    let headers: Vec<BatchHeader> = batches.iter().map(|b| *b.header()).collect();
     let appends = batches
         .into_iter()
-        .map(|(_, bytes)| state.log.append(bytes));
+        .map(|batch| state.log.append_valid(batch));
     let results = futures_util::future::join_all(appends).await;
     let mut first: Option<Result<i64, WireError>> = duplicate_base.map(|b| Ok(b as i64));
     for (header, result) in headers.iter().zip(results) {
@@ -447,6 +461,15 @@ mod tests {
         assert_eq!(
             split_batches(corrupt, &limits).unwrap_err().code,
             fb::ErrorCode::CorruptBatch
+        );
+        // A control batch (Kafka attribute bit 5) with a valid CRC: a broker's to write.
+        let mut control = one.clone();
+        control[22] |= 1 << 5;
+        let crc = crc32c::crc32c(&control[21..]);
+        control[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            split_batches(control, &limits).unwrap_err().code,
+            fb::ErrorCode::InvalidRequest
         );
     }
 }

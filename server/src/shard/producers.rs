@@ -230,7 +230,7 @@ mod tests {
             leader_epoch: 0,
             base_offset,
             crc32c: 0,
-            magic: 1,
+            magic: 2,
             attributes: 0,
             last_offset_delta: record_count - 1,
             record_count,
