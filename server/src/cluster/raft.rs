@@ -321,6 +321,8 @@ pub struct ClusterMetrics {
     pub last_applied_index: Option<u64>,
     /// The last log index its snapshot covers.
     pub snapshot_index: Option<u64>,
+    /// The last log index purged from its log (covered by the snapshot).
+    pub purged_index: Option<u64>,
     /// The revision of the last applied state.
     pub applied_revision: u64,
     /// The voters of its membership.
@@ -777,6 +779,7 @@ impl ClusterHandle {
             last_log_index: raft.last_log_index,
             last_applied_index: raft.last_applied.map(|id| id.index),
             snapshot_index: raft.snapshot.map(|id| id.index),
+            purged_index: raft.purged.map(|id| id.index),
             applied_revision: self.shared.publisher.current().revision,
             voters: raft.membership_config.membership().voter_ids().collect(),
         }
