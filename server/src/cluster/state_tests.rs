@@ -561,12 +561,6 @@ fn to_command(state: &ClusterState, op: Op) -> ClusterCommand {
             .get(&BrokerId(b))
             .map_or(1, |i| i.broker_epoch)
     };
-    let partition = |t: u8, p: u32| {
-        state
-            .topics
-            .get(&name(t))
-            .and_then(|s| s.partitions.get(p as usize))
-    };
     match op {
         Op::Register(b, shards) => ClusterCommand::RegisterBroker {
             broker: BrokerId(b),
@@ -600,47 +594,7 @@ fn to_command(state: &ClusterState, op: Op) -> ClusterCommand {
         Op::Delete(t) => ClusterCommand::DeleteTopics {
             names: vec![name(t)],
         },
-        Op::ShrinkIsr(t, p, _) | Op::StaleAlterIsr(t, p) if partition(t, p).is_none() => {
-            ClusterCommand::DeleteTopics { names: vec![] }
-        }
-        Op::ShrinkIsr(t, p, drop_index) => {
-            let state = partition(t, p).expect("checked");
-            let mut isr = state.isr.clone();
-            if isr.len() > 1 {
-                let leader_position = isr.iter().position(|b| Some(*b) == state.leader);
-                let drop_at = drop_index % isr.len();
-                if Some(drop_at) != leader_position {
-                    isr.remove(drop_at);
-                }
-            }
-            ClusterCommand::AlterIsr {
-                topic: name(t),
-                partition: p,
-                leader: state.leader.unwrap_or(BrokerId(1)),
-                leader_epoch: state.leader_epoch,
-                isr,
-            }
-        }
-        Op::ExpandIsr(t, p) => match partition(t, p) {
-            None => ClusterCommand::DeleteTopics { names: vec![] },
-            Some(state) => ClusterCommand::AlterIsr {
-                topic: name(t),
-                partition: p,
-                leader: state.leader.unwrap_or(BrokerId(1)),
-                leader_epoch: state.leader_epoch,
-                isr: state.replicas.iter().map(|r| r.broker).collect(),
-            },
-        },
-        Op::StaleAlterIsr(t, p) => {
-            let state = partition(t, p).expect("checked");
-            ClusterCommand::AlterIsr {
-                topic: name(t),
-                partition: p,
-                leader: state.leader.unwrap_or(BrokerId(1)),
-                leader_epoch: state.leader_epoch.wrapping_sub(1),
-                isr: state.isr.clone(),
-            }
-        }
+        Op::ShrinkIsr(..) | Op::ExpandIsr(..) | Op::StaleAlterIsr(..) => isr_command(state, op),
         Op::Elect(preferred) => ClusterCommand::ElectLeaders {
             scope: ElectionScope::All,
             kind: if preferred {
@@ -652,6 +606,40 @@ fn to_command(state: &ClusterState, op: Op) -> ClusterCommand {
         Op::Init(id) => ClusterCommand::InitCluster {
             cluster_id: format!("c{id}"),
         },
+    }
+}
+
+/// An AlterIsr from the partition's real leader (right or stale epoch), or a no-op.
+fn isr_command(state: &ClusterState, op: Op) -> ClusterCommand {
+    let (t, p) = match op {
+        Op::ShrinkIsr(t, p, _) | Op::ExpandIsr(t, p) | Op::StaleAlterIsr(t, p) => (t, p),
+        other => unreachable!("{other:?}"),
+    };
+    let Some(partition) = state
+        .topics
+        .get(&name(t))
+        .and_then(|s| s.partitions.get(p as usize))
+    else {
+        return ClusterCommand::DeleteTopics { names: vec![] };
+    };
+    let (mut leader_epoch, mut isr) = (partition.leader_epoch, partition.isr.clone());
+    match op {
+        Op::ShrinkIsr(_, _, drop_index) if isr.len() > 1 => {
+            let drop_at = drop_index % isr.len();
+            if Some(isr[drop_at]) != partition.leader {
+                isr.remove(drop_at);
+            }
+        }
+        Op::ExpandIsr(..) => isr = partition.replicas.iter().map(|r| r.broker).collect(),
+        Op::StaleAlterIsr(..) => leader_epoch = leader_epoch.wrapping_sub(1),
+        _ => {}
+    }
+    ClusterCommand::AlterIsr {
+        topic: name(t),
+        partition: p,
+        leader: partition.leader.unwrap_or(BrokerId(1)),
+        leader_epoch,
+        isr,
     }
 }
 

@@ -353,7 +353,7 @@ impl StatePublisher {
     }
 
     /// Ends every subscription (after the node stopped).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().sender = None;
     }
 }

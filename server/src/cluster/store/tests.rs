@@ -304,3 +304,74 @@ where
         test(log, machine).await.unwrap();
     });
 }
+
+#[test]
+fn subscribers_get_each_change_in_order_and_skip_only_when_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let mut machine = StateMachineStore::open(dir.path(), 2).unwrap();
+        let publisher = machine.publisher();
+        let mut keeping_up = publisher.subscribe();
+        let mut behind = publisher.subscribe();
+        assert_eq!(
+            keeping_up.next().await.unwrap().revision,
+            0,
+            "first the current state"
+        );
+        assert_eq!(behind.next().await.unwrap().revision, 0);
+        for i in 1..=5 {
+            machine.apply([command_entry(1, i, i)]).await.unwrap();
+            assert_eq!(keeping_up.next().await.unwrap().revision, i);
+        }
+        // Three past a backlog of two: the oldest are skipped, the order holds.
+        assert_eq!(behind.next().await.unwrap().revision, 4);
+        assert_eq!(behind.next().await.unwrap().revision, 5);
+        assert_eq!(behind.skipped_count(), 3);
+        publisher.close();
+        assert!(keeping_up.next().await.is_none(), "the end after close");
+    });
+}
+
+#[test]
+fn an_installed_snapshot_is_published() {
+    let (leader_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    block_on(async {
+        let mut leader = StateMachineStore::open(leader_dir.path(), 16).unwrap();
+        leader
+            .apply((1..=3).map(|i| command_entry(1, i, i)))
+            .await
+            .unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let mut follower = StateMachineStore::open(follower_dir.path(), 16).unwrap();
+        let mut subscriber = follower.publisher().subscribe();
+        assert_eq!(subscriber.next().await.unwrap().revision, 0);
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        // Bounded: a publisher that forgot the install would leave this waiting.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), subscriber.next());
+        let installed = next.await.expect("the install was published").unwrap();
+        assert_eq!(
+            installed,
+            leader.publisher().current(),
+            "subscribers get the installed state"
+        );
+        assert_eq!(
+            follower.applied_state().await.unwrap().0,
+            Some(log_id(1, 3))
+        );
+    });
+    let reopened = StateMachineStore::open(follower_dir.path(), 16).unwrap();
+    assert_eq!(
+        reopened.publisher().current().brokers.len(),
+        3,
+        "the installed snapshot is on disk"
+    );
+}
