@@ -6,6 +6,7 @@
 //! partition owned by another shard travels there over the channel mesh.
 //! See `ARCHITECTURE.md` at the repository root for the map.
 //!
+//! - [`cluster`]: the cluster metadata's Raft group (openraft on its own thread).
 //! - [`config`]: flags, TOML file, defaults.
 //! - [`server`]: start-up and shutdown.
 //! - [`shard`]: per-core state, cross-shard messages, idempotent producers.
@@ -15,6 +16,7 @@
 //! - [`metrics`]: Prometheus text at `/metrics`, gathered from every shard by shard 0.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 mod error;
 #[allow(missing_docs)]

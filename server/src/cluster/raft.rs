@@ -1,0 +1,911 @@
+//! The consensus node: openraft on a thread of its own, and the handle shards use.
+//!
+//! ```text
+//!   any thread / shard (glommio)          "raft-<id>" thread: tokio current-thread runtime
+//!  ┌──────────────────────────┐          ┌──────────────────────────────────────────────────┐
+//!  │ ClusterHandle (Clone)    │ requests │ dispatch ── spawn (≤ requests_in_flight_max) ──┐ │
+//!  │  propose(cmd) ───────────┼─mpsc────►│   Propose ─► Raft::client_write ─► committed,   │ │
+//!  │  handle_rpc(bytes) ──────┼(bounded) │              applied ─► CommandResult           │ │
+//!  │  shutdown() ─────────────┼─────────►│     not the leader? ─► transport.call(leader,   │ │
+//!  │      ◄── oneshot reply ──┼──────────┤                        Propose) (one hop)       │ │
+//!  │                          │          │   Rpc ─► decode ─► Raft::{vote, append_entries,│ │
+//!  │  metrics() ◄─ watch ─────┼──────────┤          install_snapshot} ─► encode reply     │ │
+//!  │  subscribe() ◄ broadcast ┼──────────┤ openraft core ─► LogStore (raft/log, raft/vote) │ │
+//!  │   (Arc<ClusterState>)    │          │               ─► StateMachineStore ─► publish   │ │
+//!  └──────────────────────────┘          │               ─► Network ─► RaftTransport::call ┼─► peers
+//!                                        │ leader duty: name the cluster (InitCluster)     │
+//!                                        └──────────────────────────────────────────────────┘
+//! ```
+//!
+//! Every channel between the two sides is tokio's `sync` kind, which needs
+//! no tokio runtime on the waiting side, so a glommio task awaits a reply
+//! like any future. The request queue is bounded (`requests_queued_max`) and
+//! so are the requests served at once (`requests_in_flight_max`): a flood of
+//! proposals or RPCs waits in the caller, it does not grow a queue.
+//!
+//! Proposals: a follower's `propose` forwards the command to the leader it
+//! knows (one hop, [`rpc::RpcRequest::Propose`]); the leader answers with the
+//! applied [`CommandResult`]. When no leader is known, the leader cannot be
+//! reached, or the node asked is no longer the leader, the answer is a
+//! retriable [`ProposeError`] naming the leader to try when one is known.
+//! [`ProposeError::Timeout`] is ambiguous: the command may still be applied
+//! (Raft has no way to withdraw an entry), so a command retried after a
+//! timeout may meet its own effect (`TopicExists`).
+//!
+//! Start-up: the stores open on the caller's thread (errors come back from
+//! [`ClusterNode::start`]); on a fresh cluster the voter with the lowest id
+//! initializes membership with every voter. openraft refuses to initialize a
+//! node that has a vote or a log, so a restarted node never does it again,
+//! and a second initialization with the same voters (the lowest node came
+//! back empty) proposes the same membership at the same index, which Raft
+//! reconciles. A one-voter cluster elects itself and never calls the
+//! transport.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InitializeError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftMetrics, RaftNetwork, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::rpc::{self, RpcReply, RpcRequest};
+use super::state::{ClusterCommand, ClusterState, CommandResult};
+use super::store::log::LogStore;
+use super::store::state_machine::{StateMachineStore, StatePublisher, StateSubscriber};
+use super::{store, ClusterError, NodeAddr, NodeId, TypeConfig};
+
+/// Most voters in the metadata group.
+pub const VOTERS_MAX: usize = 5;
+
+/// How a node runs. Build with [`ClusterNodeConfig::new`], which sets every default.
+#[derive(Debug, Clone)]
+pub struct ClusterNodeConfig {
+    /// This node (`--node-id`); one of `voters`.
+    pub node_id: NodeId,
+    /// Every voter and its address (`--peers`): 1, 3 or 5.
+    pub voters: BTreeMap<NodeId, NodeAddr>,
+    /// The broker's data directory; the Raft files go to `<data_dir>/raft/`.
+    pub data_dir: PathBuf,
+    /// How often the leader sends heartbeats [default: 100].
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in
+    /// `election_timeout_min_ms..election_timeout_max_ms` starts an election [default: 1000..2000].
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// Longest wait for a proposal's answer, forwarding included [default: 10000].
+    pub propose_timeout_ms: u64,
+    /// A snapshot is built after this many applied entries since the last [default: 1024].
+    pub snapshot_logs_since_last_count: u64,
+    /// Entries kept in the log behind the snapshot, for lagging followers [default: 256].
+    pub logs_kept_after_snapshot_count: u64,
+    /// Largest snapshot chunk in one install-snapshot RPC [default: 262144].
+    pub snapshot_chunk_bytes_max: u64,
+    /// Requests (proposals, RPCs) queued for the Raft thread [default: 1024].
+    pub requests_queued_max: usize,
+    /// Requests the Raft thread serves at once [default: 1024].
+    pub requests_in_flight_max: usize,
+    /// Applied states a subscriber may fall behind before it skips some [default: 1024].
+    pub subscriber_backlog_max: usize,
+}
+
+impl ClusterNodeConfig {
+    /// A configuration with every default.
+    pub fn new(
+        node_id: NodeId,
+        voters: BTreeMap<NodeId, NodeAddr>,
+        data_dir: PathBuf,
+    ) -> ClusterNodeConfig {
+        ClusterNodeConfig {
+            node_id,
+            voters,
+            data_dir,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            propose_timeout_ms: 10_000,
+            snapshot_logs_since_last_count: 1024,
+            logs_kept_after_snapshot_count: 256,
+            snapshot_chunk_bytes_max: 256 * 1024,
+            requests_queued_max: 1024,
+            requests_in_flight_max: 1024,
+            subscriber_backlog_max: 1024,
+        }
+    }
+
+    /// Checks the limits against each other.
+    ///
+    /// # Errors
+    /// [`ClusterError::Config`] naming the setting.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let bad = |message: String| Err(ClusterError::Config(message));
+        if !self.voters.contains_key(&self.node_id) {
+            return bad(format!(
+                "node {} is not one of the voters {:?}",
+                self.node_id,
+                self.voters.keys()
+            ));
+        }
+        if self.voters.len() > VOTERS_MAX || self.voters.len() % 2 == 0 {
+            return bad(format!(
+                "the cluster has 1, 3 or 5 voters, not {}",
+                self.voters.len()
+            ));
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_min_ms <= self.heartbeat_interval_ms
+        {
+            return bad("the election timeout must be longer than the heartbeat interval".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return bad("election-timeout-max-ms must be above election-timeout-min-ms".into());
+        }
+        let counts = [
+            ("propose-timeout-ms", self.propose_timeout_ms),
+            (
+                "snapshot-logs-since-last-count",
+                self.snapshot_logs_since_last_count,
+            ),
+            ("snapshot-chunk-bytes-max", self.snapshot_chunk_bytes_max),
+            ("requests-queued-max", self.requests_queued_max as u64),
+            ("requests-in-flight-max", self.requests_in_flight_max as u64),
+            ("subscriber-backlog-max", self.subscriber_backlog_max as u64),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return bad(format!("{name} must be above 0"));
+        }
+        Ok(())
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
+        let config = openraft::Config {
+            cluster_name: "shardlog-metadata".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last_count),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot_count,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ClusterError::Config(e.to_string()))
+    }
+}
+
+/// Why a transport call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No connection to the node, or it broke: the caller backs off and tries again.
+    #[error("node {target} is unreachable: {reason}")]
+    Unreachable {
+        /// The node.
+        target: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The node answered with an error (it is stopping, or refused the bytes).
+    #[error("node {target} refused the request: {reason}")]
+    Refused {
+        /// The node.
+        target: NodeId,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// The future a transport call returns.
+pub type TransportFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send + 'a>>;
+
+/// Carries [`rpc`]-encoded requests to another node and brings its reply back.
+///
+/// This is `async fn call(&self, target, addr, request) -> Result<Vec<u8>, TransportError>`
+/// written out so that `Arc<dyn RaftTransport>` works. The future runs on the
+/// Raft thread's tokio runtime; an implementation over shard-held
+/// connections sends the bytes to a shard over a channel and awaits the
+/// reply. On the receiving node the bytes go to [`ClusterHandle::handle_rpc`]
+/// and its answer comes back as the reply. openraft bounds each call by its
+/// own RPC deadline.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Sends `request` to node `target` at `addr` and returns its reply.
+    fn call<'a>(
+        &'a self,
+        target: NodeId,
+        addr: &'a NodeAddr,
+        request: Vec<u8>,
+    ) -> TransportFuture<'a>;
+}
+
+/// Why a proposal has no result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader is known now (an election is on, or there is no quorum). Retry.
+    #[error("the metadata group has no leader now; retry")]
+    NoLeader,
+    /// The node asked is not the leader; try `leader` when known.
+    #[error("this node is not the metadata leader; try node {leader:?}")]
+    NotLeader {
+        /// The leader as that node knows it.
+        leader: Option<NodeId>,
+    },
+    /// The leader did not answer the forwarded proposal. Retry.
+    #[error("the metadata leader {leader} is unreachable: {reason}")]
+    LeaderUnreachable {
+        /// The leader.
+        leader: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time: the command may or may not be applied. Retry with care.
+    #[error("no answer within {timeout_ms} ms; the command may still be applied")]
+    Timeout {
+        /// The propose timeout.
+        timeout_ms: u64,
+    },
+    /// The node has shut down.
+    #[error("the cluster node has shut down")]
+    ShutDown,
+    /// openraft failed (a storage error stops the node).
+    #[error("raft failed: {reason}")]
+    Raft {
+        /// What it said.
+        reason: String,
+    },
+}
+
+impl ProposeError {
+    /// True when the same proposal may succeed later, on this node or on [`ProposeError::leader_hint`].
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            ProposeError::NoLeader
+                | ProposeError::NotLeader { .. }
+                | ProposeError::LeaderUnreachable { .. }
+                | ProposeError::Timeout { .. }
+        )
+    }
+
+    /// The node to try, when one is known.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match self {
+            ProposeError::NotLeader { leader } => *leader,
+            ProposeError::LeaderUnreachable { leader, .. } => Some(*leader),
+            _ => None,
+        }
+    }
+}
+
+/// A node's role in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Leads: the controller.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Asks for votes.
+    Candidate,
+    /// Not a voter (before initialization).
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+/// What a node knows of the group, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// This node.
+    pub node_id: NodeId,
+    /// Its role.
+    pub role: NodeRole,
+    /// The leader it knows.
+    pub leader: Option<NodeId>,
+    /// Its term.
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: Option<u64>,
+    /// The last applied log index.
+    pub last_applied_index: Option<u64>,
+    /// The last log index its snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The last log index purged from its log (covered by the snapshot).
+    pub purged_index: Option<u64>,
+    /// The revision of the last applied state.
+    pub applied_revision: u64,
+    /// The voters of its membership.
+    pub voters: BTreeSet<NodeId>,
+}
+
+/// Starts nodes.
+pub struct ClusterNode;
+
+impl ClusterNode {
+    /// Opens the node's Raft files under `<data_dir>/raft/`, starts its
+    /// thread and returns the handle. Blocks until the Raft is running;
+    /// call it from the main thread at start-up, not from a shard.
+    ///
+    /// # Errors
+    /// [`ClusterError::Config`] for a bad configuration; [`ClusterError::Corrupt`]
+    /// or I/O errors from the stores; [`ClusterError::Raft`] when openraft refuses to start.
+    pub fn start(
+        config: ClusterNodeConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<ClusterHandle, ClusterError> {
+        config.validate()?;
+        let raft_config = config.raft_config()?;
+        let raft_dir = store::ensure_raft_dir(&config.data_dir)?;
+        let log_store = LogStore::open(&raft_dir)?;
+        let state_machine = StateMachineStore::open(&raft_dir, config.subscriber_backlog_max)?;
+        let publisher = state_machine.publisher();
+        let (requests, requests_rx) = mpsc::channel(config.requests_queued_max);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stopped_tx, stopped) = watch::channel(false);
+        let node_id = config.node_id;
+        let parts = NodeParts {
+            config,
+            raft_config,
+            transport,
+            log_store,
+            state_machine,
+        };
+        let thread_publisher = publisher.clone();
+        std::thread::Builder::new()
+            .name(format!("raft-{node_id}"))
+            .spawn(move || {
+                run_thread(parts, requests_rx, started_tx);
+                thread_publisher.close();
+                let _ = stopped_tx.send(true);
+            })
+            .map_err(|e| ClusterError::Raft(format!("starting the raft thread: {e}")))?;
+        let metrics = started_rx.recv().map_err(|_| ClusterError::ShutDown)??;
+        Ok(ClusterHandle {
+            shared: Arc::new(HandleShared {
+                node_id,
+                requests,
+                metrics,
+                publisher,
+                stopped,
+            }),
+        })
+    }
+}
+
+/// What the Raft thread is started with.
+struct NodeParts {
+    config: ClusterNodeConfig,
+    raft_config: openraft::Config,
+    transport: Arc<dyn RaftTransport>,
+    log_store: LogStore,
+    state_machine: StateMachineStore,
+}
+
+type Metrics = watch::Receiver<RaftMetrics<NodeId, NodeAddr>>;
+type Started = std::sync::mpsc::Sender<Result<Metrics, ClusterError>>;
+
+/// A request from a handle to the Raft thread.
+enum Request {
+    Propose {
+        command: ClusterCommand,
+        reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
+    },
+    Rpc {
+        request: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, ClusterError>>,
+    },
+    Shutdown,
+}
+
+fn run_thread(parts: NodeParts, requests: mpsc::Receiver<Request>, started: Started) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            runtime.block_on(run_node(parts, requests, started));
+            // Dropping the runtime drops every task still there (openraft's
+            // replication, our requests), and with them the open files.
+            drop(runtime);
+        }
+        Err(e) => {
+            let _ = started.send(Err(ClusterError::Raft(format!(
+                "starting the raft runtime: {e}"
+            ))));
+        }
+    }
+}
+
+async fn run_node(parts: NodeParts, requests: mpsc::Receiver<Request>, started: Started) {
+    let NodeParts {
+        config,
+        raft_config,
+        transport,
+        log_store,
+        state_machine,
+    } = parts;
+    let publisher = state_machine.publisher();
+    let network = Network {
+        transport: transport.clone(),
+    };
+    let raft = match Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    {
+        Ok(raft) => raft,
+        Err(e) => {
+            let _ = started.send(Err(ClusterError::Raft(e.to_string())));
+            return;
+        }
+    };
+    if let Err(error) = initialize_if_first(&raft, &config).await {
+        let _ = started.send(Err(error));
+        let _ = raft.shutdown().await;
+        return;
+    }
+    let _ = started.send(Ok(raft.metrics()));
+    let node = Arc::new(NodeShared {
+        raft: raft.clone(),
+        transport,
+        in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
+        config,
+        publisher,
+    });
+    let duties = tokio::spawn(leader_duties(node.clone()));
+    dispatch(node, requests).await;
+    duties.abort();
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(%error, "the raft core did not stop cleanly");
+    }
+}
+
+/// On a fresh cluster, the lowest voter initializes the membership.
+async fn initialize_if_first(
+    raft: &Raft<TypeConfig>,
+    config: &ClusterNodeConfig,
+) -> Result<(), ClusterError> {
+    let lowest = config.voters.keys().next().copied();
+    if lowest != Some(config.node_id) {
+        return Ok(());
+    }
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match raft.initialize(config.voters.clone()).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ClusterError::Raft(format!(
+            "initializing the metadata group: {e}"
+        ))),
+    }
+}
+
+/// What the Raft thread's tasks share.
+struct NodeShared {
+    raft: Raft<TypeConfig>,
+    transport: Arc<dyn RaftTransport>,
+    config: ClusterNodeConfig,
+    publisher: Arc<StatePublisher>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Serves handle requests until a shutdown or until every handle is gone.
+async fn dispatch(node: Arc<NodeShared>, mut requests: mpsc::Receiver<Request>) {
+    while let Some(request) = requests.recv().await {
+        let Ok(permit) = node.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = node.clone();
+        match request {
+            Request::Propose { command, reply } => {
+                tokio::spawn(async move {
+                    let _ = reply.send(shared.propose(command).await);
+                    drop(permit);
+                });
+            }
+            Request::Rpc { request, reply } => {
+                tokio::spawn(async move {
+                    let _ = reply.send(shared.serve_rpc(&request).await);
+                    drop(permit);
+                });
+            }
+            Request::Shutdown => return,
+        }
+    }
+}
+
+/// Where a proposal went when this node could not take it.
+enum Local {
+    Applied(CommandResult),
+    Forward {
+        leader: Option<NodeId>,
+        addr: Option<NodeAddr>,
+    },
+    Failed(ProposeError),
+}
+
+impl NodeShared {
+    fn propose_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.propose_timeout_ms)
+    }
+
+    /// A proposal from this node's handle: here if leader, else forwarded once.
+    async fn propose(&self, command: ClusterCommand) -> Result<CommandResult, ProposeError> {
+        let timeout_ms = self.config.propose_timeout_ms;
+        let attempt = async {
+            match self.propose_here(command.clone()).await {
+                Local::Applied(result) => Ok(result),
+                Local::Failed(error) => Err(error),
+                Local::Forward { leader: None, .. } => Err(ProposeError::NoLeader),
+                Local::Forward {
+                    leader: Some(leader),
+                    addr,
+                } => {
+                    let addr = addr.or_else(|| self.config.voters.get(&leader).cloned());
+                    match addr {
+                        Some(addr) => self.forward(leader, &addr, command).await,
+                        None => Err(ProposeError::NotLeader {
+                            leader: Some(leader),
+                        }),
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(self.propose_timeout(), attempt)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout { timeout_ms }))
+    }
+
+    /// A proposal forwarded to this node: taken only if it leads.
+    async fn propose_received(
+        &self,
+        command: ClusterCommand,
+    ) -> Result<CommandResult, ProposeError> {
+        let timeout_ms = self.config.propose_timeout_ms;
+        let attempt = async {
+            match self.propose_here(command).await {
+                Local::Applied(result) => Ok(result),
+                Local::Failed(error) => Err(error),
+                Local::Forward { leader, .. } => Err(ProposeError::NotLeader { leader }),
+            }
+        };
+        tokio::time::timeout(self.propose_timeout(), attempt)
+            .await
+            .unwrap_or(Err(ProposeError::Timeout { timeout_ms }))
+    }
+
+    async fn propose_here(&self, command: ClusterCommand) -> Local {
+        match self.raft.client_write(command).await {
+            Ok(response) => match response.data {
+                Some(result) => Local::Applied(result),
+                None => unreachable!("a command's entry always has a result"),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Local::Forward {
+                    leader: forward.leader_id,
+                    addr: forward.leader_node,
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Local::Failed(ProposeError::Raft {
+                    reason: e.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(fatal)) => Local::Failed(match fatal {
+                openraft::error::Fatal::Stopped => ProposeError::ShutDown,
+                other => ProposeError::Raft {
+                    reason: other.to_string(),
+                },
+            }),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &NodeAddr,
+        command: ClusterCommand,
+    ) -> Result<CommandResult, ProposeError> {
+        let request = rpc::encode(&RpcRequest::Propose(command));
+        let unreachable = |reason: String| ProposeError::LeaderUnreachable { leader, reason };
+        let reply = self
+            .transport
+            .call(leader, addr, request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match rpc::decode::<RpcReply>(&reply) {
+            Ok(RpcReply::Propose(outcome)) => outcome,
+            Ok(other) => Err(unreachable(format!("answered a proposal with {other:?}"))),
+            Err(error) => Err(unreachable(error.to_string())),
+        }
+    }
+
+    /// Answers one encoded RPC from another node.
+    async fn serve_rpc(&self, request: &[u8]) -> Result<Vec<u8>, ClusterError> {
+        let reply = match rpc::decode::<RpcRequest>(request)? {
+            RpcRequest::Vote(vote) => RpcReply::Vote(self.raft.vote(vote).await),
+            RpcRequest::AppendEntries(append) => {
+                RpcReply::AppendEntries(self.raft.append_entries(append).await)
+            }
+            RpcRequest::InstallSnapshot(chunk) => {
+                RpcReply::InstallSnapshot(self.raft.install_snapshot(chunk).await)
+            }
+            RpcRequest::Propose(command) => RpcReply::Propose(self.propose_received(command).await),
+        };
+        Ok(rpc::encode(&reply))
+    }
+}
+
+/// What only the leader does: name a cluster that has no id yet.
+///
+/// Re-checked at every metrics change, so a leader that fails over before
+/// its `InitCluster` commits leaves the duty to the next one; the first id
+/// applied wins, later ones are refused by `apply`.
+async fn leader_duties(node: Arc<NodeShared>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let leads = {
+            let now = metrics.borrow_and_update();
+            now.state == ServerState::Leader && now.current_leader == Some(node.config.node_id)
+        };
+        if leads && node.publisher.current().cluster_id.is_empty() {
+            let cluster_id = new_cluster_id(node.config.node_id);
+            if let Err(error) = node
+                .propose(ClusterCommand::InitCluster { cluster_id })
+                .await
+            {
+                tracing::info!(%error, "naming the cluster failed; the next leader tries again");
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A fresh random cluster id: 32 hex digits (std's per-process random hash keys, the clock, the node).
+fn new_cluster_id(node_id: NodeId) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u64(node_id);
+    hasher.write_u128(now_ns);
+    hasher.write_u32(std::process::id());
+    let high = hasher.finish();
+    hasher.write_u8(1);
+    format!("{high:016x}{:016x}", hasher.finish())
+}
+
+struct HandleShared {
+    node_id: NodeId,
+    requests: mpsc::Sender<Request>,
+    metrics: Metrics,
+    publisher: Arc<StatePublisher>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// The way into a running node: cheap to clone, `Send + Sync`, and every
+/// method is runtime-agnostic (a glommio task may await it).
+#[derive(Clone)]
+pub struct ClusterHandle {
+    shared: Arc<HandleShared>,
+}
+
+impl ClusterHandle {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// Proposes a command and waits until it is committed and applied here
+    /// or on the leader; forwarded once when this node does not lead.
+    ///
+    /// # Errors
+    /// [`ProposeError`]: [`ProposeError::is_retriable`] tells whether to try again.
+    pub async fn propose(&self, command: ClusterCommand) -> Result<CommandResult, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Propose { command, reply };
+        if self.shared.requests.send(request).await.is_err() {
+            return Err(ProposeError::ShutDown);
+        }
+        answer.await.unwrap_or(Err(ProposeError::ShutDown))
+    }
+
+    /// Answers an encoded RPC that arrived from another node on some connection.
+    ///
+    /// # Errors
+    /// [`ClusterError::Rpc`] when the bytes do not decode, [`ClusterError::ShutDown`]
+    /// when the node has stopped; the caller sends the peer an error for either.
+    pub async fn handle_rpc(&self, request: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .shared
+            .requests
+            .send(Request::Rpc { request, reply })
+            .await
+            .is_err()
+        {
+            return Err(ClusterError::ShutDown);
+        }
+        answer.await.unwrap_or(Err(ClusterError::ShutDown))
+    }
+
+    /// A receiver of applied states: first the current one, then every change.
+    pub fn subscribe(&self) -> StateSubscriber {
+        self.shared.publisher.subscribe()
+    }
+
+    /// The last applied state.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.shared.publisher.current()
+    }
+
+    /// What this node knows of the group now.
+    pub fn metrics(&self) -> ClusterMetrics {
+        let raft = self.shared.metrics.borrow();
+        let role = match raft.state {
+            ServerState::Leader => NodeRole::Leader,
+            ServerState::Follower => NodeRole::Follower,
+            ServerState::Candidate => NodeRole::Candidate,
+            ServerState::Learner => NodeRole::Learner,
+            ServerState::Shutdown => NodeRole::Shutdown,
+        };
+        ClusterMetrics {
+            node_id: self.shared.node_id,
+            role,
+            leader: raft.current_leader,
+            term: raft.current_term,
+            last_log_index: raft.last_log_index,
+            last_applied_index: raft.last_applied.map(|id| id.index),
+            snapshot_index: raft.snapshot.map(|id| id.index),
+            purged_index: raft.purged.map(|id| id.index),
+            applied_revision: self.shared.publisher.current().revision,
+            voters: raft.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    /// Stops the node and waits until its thread has let go of every file;
+    /// subscribers then see the end. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.shared.requests.send(Request::Shutdown).await;
+        let mut stopped = self.shared.stopped.clone();
+        // An error means the thread is gone, which is what we wait for.
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// openraft's network factory: one [`PeerClient`] per target over the transport.
+struct Network {
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// openraft's client for one peer.
+struct PeerClient {
+    target: NodeId,
+    addr: NodeAddr,
+    transport: Arc<dyn RaftTransport>,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    /// One call; transport failures become `Unreachable` (openraft backs off), bad replies `NetworkError`.
+    async fn call<E: std::error::Error>(
+        &self,
+        request: RpcRequest,
+        option: &RPCOption,
+    ) -> Result<RpcReply, RPCError<NodeId, NodeAddr, E>> {
+        let bytes = rpc::encode(&request);
+        let call = self.transport.call(self.target, &self.addr, bytes);
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(RPCError::Unreachable(Unreachable::new(&error))),
+            Err(_) => {
+                let error = TransportError::Unreachable {
+                    target: self.target,
+                    reason: format!("no reply within {} ms", option.hard_ttl().as_millis()),
+                };
+                return Err(RPCError::Unreachable(Unreachable::new(&error)));
+            }
+        };
+        rpc::decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    // The error type is openraft's, fixed by `RaftNetwork`; boxing it is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    fn remote<T, E: std::error::Error>(
+        &self,
+        outcome: Result<T, RaftError<NodeId, E>>,
+    ) -> RpcResult<T, E> {
+        outcome.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.addr.clone(),
+                e,
+            ))
+        })
+    }
+
+    fn mismatch<E: std::error::Error>(&self, reply: &RpcReply) -> RPCError<NodeId, NodeAddr, E> {
+        let error = ClusterError::Rpc(format!(
+            "node {} answered with the wrong reply: {reply:?}",
+            self.target
+        ));
+        RPCError::Network(NetworkError::new(&error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(RpcRequest::AppendEntries(request), &option)
+            .await?
+        {
+            RpcReply::AppendEntries(outcome) => self.remote(outcome),
+            other => Err(self.mismatch(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, openraft::error::InstallSnapshotError> {
+        match self
+            .call(RpcRequest::InstallSnapshot(request), &option)
+            .await?
+        {
+            RpcReply::InstallSnapshot(outcome) => self.remote(outcome),
+            other => Err(self.mismatch(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(RpcRequest::Vote(request), &option).await? {
+            RpcReply::Vote(outcome) => self.remote(outcome),
+            other => Err(self.mismatch(&other)),
+        }
+    }
+}
