@@ -389,7 +389,9 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
         })
         .collect();
 
-    // 2. Fetchers that pipeline big fetches and never read an answer.
+    // 2. Fetchers that pipeline big fetches and never read an answer: two,
+    // whose connection budgets add up to the shard's (a third would only get
+    // watermark-only answers, small enough to sit in its socket buffer).
     let fetch = encode_request(
         5,
         &Request::Fetch {
@@ -404,7 +406,7 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
             }],
         },
     );
-    let mut deaf: Vec<TcpStream> = (0..4)
+    let mut deaf: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut stream = TcpStream::connect(broker.addr).unwrap();
             for _ in 0..64 {
@@ -452,8 +454,8 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
         assert!(closed_by_broker(stream), "a stalled frame was closed");
     }
     for stream in deaf.iter_mut() {
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        // Draining now must end: the broker gave up on this connection.
+        // Draining now must end: the broker gave up on this connection after
+        // its write timeout (no FIN from us, which would close it as EOF).
         assert!(
             closed_by_broker(stream),
             "a client that never reads was closed"
@@ -473,7 +475,7 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
             &metrics,
             "shardlog_connections_closed_total",
             "reason=\"write_timeout\""
-        ) >= 4,
+        ) >= 2,
         "{metrics}"
     );
     assert!(

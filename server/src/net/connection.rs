@@ -285,7 +285,7 @@ async fn read_body(
     socket: std::os::fd::RawFd,
     body_bytes: usize,
     charge: &mut MemoryCharge,
-    deadline: Instant,
+    mut deadline: Instant,
     shard: &ShardState,
 ) -> Result<BytesMut, Close> {
     let mut body = BytesMut::with_capacity(body_bytes.min(BODY_RESERVE_BYTES));
@@ -312,10 +312,14 @@ async fn read_body(
             }
             Err(error) => return Err(Close::Broken(error.to_string())),
         };
+        // Time spent waiting for the budget is the broker's, not the sender's:
+        // it does not count against the frame's deadline.
+        let waiting_since = Instant::now();
         charge
             .grow(n as u64)
             .await
             .map_err(|e| Close::Broken(format!("memory budget: {e}")))?;
+        deadline += waiting_since.elapsed();
     }
     assert!(body.len() == body_bytes);
     Ok(body)
