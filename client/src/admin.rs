@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::cluster::{unknown_topic, ClientConfig, Cluster};
-use crate::protocol::{NewTopic, OffsetSpec, RecoveredPartition, Request, Response};
+use crate::protocol::{
+    ClusterDescription, NewTopic, OffsetSpec, RecoveredPartition, Request, Response,
+};
 use crate::Error;
 
 /// One partition as [`Admin::describe_topic`] reports it.
@@ -106,6 +108,18 @@ impl Admin {
         }
     }
 
+    /// The cluster as the broker asked knows it: every broker with its
+    /// state, the controller, the Raft term and the metadata revision.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription, Error> {
+        match self.cluster.call(Request::Metadata(Vec::new())).await? {
+            Response::Metadata(cluster) => Ok(cluster),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The partitions of a topic with their placement and offsets.
     ///
     /// # Errors
@@ -135,13 +149,7 @@ impl Admin {
         };
         let mut queries_all = queries(OffsetSpec::Earliest);
         queries_all.extend(queries(OffsetSpec::Latest));
-        let Response::ListOffsets(results) =
-            self.cluster.call(Request::ListOffsets(queries_all)).await?
-        else {
-            return Err(Error::Protocol(
-                "list offsets answered with another response".into(),
-            ));
-        };
+        let results = self.cluster.list_offsets(queries_all).await?;
         let count = topic.partition_shards.len();
         let partitions = topic
             .partition_shards

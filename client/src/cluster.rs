@@ -1,19 +1,20 @@
 //! Metadata and connections: which shard owns each partition, and one
 //! connection per shard port, shared by every user of a client.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::connection::Connection;
-use crate::protocol::{Request, Response};
+use crate::protocol::{OffsetSpec, PartitionResult, Request, Response};
 use crate::{BrokerError, Error, ErrorCode};
 
 /// Settings shared by producers, consumers and admins.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Address of the broker (`host:port`) [default `127.0.0.1:7070`].
+    /// Address of the broker (`host:port`), or several separated by commas:
+    /// any one that answers is enough [default `127.0.0.1:7070`].
     pub broker: String,
     /// The longest one request may take before the connection is dropped [default 30 s].
     pub request_timeout: Duration,
@@ -49,7 +50,12 @@ struct State {
     bootstrap: Option<SocketAddr>,
     host: Option<IpAddr>,
     shard_ports: Vec<u16>,
-    topics: HashMap<String, Vec<u16>>,
+    /// Each partition's (leader broker, shard), by topic.
+    topics: HashMap<String, Vec<(Option<u32>, u16)>>,
+    /// The other brokers of a cluster: id → (shared port address, shard ports).
+    brokers: HashMap<u32, (SocketAddr, Vec<u16>)>,
+    /// The broker the bootstrap address reaches.
+    answered_by: u32,
     connections: HashMap<SocketAddr, Connection>,
 }
 
@@ -74,19 +80,38 @@ impl Cluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The first address of `config.broker` (a comma-separated list) that
+    /// takes a connection; kept until a call to it fails.
     async fn bootstrap_addr(&self) -> Result<SocketAddr, Error> {
         if let Some(addr) = self.lock().bootstrap {
             return Ok(addr);
         }
-        let mut addrs = tokio::net::lookup_host(&self.config.broker).await?;
-        let addr = addrs.next().ok_or_else(|| {
+        let mut last_error = None;
+        let brokers = self.config.broker.split(',').map(str::trim);
+        for broker in brokers.filter(|b| !b.is_empty()) {
+            let addrs = match tokio::net::lookup_host(broker).await {
+                Ok(addrs) => addrs,
+                Err(error) => {
+                    last_error = Some(Error::Io(error));
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match self.connection(addr).await {
+                    Ok(_) => {
+                        self.lock().bootstrap = Some(addr);
+                        return Ok(addr);
+                    }
+                    Err(error) => last_error = Some(error),
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
             Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("{} resolves to no address", self.config.broker),
+                format!("{:?} names no reachable broker", self.config.broker),
             ))
-        })?;
-        self.lock().bootstrap = Some(addr);
-        Ok(addr)
+        }))
     }
 
     /// A live connection to `addr`, reusing the cached one.
@@ -125,10 +150,55 @@ impl Cluster {
     /// Sends a request to the bootstrap broker; an error response becomes [`Error::Broker`].
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
         let addr = self.bootstrap_addr().await?;
-        match self.connection(addr).await?.call(request).await? {
+        let answer = match self.connection(addr).await {
+            Ok(connection) => connection.call(request).await,
+            Err(error) => Err(error),
+        };
+        if let Err(Error::Io(_)) = &answer {
+            // The next call looks for a broker that answers, from the first address.
+            self.lock().bootstrap = None;
+        }
+        match answer? {
             Response::Error(error) => Err(Error::Broker(error)),
             response => Ok(response),
         }
+    }
+
+    /// ListOffsets, each query sent to its partition's leader (its owning
+    /// shard); one result per query, in the order of the queries.
+    pub async fn list_offsets(
+        &self,
+        queries: Vec<(String, u32, OffsetSpec, i64)>,
+    ) -> Result<Vec<PartitionResult>, Error> {
+        let count = queries.len();
+        let mut by_addr: BTreeMap<SocketAddr, (Vec<usize>, Vec<_>)> = BTreeMap::new();
+        for (index, query) in queries.into_iter().enumerate() {
+            let addr = self.route(&query.0, query.1).await?;
+            let (indexes, queries) = by_addr.entry(addr).or_default();
+            indexes.push(index);
+            queries.push(query);
+        }
+        let mismatch = || Error::Protocol("list offsets answered with another response".into());
+        let mut results: Vec<Option<PartitionResult>> = vec![None; count];
+        for (addr, (indexes, queries)) in by_addr {
+            let answers = match self
+                .connection(addr)
+                .await?
+                .call(Request::ListOffsets(queries))
+                .await?
+            {
+                Response::ListOffsets(answers) if answers.len() == indexes.len() => answers,
+                Response::Error(error) => return Err(Error::Broker(error)),
+                _ => return Err(mismatch()),
+            };
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                results[index] = Some(answer);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(mismatch))
+            .collect()
     }
 
     /// Reloads the placement of `topics` (all topics when empty).
@@ -140,6 +210,17 @@ impl Cluster {
             ));
         };
         let bootstrap = self.bootstrap_addr().await?;
+        let mut brokers = HashMap::new();
+        for broker in cluster
+            .brokers
+            .iter()
+            .filter(|b| b.id != cluster.answered_by)
+        {
+            let resolved = tokio::net::lookup_host((broker.host.as_str(), broker.port)).await;
+            if let Some(addr) = resolved.ok().and_then(|mut addrs| addrs.next()) {
+                brokers.insert(broker.id, (addr, broker.shard_ports.clone()));
+            }
+        }
         let mut state = self.lock();
         let host = cluster
             .host
@@ -148,10 +229,16 @@ impl Cluster {
             .filter(|ip| !ip.is_unspecified());
         state.host = Some(host.unwrap_or(bootstrap.ip()));
         state.shard_ports = cluster.shard_ports;
+        state.brokers = brokers;
+        state.answered_by = cluster.answered_by;
         for topic in cluster.topics {
             match topic.error {
                 None => {
-                    state.topics.insert(topic.name, topic.partition_shards);
+                    let placed = topic.partition_shards.iter().enumerate().map(|(p, shard)| {
+                        let leader = topic.leadership.get(p).and_then(|l| l.leader);
+                        (leader, *shard)
+                    });
+                    state.topics.insert(topic.name, placed.collect());
                 }
                 Some(_) => {
                     state.topics.remove(&topic.name);
@@ -174,22 +261,30 @@ impl Cluster {
         count.ok_or_else(|| unknown_topic(topic))
     }
 
-    /// The address to send `partition` of `topic`'s requests to.
+    /// The address to send `partition` of `topic`'s requests to: the
+    /// owning shard's port of the partition's leader broker.
     pub async fn route(&self, topic: &str, partition: u32) -> Result<SocketAddr, Error> {
         self.partition_count(topic).await?;
         let bootstrap = self.bootstrap_addr().await?;
         let state = self.lock();
-        let shard = state
+        let placed = state
             .topics
             .get(topic)
             .and_then(|s| s.get(partition as usize))
             .copied();
-        let Some(shard) = shard else {
+        let Some((leader, shard)) = placed else {
             return Err(Error::Broker(BrokerError {
                 code: ErrorCode::UnknownTopicOrPartition,
                 message: format!("topic {topic:?} has no partition {partition}"),
             }));
         };
+        // Led by another broker of the cluster: its shard's port, or its shared port.
+        if let Some((addr, shard_ports)) = leader.and_then(|l| state.brokers.get(&l)) {
+            let port = shard_ports
+                .get(usize::from(shard))
+                .filter(|_| self.config.shard_aware);
+            return Ok(port.map_or(*addr, |port| SocketAddr::new(addr.ip(), *port)));
+        }
         match (
             self.config.shard_aware,
             state.host,

@@ -290,14 +290,7 @@ impl Consumer {
         if queries.is_empty() {
             return Ok(());
         }
-        let Response::ListOffsets(results) =
-            self.cluster.call(Request::ListOffsets(queries)).await?
-        else {
-            return Err(Error::Protocol(
-                "list offsets answered with another response".into(),
-            ));
-        };
-        for result in results {
+        for result in self.cluster.list_offsets(queries).await? {
             if let Some(error) = result.error {
                 return Err(Error::Broker(error));
             }

@@ -260,6 +260,36 @@ pub struct TopicDescription {
     pub error: Option<BrokerError>,
     /// The owning shard of each partition.
     pub partition_shards: Vec<u16>,
+    /// Each partition's leader, replicas, ISR and leader epoch.
+    pub leadership: Vec<PartitionLeadership>,
+}
+
+/// Who leads a partition and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLeadership {
+    /// The leader broker; `None` when no replica may lead now.
+    pub leader: Option<u32>,
+    /// The brokers holding a replica, the preferred leader first.
+    pub replicas: Vec<u32>,
+    /// The in-sync replicas.
+    pub isr: Vec<u32>,
+    /// Grows with every leader change.
+    pub leader_epoch: u64,
+}
+
+/// One broker of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDescription {
+    /// Its id (`--node-id`).
+    pub id: u32,
+    /// Its host.
+    pub host: String,
+    /// Its shared port.
+    pub port: u16,
+    /// Each shard's own port.
+    pub shard_ports: Vec<u16>,
+    /// False when the controller fenced it.
+    pub alive: bool,
 }
 
 /// Brokers and topics.
@@ -273,6 +303,18 @@ pub struct ClusterDescription {
     pub shard_ports: Vec<u16>,
     /// The topics asked for.
     pub topics: Vec<TopicDescription>,
+    /// Every broker of the cluster (the one broker, when it is not clustered).
+    pub brokers: Vec<BrokerDescription>,
+    /// The controller as the answering broker knows it; `None` when the cluster has none now.
+    pub controller_id: Option<u32>,
+    /// The answering broker's Raft term (0 when it is not clustered).
+    pub raft_term: u64,
+    /// The metadata revision the answer was made from.
+    pub metadata_revision: u64,
+    /// The cluster's id (empty when not clustered or not named yet).
+    pub cluster_id: String,
+    /// The broker that answered.
+    pub answered_by: u32,
 }
 
 /// A response, as plain values.
@@ -749,8 +791,43 @@ fn decode_topic_results(
         .collect()
 }
 
+fn decode_leadership(p: fb::PartitionInfo<'_>) -> PartitionLeadership {
+    let ids =
+        |v: Option<flatbuffers::Vector<'_, u32>>| v.map(|v| v.iter().collect()).unwrap_or_default();
+    PartitionLeadership {
+        leader: p.has_leader().then(|| p.leader_broker()),
+        replicas: ids(p.replicas()),
+        isr: ids(p.isr()),
+        leader_epoch: p.leader_epoch(),
+    }
+}
+
+fn decode_brokers(body: &fb::MetadataResponse<'_>) -> Vec<BrokerDescription> {
+    body.brokers()
+        .iter()
+        .flatten()
+        .map(|b| BrokerDescription {
+            id: b.broker_id(),
+            host: b.host().unwrap_or_default().to_string(),
+            port: b.port(),
+            shard_ports: b
+                .shard_ports()
+                .map(|p| p.iter().collect())
+                .unwrap_or_default(),
+            alive: b.state() != fb::BrokerState::Fenced,
+        })
+        .collect()
+}
+
 fn decode_metadata(body: fb::MetadataResponse<'_>) -> ClusterDescription {
-    let broker = body.brokers().and_then(|b| b.iter().next());
+    let answered_by = body.answered_by();
+    // The answering broker's own entry: its shard ports are where this connection's shards are.
+    let brokers_list = body.brokers();
+    let broker = brokers_list
+        .iter()
+        .flatten()
+        .find(|b| b.broker_id() == answered_by)
+        .or_else(|| brokers_list.and_then(|b| b.iter().next()));
     let topics = body
         .topics()
         .iter()
@@ -764,9 +841,21 @@ fn decode_metadata(body: fb::MetadataResponse<'_>) -> ClusterDescription {
                 .flatten()
                 .map(|p| p.leader_shard())
                 .collect(),
+            leadership: t
+                .partitions()
+                .iter()
+                .flatten()
+                .map(decode_leadership)
+                .collect(),
         })
         .collect();
     ClusterDescription {
+        brokers: decode_brokers(&body),
+        controller_id: u32::try_from(body.controller_id()).ok(),
+        raft_term: body.raft_term(),
+        metadata_revision: body.metadata_revision(),
+        cluster_id: body.cluster_id().unwrap_or_default().to_string(),
+        answered_by,
         host: broker
             .and_then(|b| b.host())
             .unwrap_or_default()

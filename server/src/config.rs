@@ -8,6 +8,7 @@
 //! broker never starts with limits that cannot hold. Relative paths are
 //! resolved against the working directory at start.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use clap::Parser;
 use serde::Deserialize;
 use shardlog_engine::FlushPolicy;
 
+use crate::cluster::{NodeAddr, NodeId};
 use crate::{Error, Result};
 
 /// Declares [`Settings`]: one optional field per setting, usable as a flag and a TOML key.
@@ -101,6 +103,10 @@ settings! {
     groups_per_shard_max: usize,
     /// An empty group's committed offsets are deleted this long after its last use [default: 604800000 (7 days)].
     group_retention_ms: u64,
+    /// This broker's id in its cluster, 0..=4294967295; recorded in the data directory [default: 0].
+    node_id: u64,
+    /// The cluster's voters, `<id>@<host>:<port>,...`, each `host:port` that node's `--listen` address, this node included [default: none: a one-node broker].
+    peers: String,
 }
 
 /// Command-line flags: every setting, plus `--config`.
@@ -155,6 +161,10 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Every limit, checked against the others.
     pub limits: Limits,
+    /// This broker's id (`--node-id`).
+    pub node_id: NodeId,
+    /// The cluster's voters (`--peers`), this node included; `None` for a one-node broker.
+    pub peers: Option<BTreeMap<NodeId, NodeAddr>>,
 }
 
 /// The broker's limits. Each is a setting of the same name (see [`Settings`]).
@@ -258,6 +268,13 @@ impl ServerConfig {
             }
         };
         let data_dir = absolute(&s.data_dir.clone().unwrap_or_else(|| "./data".into()))?;
+        let peers = match s.peers.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(peers) => Some(
+                crate::cluster::parse_peers(peers)
+                    .map_err(|e| Error::Config(format!("--peers: {e}")))?,
+            ),
+        };
         let config = ServerConfig {
             data_dir,
             listen: s.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070))),
@@ -273,6 +290,8 @@ impl ServerConfig {
             log_level: s.log_level.clone().unwrap_or_else(|| "info".into()),
             log_format,
             limits: Limits::from_settings(&s, shards, descriptors_max),
+            node_id: s.node_id.unwrap_or(0),
+            peers,
         };
         config.validate(descriptors_max)?;
         Ok(config)
@@ -284,6 +303,7 @@ impl ServerConfig {
             return bad(format!("--shards {} must be in 1..=256", self.shards));
         }
         self.validate_ports()?;
+        self.validate_peers()?;
         check_range(
             "--retention-check-interval-ms",
             self.retention_check_interval_ms,
@@ -318,6 +338,47 @@ impl ServerConfig {
             )));
         }
         Ok(())
+    }
+
+    /// `--node-id` fits the wire's broker ids, and `--peers` names 1, 3 or
+    /// 5 voters, this node among them at its own `--listen` port.
+    fn validate_peers(&self) -> Result<()> {
+        if self.node_id > u64::from(u32::MAX) {
+            return Err(Error::Config(format!(
+                "--node-id {} must be at most {}",
+                self.node_id,
+                u32::MAX
+            )));
+        }
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        crate::cluster::raft::ClusterNodeConfig::new(
+            self.node_id,
+            peers.clone(),
+            self.data_dir.clone(),
+        )
+        .validate()
+        .map_err(|e| Error::Config(format!("--peers: {e}")))?;
+        if let Some((id, _)) = peers.iter().find(|(id, _)| **id > u64::from(u32::MAX)) {
+            return Err(Error::Config(format!(
+                "--peers: node id {id} must be at most {}",
+                u32::MAX
+            )));
+        }
+        let own = &peers[&self.node_id];
+        if own.port != self.listen.port() {
+            return Err(Error::Config(format!(
+                "--peers names node {} at {own}, but --listen is {}: each peer's address is that node's --listen address",
+                self.node_id, self.listen
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when this broker is a member of a Raft cluster (`--peers`).
+    pub fn is_clustered(&self) -> bool {
+        self.peers.is_some()
     }
 
     /// The port shard `shard` accepts on besides the shared one.
@@ -530,234 +591,5 @@ pub fn log_config(
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    const DESCRIPTORS: u64 = 1 << 20;
-
-    fn resolve(settings: Settings) -> Result<ServerConfig> {
-        ServerConfig::resolve(
-            Cli {
-                config: None,
-                settings,
-            },
-            DESCRIPTORS,
-        )
-    }
-
-    #[test]
-    fn defaults_make_a_durable_local_broker_with_separate_ports() {
-        let config = resolve(Settings::default()).unwrap();
-        assert_eq!(config.flush, FlushPolicy::Always);
-        assert_eq!(config.listen.to_string(), "127.0.0.1:7070");
-        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9644");
-        assert!(config.data_dir.is_absolute());
-        assert_eq!(
-            config.data_dir,
-            std::env::current_dir().unwrap().join("data"),
-            "./data resolves against the working directory"
-        );
-        assert_eq!(config.shard_port(1), 7072);
-        assert_eq!(config.limits.connections_per_shard_max, 4096);
-    }
-
-    #[test]
-    fn relative_paths_from_the_file_resolve_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        std::fs::write(&path, "data-dir = \"rel/dir\"\n").unwrap();
-        let cli = Cli {
-            config: Some(path),
-            settings: Settings::default(),
-        };
-        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
-        assert_eq!(
-            config.data_dir,
-            std::env::current_dir().unwrap().join("rel/dir")
-        );
-    }
-
-    #[test]
-    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        std::fs::write(
-            &path,
-            "shards = 3\nflush = \"never\"\ndata-dir = \"/x\"\nfetch-bytes-max = 16777216\n",
-        )
-        .unwrap();
-        let cli = Cli {
-            config: Some(path.clone()),
-            settings: Settings {
-                shards: Some(2),
-                ..Settings::default()
-            },
-        };
-        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
-        assert_eq!(config.shards, 2);
-        assert_eq!(config.flush, FlushPolicy::Never);
-        assert_eq!(config.data_dir, PathBuf::from("/x"));
-        assert_eq!(config.limits.fetch_bytes_max, 16 << 20);
-        std::fs::write(&path, "shard = 3\n").unwrap();
-        let cli = Cli {
-            config: Some(path),
-            settings: Settings::default(),
-        };
-        assert!(
-            ServerConfig::resolve(cli, DESCRIPTORS).is_err(),
-            "unknown keys are refused"
-        );
-    }
-
-    #[test]
-    fn values_out_of_range_are_refused() {
-        let cases = [
-            Settings {
-                flush: Some("sometimes".into()),
-                ..Settings::default()
-            },
-            Settings {
-                shards: Some(0),
-                ..Settings::default()
-            },
-            Settings {
-                log_format: Some("xml".into()),
-                ..Settings::default()
-            },
-            Settings {
-                connection_idle_timeout_ms: Some(0),
-                ..Settings::default()
-            },
-            Settings {
-                connection_idle_timeout_ms: Some(60_000),
-                ..Settings::default()
-            },
-            Settings {
-                connection_memory_bytes_max: Some(1 << 20),
-                ..Settings::default()
-            },
-            Settings {
-                fetch_bytes_max: Some(1 << 30),
-                ..Settings::default()
-            },
-            Settings {
-                fetch_partition_bytes_max: Some(60 << 20),
-                ..Settings::default()
-            },
-        ];
-        for settings in cases {
-            let shown = format!("{settings:?}");
-            assert!(resolve(settings).is_err(), "{shown}");
-        }
-    }
-
-    #[test]
-    fn overlapping_ports_are_refused() {
-        for metrics_port in [7070, 7071, 7072] {
-            let settings = Settings {
-                shards: Some(2),
-                metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], metrics_port))),
-                ..Settings::default()
-            };
-            let error = resolve(settings).unwrap_err().to_string();
-            assert!(error.contains("overlaps"), "{metrics_port}: {error}");
-        }
-        let elsewhere = Settings {
-            shards: Some(2),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7073))),
-            ..Settings::default()
-        };
-        assert!(resolve(elsewhere).is_ok());
-    }
-
-    #[test]
-    fn budgets_follow_the_descriptor_limit_and_explicit_ones_must_fit() {
-        let settings = Settings {
-            shards: Some(2),
-            ..Settings::default()
-        };
-        let config = ServerConfig::resolve(
-            Cli {
-                config: None,
-                settings: settings.clone(),
-            },
-            20_000,
-        )
-        .unwrap();
-        let limits = config.limits;
-        let used = 2
-            * (limits.connections_per_shard_max as u64
-                + u64::from(limits.open_files_per_shard_max));
-        assert!(used + FILE_DESCRIPTORS_RESERVED <= 20_000, "{limits:?}");
-        let too_many = Settings {
-            connections_per_shard_max: Some(9_000),
-            open_files_per_shard_max: Some(1_000),
-            ..settings
-        };
-        let error = ServerConfig::resolve(
-            Cli {
-                config: None,
-                settings: too_many,
-            },
-            20_000,
-        )
-        .unwrap_err();
-        assert!(error.to_string().contains("RLIMIT_NOFILE"), "{error}");
-    }
-
-    #[test]
-    fn group_limits_have_defaults_file_keys_and_bounds() {
-        let config = resolve(Settings::default()).unwrap();
-        assert_eq!(config.limits.groups_per_shard_max, 10_000);
-        assert_eq!(config.limits.group_retention_ms, 7 * 24 * 3600 * 1000);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        let keys = "groups-per-shard-max = 5\ngroup-retention-ms = 60000\nretention-check-interval-ms = 100\n";
-        std::fs::write(&path, keys).unwrap();
-        let cli = Cli {
-            config: Some(path),
-            settings: Settings::default(),
-        };
-        let config = ServerConfig::resolve(cli, DESCRIPTORS).unwrap();
-        assert_eq!(config.limits.groups_per_shard_max, 5);
-        assert_eq!(config.limits.group_retention_ms, 60_000);
-        assert_eq!(config.retention_check_interval_ms, 100);
-        for bad in [
-            Settings {
-                groups_per_shard_max: Some(0),
-                ..Settings::default()
-            },
-            Settings {
-                group_retention_ms: Some(0),
-                ..Settings::default()
-            },
-            Settings {
-                retention_check_interval_ms: Some(0),
-                ..Settings::default()
-            },
-        ] {
-            assert!(resolve(bad).is_err());
-        }
-    }
-
-    /// The README's limits table lists every setting by its flag.
-    #[test]
-    fn the_readme_lists_every_setting() {
-        let readme = include_str!("../../README.md");
-        let command = Cli::command();
-        for argument in command.get_arguments() {
-            let Some(flag) = argument.get_long() else {
-                continue;
-            };
-            if matches!(flag, "help" | "version") {
-                continue;
-            }
-            assert!(
-                readme.contains(&format!("`--{flag}`")),
-                "README.md has no row for `--{flag}`"
-            );
-        }
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -48,6 +48,12 @@ pub enum Error {
     /// The storage engine failed.
     #[error(transparent)]
     Engine(#[from] shardlog_engine::Error),
+    /// The data directory belongs to another node or cluster, or its `node.json` is unreadable.
+    #[error(transparent)]
+    Identity(#[from] crate::cluster::identity::IdentityError),
+    /// The metadata group's node did not start.
+    #[error("the metadata group: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A shard failed to start or stopped.
     #[error("shard {shard}: {message}")]
     Shard {

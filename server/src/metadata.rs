@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::state::{BrokerId, BrokerInfo, ClusterState, PartitionState};
 use crate::{Error, Result};
 
 /// Longest topic name accepted.
@@ -26,6 +27,20 @@ pub struct ClusterMetadata {
     pub next_topic_id: u64,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicMetadata>,
+    /// A clustered broker's view of the cluster (from the Raft state); `None` on a one-node broker.
+    #[serde(skip)]
+    pub cluster: Option<ClusterView>,
+}
+
+/// What a clustered broker knows of its cluster besides topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This broker.
+    pub broker: BrokerId,
+    /// The cluster's id; empty until the first controller named it.
+    pub cluster_id: String,
+    /// Every registered broker.
+    pub brokers: BTreeMap<BrokerId, BrokerInfo>,
 }
 
 /// One topic.
@@ -41,6 +56,11 @@ pub struct TopicMetadata {
     pub retention_ms: Option<u64>,
     /// Segment size, if set.
     pub segment_bytes: Option<u64>,
+    /// A clustered broker's view: each partition's replicas, leader, leader
+    /// epoch and ISR, from the Raft state. Empty on a one-node broker, which
+    /// holds every partition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<PartitionState>,
 }
 
 impl TopicMetadata {
@@ -50,6 +70,24 @@ impl TopicMetadata {
     pub fn owner(&self, partition: u32, shard_count: usize) -> Option<usize> {
         let placed = *self.partition_shards.get(partition as usize)?;
         Some(usize::from(placed) % shard_count)
+    }
+
+    /// The shard of this broker holding `partition`: [`TopicMetadata::owner`]
+    /// when `broker` (a clustered broker's id) holds a replica of it, or on a
+    /// one-node broker (`replication` empty), which holds every partition.
+    pub fn local_owner(
+        &self,
+        partition: u32,
+        shard_count: usize,
+        broker: Option<BrokerId>,
+    ) -> Option<usize> {
+        if let (Some(broker), false) = (broker, self.replication.is_empty()) {
+            let state = self.replication.get(partition as usize)?;
+            if !state.replicas.iter().any(|r| r.broker == broker) {
+                return None;
+            }
+        }
+        self.owner(partition, shard_count)
     }
 
     /// The number of partitions.
@@ -92,6 +130,45 @@ pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
 }
 
 impl ClusterMetadata {
+    /// A clustered broker's copy of the applied Raft state. A partition's
+    /// shard is that of this broker's replica, or else its leader's (what
+    /// metadata answers name), or else its first replica's.
+    pub fn from_cluster(state: &ClusterState, broker: BrokerId) -> ClusterMetadata {
+        let shard_of = |partition: &PartitionState| {
+            let local = partition.replicas.iter().find(|r| r.broker == broker);
+            let leader = partition
+                .replicas
+                .iter()
+                .find(|r| Some(r.broker) == partition.leader);
+            local
+                .or(leader)
+                .or(partition.replicas.first())
+                .map_or(0, |r| r.shard.0)
+        };
+        let topics = state.topics.iter().map(|(name, topic)| {
+            let metadata = TopicMetadata {
+                id: topic.id.0,
+                partition_shards: topic.partitions.iter().map(shard_of).collect(),
+                retention_bytes: topic.retention_bytes,
+                retention_ms: topic.retention_ms,
+                segment_bytes: topic.segment_bytes,
+                replication: topic.partitions.clone(),
+            };
+            assert!(metadata.partition_shards.len() == metadata.replication.len());
+            (name.clone(), metadata)
+        });
+        ClusterMetadata {
+            revision: state.revision,
+            next_topic_id: state.next_topic_id,
+            topics: topics.collect(),
+            cluster: Some(ClusterView {
+                broker,
+                cluster_id: state.cluster_id.clone(),
+                brokers: state.brokers.clone(),
+            }),
+        }
+    }
+
     /// How many partitions each of `shard_count` shards owns.
     pub fn partitions_per_shard(&self, shard_count: usize) -> Vec<u64> {
         let mut load = vec![0u64; shard_count];
@@ -338,6 +415,7 @@ mod tests {
                 retention_bytes: None,
                 retention_ms: None,
                 segment_bytes: None,
+                replication: Vec::new(),
             },
         );
         assert_eq!(metadata.place(3, 2), vec![1, 0, 1]);
@@ -371,6 +449,7 @@ mod tests {
                 retention_bytes: Some(10),
                 retention_ms: None,
                 segment_bytes: None,
+                replication: Vec::new(),
             },
         );
         metadata.store(dir.path()).unwrap();

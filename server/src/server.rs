@@ -1,28 +1,38 @@
 //! Starting and stopping the broker.
 //!
 //! ```text
-//!  main thread: lock data dir ─► check its format ─► load metadata ─► spawn N shard threads ─► wait "ready" ×N ─► print listening line
-//!                                                      │                                     └► wait for SIGINT/SIGTERM
-//!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port       or a shard that died
-//!            shard 0 also: create internal topics (opened on every shard), bind metrics ─► ready ─► serve
+//!  main thread: lock data dir ─► check its format ─► check node.json (node id, voters) ─► bind own ports
+//!               ─► --peers? start the Raft thread (ClusterNode) : load metadata.json ─► spawn N shard threads
+//!               ─► wait "ready" ×N ─► print listening line ─► wait for SIGINT/SIGTERM or a shard that died
+//!               ─► stop the Raft thread ─► join the shards
+//!  shard i:  join mesh ─► handshake ─► open own partitions ─► bind shared + own port
+//!            shard 0 also: one node: create internal topics (opened on every shard), bind metrics ─► ready ─► serve
+//!                          clustered: start the control tasks (shard/control.rs) ─► ready ─► serve
 //!            on shutdown: stop accepting, let connections finish, close (flush + fsync) partitions
 //! ```
 //!
 //! The listening line is printed only once every shard has opened every
-//! partition it owns and the internal topics exist. Anything that fails
-//! before that ends the process with one line naming what failed; a shard
-//! that stops later, for any reason but a requested shutdown, ends it too.
+//! partition it owns and, on a one-node broker, the internal topics exist.
+//! A clustered broker is ready before its metadata group has a quorum (its
+//! peers may not run yet): its topics arrive as the group applies them.
+//! Anything that fails before that ends the process with one line naming
+//! what failed; a shard that stops later, for any reason but a requested
+//! shutdown, ends it too.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::cluster::identity::NodeIdentity;
+use crate::cluster::raft::{ClusterHandle, ClusterNode, ClusterNodeConfig};
+use crate::cluster::state::BrokerId;
+use crate::cluster::transport::TcpTransport;
 use crate::config::ServerConfig;
 use crate::metadata::ClusterMetadata;
 use crate::shard::{ProducerIds, ShardMessage, ShardState, MESH_CHANNEL_CAPACITY};
@@ -95,7 +105,12 @@ pub fn run(config: ServerConfig) -> Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     crate::metadata::check_data_format(&config.data_dir)?;
     crate::metadata::ensure_disk_reserve(&config.data_dir, config.limits.disk_reserve_bytes)?;
-    let metadata = Arc::new(ClusterMetadata::load(&config.data_dir)?);
+    let voters = config
+        .peers
+        .as_ref()
+        .map(|peers| peers.keys().copied().collect())
+        .unwrap_or_default();
+    let identity = crate::cluster::identity::check(&config.data_dir, config.node_id, voters)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -116,8 +131,16 @@ pub fn run(config: ServerConfig) -> Result<()> {
             metrics: if id == 0 { metrics.take() } else { None },
         })
         .collect();
+    let cluster = start_cluster(&config, identity)?;
+    let metadata = match &cluster {
+        Some(parts) => Arc::new(ClusterMetadata::from_cluster(
+            &parts.handle.state(),
+            BrokerId(config.node_id),
+        )),
+        None => Arc::new(ClusterMetadata::load(&config.data_dir)?),
+    };
     let (events_tx, events) = mpsc::channel::<ShardEvent>();
-    let handles = spawn_shards(&config, &metadata, &stop, &events_tx, listeners)?;
+    let handles = spawn_shards(&config, &metadata, &stop, &events_tx, listeners, &cluster)?;
     drop(events_tx);
     for _ in 0..config.shards {
         match events.recv() {
@@ -144,6 +167,9 @@ pub fn run(config: ServerConfig) -> Result<()> {
         return Err(Error::Shard { shard, message });
     }
     let mut outcome = Ok(());
+    if let Some(parts) = &cluster {
+        futures_lite::future::block_on(parts.handle.shutdown());
+    }
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
@@ -172,6 +198,40 @@ fn wait_for_stop(stop: &AtomicBool, events: &mpsc::Receiver<ShardEvent>) -> Opti
 
 type ShardHandle = glommio::ExecutorJoinHandle<Result<()>>;
 
+/// A clustered broker's metadata node and what shard 0 needs to serve it.
+#[derive(Clone)]
+struct ClusterParts {
+    handle: ClusterHandle,
+    identity: NodeIdentity,
+    /// Shared with the transport, which sends it with every request.
+    cluster_id: Arc<OnceLock<String>>,
+}
+
+/// Starts the metadata group's node on its own thread, for a broker started with `--peers`.
+fn start_cluster(config: &ServerConfig, identity: NodeIdentity) -> Result<Option<ClusterParts>> {
+    let Some(peers) = &config.peers else {
+        return Ok(None);
+    };
+    let cluster_id = Arc::new(OnceLock::new());
+    if let Some(id) = &identity.cluster_id {
+        let _ = cluster_id.set(id.clone());
+    }
+    let limits = shardlog_wire::protocol::ProtocolLimits {
+        frame_bytes_max: config.limits.frame_bytes_max,
+        ..Default::default()
+    };
+    let transport = TcpTransport::new(config.node_id, cluster_id.clone(), limits);
+    let node_config =
+        ClusterNodeConfig::new(config.node_id, peers.clone(), config.data_dir.clone());
+    let handle = ClusterNode::start(node_config, Arc::new(transport))?;
+    tracing::info!(node = config.node_id, voters = ?peers.keys(), "metadata node started");
+    Ok(Some(ClusterParts {
+        handle,
+        identity,
+        cluster_id,
+    }))
+}
+
 /// The listeners a shard gets from the main thread.
 struct OwnListeners {
     own: std::net::TcpListener,
@@ -185,17 +245,19 @@ fn spawn_shards(
     stop: &Arc<AtomicBool>,
     events: &mpsc::Sender<ShardEvent>,
     listeners: Vec<OwnListeners>,
+    cluster: &Option<ClusterParts>,
 ) -> Result<Vec<ShardHandle>> {
     let mesh = MeshBuilder::<ShardMessage, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::with_capacity(config.shards);
     for (id, listeners) in listeners.into_iter().enumerate() {
-        let (config, metadata, mesh, events, stop) = (
+        let (config, metadata, mesh, events, stop, cluster) = (
             config.clone(),
             metadata.clone(),
             mesh.clone(),
             events.clone(),
             stop.clone(),
+            cluster.clone(),
         );
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cores))
             .name(&format!("shard-{id}"))
@@ -205,7 +267,10 @@ fn spawn_shards(
                     shard: id,
                     events: events.clone(),
                 };
-                let result = shard_main(id, config, metadata, mesh, listeners, &events, stop).await;
+                let result = shard_main(
+                    id, config, metadata, mesh, listeners, &events, stop, cluster,
+                )
+                .await;
                 if let Err(error) = &result {
                     let message = error.to_string();
                     let _ = events.send(ShardEvent::Failed(Error::Shard { shard: id, message }));
@@ -218,6 +283,7 @@ fn spawn_shards(
     Ok(handles)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn shard_main(
     id: usize,
     config: Arc<ServerConfig>,
@@ -226,6 +292,7 @@ async fn shard_main(
     listeners: OwnListeners,
     events: &mpsc::Sender<ShardEvent>,
     stop: Arc<AtomicBool>,
+    cluster: Option<ClusterParts>,
 ) -> Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -239,13 +306,20 @@ async fn shard_main(
         senders,
         receivers,
         producer_ids,
+        cluster.as_ref().map(|parts| parts.handle.clone()),
     );
     shard.handshake().await;
     shard.apply_metadata(metadata).await?;
-    if id == 0 {
-        crate::handlers::admin::ensure_offsets_topic(&shard)
+    match cluster {
+        // A clustered broker is ready before its group has a quorum: the
+        // topics, `__offsets` included, arrive as the group applies them.
+        Some(parts) if id == 0 => {
+            crate::shard::control::start(&shard, parts.identity, parts.cluster_id);
+        }
+        None if id == 0 => crate::handlers::admin::ensure_offsets_topic(&shard)
             .await
-            .map_err(|e| Error::Config(format!("creating the offsets topic: {}", e.message)))?;
+            .map_err(|e| Error::Config(format!("creating the offsets topic: {}", e.message)))?,
+        _ => {}
     }
     let own = net::adopt(listeners.own);
     let shared = net::bind_shared(config.listen)?;

@@ -73,6 +73,12 @@ fn next_port_base(shards: u16) -> u16 {
     base
 }
 
+/// A port base for a broker with `shards` shards that must be known before
+/// it starts (a cluster's `--peers`): the shared port, one per shard, metrics.
+pub fn reserve_port(shards: u16) -> u16 {
+    next_port_base(shards)
+}
+
 /// A running broker and its data directory.
 pub struct Broker {
     child: Option<Child>,
@@ -113,6 +119,17 @@ impl Broker {
         Broker::launch_new(data_root.to_path_buf(), scratch, shards, extra_args, &[])
     }
 
+    /// Starts a broker on `port` (from [`reserve_port`]): it keeps that port
+    /// across restarts, as a cluster's `--peers` needs.
+    pub fn start_on(port: u16, shards: u16, extra_args: &[&str]) -> Broker {
+        let scratch = tempfile::tempdir().expect("temporary data directory");
+        let data_root = scratch.path().to_path_buf();
+        let mut broker = Broker::unlaunched(data_root, scratch, shards, extra_args, &[]);
+        broker.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        broker.launch();
+        broker
+    }
+
     fn launch_new(
         data_root: PathBuf,
         scratch: tempfile::TempDir,
@@ -120,8 +137,20 @@ impl Broker {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Broker {
+        let mut broker = Broker::unlaunched(data_root, scratch, shards, extra_args, env);
+        broker.launch();
+        broker
+    }
+
+    fn unlaunched(
+        data_root: PathBuf,
+        scratch: tempfile::TempDir,
+        shards: u16,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Broker {
         let log_path = scratch.path().join("broker.log");
-        let mut broker = Broker {
+        Broker {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shards,
@@ -133,9 +162,7 @@ impl Broker {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log_path,
-        };
-        broker.launch();
-        broker
+        }
     }
 
     /// The directory holding the data directory `data` (it outlives restarts).

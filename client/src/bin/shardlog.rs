@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
     about = "Talk to a shardlog broker: topics, produce, consume."
 )]
 struct Cli {
-    /// The broker's address.
+    /// The broker's address, or several separated by commas (any one that answers is enough).
     #[arg(
         long,
         global = true,
@@ -42,6 +42,26 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Describe the cluster: brokers, controller, term, metadata revision.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Show each broker's id, address and state (alive or fenced), the
+    /// controller, the Raft term and the committed metadata revision.
+    Describe {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,6 +262,7 @@ fn main() -> ExitCode {
             }
             Command::Consume(args) => consume(client, args, reset).await,
             Command::Group(command) => group(client, command).await,
+            Command::Cluster(command) => cluster(client, command).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -253,6 +274,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn cluster(client: ClientConfig, command: ClusterCommand) -> Result<(), Error> {
+    let ClusterCommand::Describe { format } = command;
+    let cluster = Admin::new(client).describe_cluster().await?;
+    let state = |alive: bool| if alive { "alive" } else { "fenced" };
+    if format == FormatArg::Json {
+        let brokers: Vec<serde_json::Value> = cluster
+            .brokers
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.id,
+                    "address": format!("{}:{}", b.host, b.port),
+                    "state": state(b.alive),
+                    "shard_ports": b.shard_ports,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "controller": cluster.controller_id,
+            "brokers": brokers,
+            "raft_term": cluster.raft_term,
+            "metadata_revision": cluster.metadata_revision,
+            "cluster_id": cluster.cluster_id,
+            "answered_by": cluster.answered_by,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    let controller = cluster
+        .controller_id
+        .map_or_else(|| "none".to_string(), |id| id.to_string());
+    println!(
+        "cluster {} controller {controller} term {} metadata revision {}",
+        cluster.cluster_id, cluster.raft_term, cluster.metadata_revision
+    );
+    println!("broker\taddress\tstate");
+    for b in &cluster.brokers {
+        println!("{}\t{}:{}\t{}", b.id, b.host, b.port, state(b.alive));
+    }
+    Ok(())
 }
 
 async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error> {

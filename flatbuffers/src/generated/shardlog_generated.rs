@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 28;
+pub const ENUM_MAX_ERROR_CODE: i16 = 29;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
@@ -62,6 +62,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
   ErrorCode::InvalidGroup,
   ErrorCode::PartitionPoisoned,
   ErrorCode::CorruptLog,
+  ErrorCode::ControllerUnavailable,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -98,9 +99,10 @@ impl ErrorCode {
   pub const InvalidGroup: Self = Self(26);
   pub const PartitionPoisoned: Self = Self(27);
   pub const CorruptLog: Self = Self(28);
+  pub const ControllerUnavailable: Self = Self(29);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 28;
+  pub const ENUM_MAX: i16 = 29;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -131,6 +133,7 @@ impl ErrorCode {
     Self::InvalidGroup,
     Self::PartitionPoisoned,
     Self::CorruptLog,
+    Self::ControllerUnavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -164,6 +167,7 @@ impl ErrorCode {
       Self::InvalidGroup => Some("InvalidGroup"),
       Self::PartitionPoisoned => Some("PartitionPoisoned"),
       Self::CorruptLog => Some("CorruptLog"),
+      Self::ControllerUnavailable => Some("ControllerUnavailable"),
       _ => None,
     }
   }
@@ -219,6 +223,91 @@ impl<'a> flatbuffers::Verifiable for ErrorCode {
 }
 
 impl flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BROKER_STATE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BROKER_STATE: u8 = 1;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BROKER_STATE: [BrokerState; 2] = [
+  BrokerState::Alive,
+  BrokerState::Fenced,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct BrokerState(pub u8);
+#[allow(non_upper_case_globals)]
+impl BrokerState {
+  pub const Alive: Self = Self(0);
+  pub const Fenced: Self = Self(1);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 1;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Alive,
+    Self::Fenced,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Alive => Some("Alive"),
+      Self::Fenced => Some("Fenced"),
+      _ => None,
+    }
+  }
+}
+impl core::fmt::Debug for BrokerState {
+  fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> flatbuffers::Follow<'a> for BrokerState {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = flatbuffers::read_scalar_at::<u8>(buf, loc);
+    Self(b)
+  }
+}
+
+impl flatbuffers::Push for BrokerState {
+    type Output = BrokerState;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        flatbuffers::emplace_scalar::<u8>(dst, self.0);
+    }
+}
+
+impl flatbuffers::EndianScalar for BrokerState {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> flatbuffers::Verifiable for BrokerState {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl flatbuffers::SimpleToVerifyInSlice for BrokerState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PARTITION_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
@@ -489,10 +578,10 @@ impl flatbuffers::SimpleToVerifyInSlice for OffsetSpec {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 16;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 17] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
   RequestBody::NONE,
   RequestBody::ApiVersionsRequest,
   RequestBody::MetadataRequest,
@@ -510,6 +599,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 17] = [
   RequestBody::DeleteGroupRequest,
   RequestBody::ResetOffsetsRequest,
   RequestBody::RecoverPartitionsRequest,
+  RequestBody::RaftRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -534,9 +624,10 @@ impl RequestBody {
   pub const DeleteGroupRequest: Self = Self(14);
   pub const ResetOffsetsRequest: Self = Self(15);
   pub const RecoverPartitionsRequest: Self = Self(16);
+  pub const RaftRequest: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -555,6 +646,7 @@ impl RequestBody {
     Self::DeleteGroupRequest,
     Self::ResetOffsetsRequest,
     Self::RecoverPartitionsRequest,
+    Self::RaftRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -576,6 +668,7 @@ impl RequestBody {
       Self::DeleteGroupRequest => Some("DeleteGroupRequest"),
       Self::ResetOffsetsRequest => Some("ResetOffsetsRequest"),
       Self::RecoverPartitionsRequest => Some("RecoverPartitionsRequest"),
+      Self::RaftRequest => Some("RaftRequest"),
       _ => None,
     }
   }
@@ -636,10 +729,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 17;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 19] = [
   ResponseBody::NONE,
   ResponseBody::ApiVersionsResponse,
   ResponseBody::MetadataResponse,
@@ -658,6 +751,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 18] = [
   ResponseBody::DeleteGroupResponse,
   ResponseBody::ResetOffsetsResponse,
   ResponseBody::RecoverPartitionsResponse,
+  ResponseBody::RaftResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -683,9 +777,10 @@ impl ResponseBody {
   pub const DeleteGroupResponse: Self = Self(15);
   pub const ResetOffsetsResponse: Self = Self(16);
   pub const RecoverPartitionsResponse: Self = Self(17);
+  pub const RaftResponse: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -705,6 +800,7 @@ impl ResponseBody {
     Self::DeleteGroupResponse,
     Self::ResetOffsetsResponse,
     Self::RecoverPartitionsResponse,
+    Self::RaftResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -727,6 +823,7 @@ impl ResponseBody {
       Self::DeleteGroupResponse => Some("DeleteGroupResponse"),
       Self::ResetOffsetsResponse => Some("ResetOffsetsResponse"),
       Self::RecoverPartitionsResponse => Some("RecoverPartitionsResponse"),
+      Self::RaftResponse => Some("RaftResponse"),
       _ => None,
     }
   }
@@ -1285,6 +1382,7 @@ impl<'a> BrokerInfo<'a> {
   pub const VT_HOST: flatbuffers::VOffsetT = 6;
   pub const VT_PORT: flatbuffers::VOffsetT = 8;
   pub const VT_SHARD_PORTS: flatbuffers::VOffsetT = 10;
+  pub const VT_STATE: flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1300,6 +1398,7 @@ impl<'a> BrokerInfo<'a> {
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_broker_id(args.broker_id);
     builder.add_port(args.port);
+    builder.add_state(args.state);
     builder.finish()
   }
 
@@ -1332,6 +1431,13 @@ impl<'a> BrokerInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u16>>>(BrokerInfo::VT_SHARD_PORTS, None)}
   }
+  #[inline]
+  pub fn state(&self) -> BrokerState {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<BrokerState>(BrokerInfo::VT_STATE, Some(BrokerState::Alive)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for BrokerInfo<'_> {
@@ -1345,6 +1451,7 @@ impl flatbuffers::Verifiable for BrokerInfo<'_> {
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
      .visit_field::<u16>("port", Self::VT_PORT, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
+     .visit_field::<BrokerState>("state", Self::VT_STATE, false)?
      .finish();
     Ok(())
   }
@@ -1354,6 +1461,7 @@ pub struct BrokerInfoArgs<'a> {
     pub host: Option<flatbuffers::WIPOffset<&'a str>>,
     pub port: u16,
     pub shard_ports: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u16>>>,
+    pub state: BrokerState,
 }
 impl<'a> Default for BrokerInfoArgs<'a> {
   #[inline]
@@ -1363,6 +1471,7 @@ impl<'a> Default for BrokerInfoArgs<'a> {
       host: None,
       port: 0,
       shard_ports: None,
+      state: BrokerState::Alive,
     }
   }
 }
@@ -1389,6 +1498,10 @@ impl<'a: 'b, 'b> BrokerInfoBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(BrokerInfo::VT_SHARD_PORTS, shard_ports);
   }
   #[inline]
+  pub fn add_state(&mut self, state: BrokerState) {
+    self.fbb_.push_slot::<BrokerState>(BrokerInfo::VT_STATE, state, BrokerState::Alive);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> BrokerInfoBuilder<'a, 'b> {
     let start = _fbb.start_table();
     BrokerInfoBuilder {
@@ -1410,6 +1523,7 @@ impl core::fmt::Debug for BrokerInfo<'_> {
       ds.field("host", &self.host());
       ds.field("port", &self.port());
       ds.field("shard_ports", &self.shard_ports());
+      ds.field("state", &self.state());
       ds.finish()
   }
 }
@@ -1433,6 +1547,9 @@ impl<'a> PartitionInfo<'a> {
   pub const VT_LEADER_BROKER: flatbuffers::VOffsetT = 6;
   pub const VT_LEADER_SHARD: flatbuffers::VOffsetT = 8;
   pub const VT_REPLICAS: flatbuffers::VOffsetT = 10;
+  pub const VT_ISR: flatbuffers::VOffsetT = 12;
+  pub const VT_LEADER_EPOCH: flatbuffers::VOffsetT = 14;
+  pub const VT_HAS_LEADER: flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1444,10 +1561,13 @@ impl<'a> PartitionInfo<'a> {
     args: &'args PartitionInfoArgs<'args>
   ) -> flatbuffers::WIPOffset<PartitionInfo<'bldr>> {
     let mut builder = PartitionInfoBuilder::new(_fbb);
+    builder.add_leader_epoch(args.leader_epoch);
+    if let Some(x) = args.isr { builder.add_isr(x); }
     if let Some(x) = args.replicas { builder.add_replicas(x); }
     builder.add_leader_broker(args.leader_broker);
     builder.add_partition(args.partition);
     builder.add_leader_shard(args.leader_shard);
+    builder.add_has_leader(args.has_leader);
     builder.finish()
   }
 
@@ -1480,6 +1600,27 @@ impl<'a> PartitionInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(PartitionInfo::VT_REPLICAS, None)}
   }
+  #[inline]
+  pub fn isr(&self) -> Option<flatbuffers::Vector<'a, u32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u32>>>(PartitionInfo::VT_ISR, None)}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionInfo::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn has_leader(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PartitionInfo::VT_HAS_LEADER, Some(true)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for PartitionInfo<'_> {
@@ -1493,6 +1634,9 @@ impl flatbuffers::Verifiable for PartitionInfo<'_> {
      .visit_field::<u32>("leader_broker", Self::VT_LEADER_BROKER, false)?
      .visit_field::<u16>("leader_shard", Self::VT_LEADER_SHARD, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u32>>>("isr", Self::VT_ISR, false)?
+     .visit_field::<u64>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<bool>("has_leader", Self::VT_HAS_LEADER, false)?
      .finish();
     Ok(())
   }
@@ -1502,6 +1646,9 @@ pub struct PartitionInfoArgs<'a> {
     pub leader_broker: u32,
     pub leader_shard: u16,
     pub replicas: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
+    pub isr: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u32>>>,
+    pub leader_epoch: u64,
+    pub has_leader: bool,
 }
 impl<'a> Default for PartitionInfoArgs<'a> {
   #[inline]
@@ -1511,6 +1658,9 @@ impl<'a> Default for PartitionInfoArgs<'a> {
       leader_broker: 0,
       leader_shard: 0,
       replicas: None,
+      isr: None,
+      leader_epoch: 0,
+      has_leader: true,
     }
   }
 }
@@ -1537,6 +1687,18 @@ impl<'a: 'b, 'b> PartitionInfoBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionInfo::VT_REPLICAS, replicas);
   }
   #[inline]
+  pub fn add_isr(&mut self, isr: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(PartitionInfo::VT_ISR, isr);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: u64) {
+    self.fbb_.push_slot::<u64>(PartitionInfo::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
+  pub fn add_has_leader(&mut self, has_leader: bool) {
+    self.fbb_.push_slot::<bool>(PartitionInfo::VT_HAS_LEADER, has_leader, true);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> PartitionInfoBuilder<'a, 'b> {
     let start = _fbb.start_table();
     PartitionInfoBuilder {
@@ -1558,6 +1720,9 @@ impl core::fmt::Debug for PartitionInfo<'_> {
       ds.field("leader_broker", &self.leader_broker());
       ds.field("leader_shard", &self.leader_shard());
       ds.field("replicas", &self.replicas());
+      ds.field("isr", &self.isr());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("has_leader", &self.has_leader());
       ds.finish()
   }
 }
@@ -1778,6 +1943,11 @@ impl<'a> flatbuffers::Follow<'a> for MetadataResponse<'a> {
 impl<'a> MetadataResponse<'a> {
   pub const VT_BROKERS: flatbuffers::VOffsetT = 4;
   pub const VT_TOPICS: flatbuffers::VOffsetT = 6;
+  pub const VT_CONTROLLER_ID: flatbuffers::VOffsetT = 8;
+  pub const VT_RAFT_TERM: flatbuffers::VOffsetT = 10;
+  pub const VT_METADATA_REVISION: flatbuffers::VOffsetT = 12;
+  pub const VT_CLUSTER_ID: flatbuffers::VOffsetT = 14;
+  pub const VT_ANSWERED_BY: flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -1789,6 +1959,11 @@ impl<'a> MetadataResponse<'a> {
     args: &'args MetadataResponseArgs<'args>
   ) -> flatbuffers::WIPOffset<MetadataResponse<'bldr>> {
     let mut builder = MetadataResponseBuilder::new(_fbb);
+    builder.add_metadata_revision(args.metadata_revision);
+    builder.add_raft_term(args.raft_term);
+    builder.add_controller_id(args.controller_id);
+    builder.add_answered_by(args.answered_by);
+    if let Some(x) = args.cluster_id { builder.add_cluster_id(x); }
     if let Some(x) = args.topics { builder.add_topics(x); }
     if let Some(x) = args.brokers { builder.add_brokers(x); }
     builder.finish()
@@ -1809,6 +1984,41 @@ impl<'a> MetadataResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicInfo>>>>(MetadataResponse::VT_TOPICS, None)}
   }
+  #[inline]
+  pub fn controller_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(MetadataResponse::VT_CONTROLLER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn raft_term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MetadataResponse::VT_RAFT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn metadata_revision(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MetadataResponse::VT_METADATA_REVISION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cluster_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(MetadataResponse::VT_CLUSTER_ID, None)}
+  }
+  #[inline]
+  pub fn answered_by(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(MetadataResponse::VT_ANSWERED_BY, Some(0)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for MetadataResponse<'_> {
@@ -1820,6 +2030,11 @@ impl flatbuffers::Verifiable for MetadataResponse<'_> {
     v.visit_table(pos)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<BrokerInfo>>>>("brokers", Self::VT_BROKERS, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<TopicInfo>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<i64>("controller_id", Self::VT_CONTROLLER_ID, false)?
+     .visit_field::<u64>("raft_term", Self::VT_RAFT_TERM, false)?
+     .visit_field::<u64>("metadata_revision", Self::VT_METADATA_REVISION, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<u32>("answered_by", Self::VT_ANSWERED_BY, false)?
      .finish();
     Ok(())
   }
@@ -1827,6 +2042,11 @@ impl flatbuffers::Verifiable for MetadataResponse<'_> {
 pub struct MetadataResponseArgs<'a> {
     pub brokers: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<BrokerInfo<'a>>>>>,
     pub topics: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<TopicInfo<'a>>>>>,
+    pub controller_id: i64,
+    pub raft_term: u64,
+    pub metadata_revision: u64,
+    pub cluster_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub answered_by: u32,
 }
 impl<'a> Default for MetadataResponseArgs<'a> {
   #[inline]
@@ -1834,6 +2054,11 @@ impl<'a> Default for MetadataResponseArgs<'a> {
     MetadataResponseArgs {
       brokers: None,
       topics: None,
+      controller_id: -1,
+      raft_term: 0,
+      metadata_revision: 0,
+      cluster_id: None,
+      answered_by: 0,
     }
   }
 }
@@ -1850,6 +2075,26 @@ impl<'a: 'b, 'b> MetadataResponseBuilder<'a, 'b> {
   #[inline]
   pub fn add_topics(&mut self, topics: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<TopicInfo<'b >>>>) {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(MetadataResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_controller_id(&mut self, controller_id: i64) {
+    self.fbb_.push_slot::<i64>(MetadataResponse::VT_CONTROLLER_ID, controller_id, -1);
+  }
+  #[inline]
+  pub fn add_raft_term(&mut self, raft_term: u64) {
+    self.fbb_.push_slot::<u64>(MetadataResponse::VT_RAFT_TERM, raft_term, 0);
+  }
+  #[inline]
+  pub fn add_metadata_revision(&mut self, metadata_revision: u64) {
+    self.fbb_.push_slot::<u64>(MetadataResponse::VT_METADATA_REVISION, metadata_revision, 0);
+  }
+  #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(MetadataResponse::VT_CLUSTER_ID, cluster_id);
+  }
+  #[inline]
+  pub fn add_answered_by(&mut self, answered_by: u32) {
+    self.fbb_.push_slot::<u32>(MetadataResponse::VT_ANSWERED_BY, answered_by, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> MetadataResponseBuilder<'a, 'b> {
@@ -1871,6 +2116,11 @@ impl core::fmt::Debug for MetadataResponse<'_> {
     let mut ds = f.debug_struct("MetadataResponse");
       ds.field("brokers", &self.brokers());
       ds.field("topics", &self.topics());
+      ds.field("controller_id", &self.controller_id());
+      ds.field("raft_term", &self.raft_term());
+      ds.field("metadata_revision", &self.metadata_revision());
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("answered_by", &self.answered_by());
       ds.finish()
   }
 }
@@ -8469,6 +8719,285 @@ impl core::fmt::Debug for RecoverPartitionsResponse<'_> {
       ds.finish()
   }
 }
+pub enum RaftRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RaftRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RaftRequest<'a> {
+  type Inner = RaftRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RaftRequest<'a> {
+  pub const VT_FROM_NODE: flatbuffers::VOffsetT = 4;
+  pub const VT_CLUSTER_ID: flatbuffers::VOffsetT = 6;
+  pub const VT_AUTH: flatbuffers::VOffsetT = 8;
+  pub const VT_PAYLOAD: flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RaftRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RaftRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<RaftRequest<'bldr>> {
+    let mut builder = RaftRequestBuilder::new(_fbb);
+    builder.add_from_node(args.from_node);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.auth { builder.add_auth(x); }
+    if let Some(x) = args.cluster_id { builder.add_cluster_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RaftRequest::VT_FROM_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cluster_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(RaftRequest::VT_CLUSTER_ID, None)}
+  }
+  #[inline]
+  pub fn auth(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(RaftRequest::VT_AUTH, None)}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(RaftRequest::VT_PAYLOAD, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for RaftRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_node", Self::VT_FROM_NODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("auth", Self::VT_AUTH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftRequestArgs<'a> {
+    pub from_node: u64,
+    pub cluster_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub auth: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+    pub payload: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RaftRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftRequestArgs {
+      from_node: 0,
+      cluster_id: None,
+      auth: None,
+      payload: None,
+    }
+  }
+}
+
+pub struct RaftRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RaftRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: u64) {
+    self.fbb_.push_slot::<u64>(RaftRequest::VT_FROM_NODE, from_node, 0);
+  }
+  #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RaftRequest::VT_CLUSTER_ID, cluster_id);
+  }
+  #[inline]
+  pub fn add_auth(&mut self, auth: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RaftRequest::VT_AUTH, auth);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RaftRequest::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RaftRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RaftRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RaftRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RaftRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RaftRequest");
+      ds.field("from_node", &self.from_node());
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("auth", &self.auth());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
+pub enum RaftResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RaftResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for RaftResponse<'a> {
+  type Inner = RaftResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> RaftResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 6;
+  pub const VT_PAYLOAD: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    RaftResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args RaftResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<RaftResponse<'bldr>> {
+    let mut builder = RaftResponseBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error_code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(RaftResponse::VT_ERROR_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(RaftResponse::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, u8>>>(RaftResponse::VT_PAYLOAD, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for RaftResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RaftResponseArgs<'a> {
+    pub error_code: ErrorCode,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub payload: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RaftResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RaftResponseArgs {
+      error_code: ErrorCode::None,
+      error_message: None,
+      payload: None,
+    }
+  }
+}
+
+pub struct RaftResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> RaftResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(RaftResponse::VT_ERROR_CODE, error_code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RaftResponse::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: flatbuffers::WIPOffset<flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(RaftResponse::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> RaftResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    RaftResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<RaftResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for RaftResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("RaftResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -8899,6 +9428,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_raft_request(&self) -> Option<RaftRequest<'a>> {
+    if self.body_type() == RequestBody::RaftRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RaftRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Request<'_> {
@@ -8929,6 +9473,7 @@ impl flatbuffers::Verifiable for Request<'_> {
           RequestBody::DeleteGroupRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupRequest>>("RequestBody::DeleteGroupRequest", pos),
           RequestBody::ResetOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsRequest>>("RequestBody::ResetOffsetsRequest", pos),
           RequestBody::RecoverPartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsRequest>>("RequestBody::RecoverPartitionsRequest", pos),
+          RequestBody::RaftRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RaftRequest>>("RequestBody::RaftRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -9111,6 +9656,13 @@ impl core::fmt::Debug for Request<'_> {
         },
         RequestBody::RecoverPartitionsRequest => {
           if let Some(x) = self.body_as_recover_partitions_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::RaftRequest => {
+          if let Some(x) = self.body_as_raft_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9437,6 +9989,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_raft_response(&self) -> Option<RaftResponse<'a>> {
+    if self.body_type() == ResponseBody::RaftResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RaftResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Response<'_> {
@@ -9466,6 +10033,7 @@ impl flatbuffers::Verifiable for Response<'_> {
           ResponseBody::DeleteGroupResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<DeleteGroupResponse>>("ResponseBody::DeleteGroupResponse", pos),
           ResponseBody::ResetOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsResponse>>("ResponseBody::ResetOffsetsResponse", pos),
           ResponseBody::RecoverPartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsResponse>>("ResponseBody::RecoverPartitionsResponse", pos),
+          ResponseBody::RaftResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RaftResponse>>("ResponseBody::RaftResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -9641,6 +10209,13 @@ impl core::fmt::Debug for Response<'_> {
         },
         ResponseBody::RecoverPartitionsResponse => {
           if let Some(x) = self.body_as_recover_partitions_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::RaftResponse => {
+          if let Some(x) = self.body_as_raft_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

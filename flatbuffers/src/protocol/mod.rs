@@ -41,6 +41,7 @@ pub const API_VERSIONS: &[(fb::RequestBody, u16, u16)] = &[
     (fb::RequestBody::DeleteGroupRequest, 0, 0),
     (fb::RequestBody::ResetOffsetsRequest, 0, 0),
     (fb::RequestBody::RecoverPartitionsRequest, 0, 0),
+    (fb::RequestBody::RaftRequest, 0, 0),
 ];
 
 /// The highest version of `api` this build serves, if it serves it at all.
@@ -61,6 +62,7 @@ impl fb::ErrorCode {
                 | fb::ErrorCode::Busy
                 | fb::ErrorCode::ShuttingDown
                 | fb::ErrorCode::PartitionPoisoned
+                | fb::ErrorCode::ControllerUnavailable
         )
     }
 }

@@ -15,6 +15,8 @@
 //!                the state machine and its snapshots
 //!  rpc.rs        the byte encoding of Raft RPCs and forwarded proposals
 //!  raft.rs       ClusterNode / ClusterHandle: the Raft thread and its bridge
+//!  transport.rs  TcpTransport: RPCs to peers' --listen ports, from the Raft thread
+//!  identity.rs   <data-dir>/node.json: the node id, voters and cluster id a directory belongs to
 //! ```
 //!
 //! Why a thread of its own: openraft's futures must be `Send` and it wants a
@@ -28,15 +30,19 @@
 //! subscribers receive `Arc<ClusterState>` snapshots. No shard shares
 //! mutable state with it.
 //!
-//! How the lead wires it (not done here): `--node-id` and `--peers` become a
-//! [`raft::ClusterNodeConfig`]; a [`raft::RaftTransport`] over the
-//! broker-to-broker protocol sends [`rpc`]-encoded requests to a peer's
-//! `--listen` port, where a shard hands the bytes to
-//! [`raft::ClusterHandle::handle_rpc`]; the controller duties (fencing on a
-//! missed session with [`state::ClusterState::brokers_past_session`], electing
-//! leaders after a fence, creating `__offsets` once brokers registered) run
-//! where [`raft::ClusterMetrics::leader`] is the local node and go through
-//! [`raft::ClusterHandle::propose`].
+//! How the broker wires it: `--node-id` and `--peers` become a
+//! [`raft::ClusterNodeConfig`] (`server.rs`), after [`identity`] checked that
+//! the data directory belongs to this node and these voters; [`transport`]
+//! carries the [`rpc`]-encoded requests from the Raft thread to a peer's
+//! `--listen` port as `RaftRequest` frames, where any shard relays the bytes
+//! to [`raft::ClusterHandle::handle_rpc`] (`handlers/raft.rs`); shard 0
+//! registers the broker, publishes every applied state to every shard's
+//! metadata copy and, while this node leads, creates `__offsets`
+//! (`shard/control.rs`); topic admin proposes through
+//! [`raft::ClusterHandle::propose`] (`handlers/cluster_admin.rs`). Not yet:
+//! heartbeats and fencing on a missed session
+//! ([`state::ClusterState::brokers_past_session`]), leader elections after a
+//! fence.
 //!
 //! Architecture Invariant: nothing here runs on a shard. The only things that
 //! cross to a shard are `Send` messages and `Arc<ClusterState>` snapshots,
@@ -51,6 +57,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod identity;
 pub mod placement;
 pub mod raft;
 pub mod rpc;
@@ -58,6 +65,7 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod transport;
 
 /// A Raft node's id: the broker's `--node-id`, the same number as its [`state::BrokerId`].
 pub type NodeId = u64;

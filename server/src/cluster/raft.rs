@@ -683,7 +683,7 @@ async fn leader_duties(node: Arc<NodeShared>) {
 }
 
 /// A fresh random cluster id: 32 hex digits (std's per-process random hash keys, the clock, the node).
-fn new_cluster_id(node_id: NodeId) -> String {
+pub(crate) fn new_cluster_id(node_id: NodeId) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let now_ns = std::time::SystemTime::now()

@@ -1,6 +1,8 @@
 //! CreateTopics and DeleteTopics: forwarded to the controller (shard 0),
 //! which validates, persists the new metadata, and has every shard adopt it
-//! before answering, so a topic is usable on every shard once created.
+//! before answering, so a topic is usable on every shard once created. A
+//! clustered broker proposes them to its metadata group instead
+//! (`cluster_admin.rs`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -61,8 +63,13 @@ pub async fn create_topics(
     correlation_id: u32,
     topics: Vec<TopicRequest>,
 ) -> Outgoing {
-    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-    let results = ask_controller(shard, ShardRequest::CreateTopics(topics), names).await;
+    let results = match &shard.cluster {
+        Some(cluster) => super::cluster_admin::create(shard, cluster, topics).await,
+        None => {
+            let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+            ask_controller(shard, ShardRequest::CreateTopics(topics), names).await
+        }
+    };
     topic_results(correlation_id, &results, true)
 }
 
@@ -71,7 +78,10 @@ pub async fn delete_topics(
     correlation_id: u32,
     names: Vec<String>,
 ) -> Outgoing {
-    let results = ask_controller(shard, ShardRequest::DeleteTopics(names.clone()), names).await;
+    let results = match &shard.cluster {
+        Some(cluster) => super::cluster_admin::delete(shard, cluster, names).await,
+        None => ask_controller(shard, ShardRequest::DeleteTopics(names.clone()), names).await,
+    };
     topic_results(correlation_id, &results, false)
 }
 
@@ -162,6 +172,7 @@ pub async fn create_on_controller(
                         retention_bytes: topic.retention_bytes,
                         retention_ms: topic.retention_ms,
                         segment_bytes: topic.segment_bytes,
+                        replication: Vec::new(),
                     };
                     next.next_topic_id += 1;
                     next.topics.insert(topic.name.clone(), metadata);
@@ -305,6 +316,7 @@ pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireErro
                 retention_bytes: None,
                 retention_ms: Some(u64::MAX / 2),
                 segment_bytes: Some(64 * 1024 * 1024),
+                replication: Vec::new(),
             };
             next.next_topic_id += 1;
             next.topics

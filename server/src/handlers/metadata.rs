@@ -2,11 +2,13 @@
 
 use std::rc::Rc;
 
-use flatbuffers::FlatBufferBuilder;
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use shardlog_wire::protocol::{self, fb};
 
 use super::{error_parts, finish};
+use crate::cluster::state::BrokerLiveness;
 use crate::error::WireError;
+use crate::metadata::{ClusterMetadata, TopicMetadata};
 use crate::net::Outgoing;
 use crate::shard::ShardState;
 
@@ -43,21 +45,9 @@ pub fn metadata(
     topics: Option<Vec<String>>,
 ) -> Outgoing {
     let snapshot = shard.metadata();
-    let config = &shard.config;
     let mut fbb = FlatBufferBuilder::new();
-    let host = fbb.create_string(&config.listen.ip().to_string());
-    let shard_ports: Vec<u16> = (0..shard.count).map(|i| config.shard_port(i)).collect();
-    let shard_ports = fbb.create_vector(&shard_ports);
-    let broker = fb::BrokerInfo::create(
-        &mut fbb,
-        &fb::BrokerInfoArgs {
-            broker_id: 0,
-            host: Some(host),
-            port: config.listen.port(),
-            shard_ports: Some(shard_ports),
-        },
-    );
-    let brokers = fbb.create_vector(&[broker]);
+    let brokers = encode_brokers(&mut fbb, shard, &snapshot);
+    let brokers = fbb.create_vector(&brokers);
     // Listing every topic leaves out internal ones (`__offsets`); asking by name still shows them.
     let names: Vec<String> = topics.unwrap_or_else(|| {
         snapshot
@@ -70,20 +60,8 @@ pub fn metadata(
     let mut topic_offsets = Vec::with_capacity(names.len());
     for name in &names {
         let topic = snapshot.topics.get(name);
-        let mut partitions = Vec::new();
-        if let Some(topic) = topic {
-            for partition in 0..topic.partition_count() {
-                let replicas = fbb.create_vector(&[0u32]);
-                let leader_shard = topic.owner(partition, shard.count).unwrap_or(0) as u16;
-                let args = fb::PartitionInfoArgs {
-                    partition,
-                    leader_broker: 0,
-                    leader_shard,
-                    replicas: Some(replicas),
-                };
-                partitions.push(fb::PartitionInfo::create(&mut fbb, &args));
-            }
-        }
+        let partitions =
+            topic.map_or_else(Vec::new, |topic| encode_partitions(&mut fbb, shard, topic));
         let error = topic.is_none().then(|| {
             WireError::new(
                 fb::ErrorCode::UnknownTopicOrPartition,
@@ -106,11 +84,25 @@ pub fn metadata(
         topic_offsets.push(fb::TopicInfo::create(&mut fbb, &args));
     }
     let topics = fbb.create_vector(&topic_offsets);
+    let group = shard.cluster.as_ref().map(|cluster| cluster.metrics());
+    let cluster_id = snapshot
+        .cluster
+        .as_ref()
+        .map(|c| fbb.create_string(&c.cluster_id));
     let body = fb::MetadataResponse::create(
         &mut fbb,
         &fb::MetadataResponseArgs {
             brokers: Some(brokers),
             topics: Some(topics),
+            // A one-node broker is its own controller.
+            controller_id: match &group {
+                Some(group) => group.leader.map_or(-1, |l| l as i64),
+                None => i64::from(shard.config.node_id as u32),
+            },
+            raft_term: group.as_ref().map_or(0, |g| g.term),
+            metadata_revision: snapshot.revision,
+            cluster_id,
+            answered_by: shard.config.node_id as u32,
         },
     );
     Outgoing {
@@ -122,6 +114,92 @@ pub fn metadata(
         ),
         payload: Vec::new(),
     }
+}
+
+/// Every registered broker of a cluster, or this one broker.
+fn encode_brokers<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    shard: &ShardState,
+    snapshot: &ClusterMetadata,
+) -> Vec<WIPOffset<fb::BrokerInfo<'a>>> {
+    let config = &shard.config;
+    let one_node = || {
+        let own_ports: Vec<u16> = (0..shard.count).map(|i| config.shard_port(i)).collect();
+        (
+            config.node_id,
+            config.listen.ip().to_string(),
+            config.listen.port(),
+            own_ports,
+            fb::BrokerState::Alive,
+        )
+    };
+    let brokers: Vec<_> = match &snapshot.cluster {
+        None => vec![one_node()],
+        Some(view) => view
+            .brokers
+            .values()
+            .map(|b| {
+                let state = match b.liveness {
+                    BrokerLiveness::Alive => fb::BrokerState::Alive,
+                    BrokerLiveness::Fenced => fb::BrokerState::Fenced,
+                };
+                (b.id.0, b.host.clone(), b.port, b.shard_ports.clone(), state)
+            })
+            .collect(),
+    };
+    brokers
+        .into_iter()
+        .map(|(id, host, port, ports, state)| {
+            let host = fbb.create_string(&host);
+            let shard_ports = fbb.create_vector(&ports);
+            fb::BrokerInfo::create(
+                fbb,
+                &fb::BrokerInfoArgs {
+                    broker_id: id as u32,
+                    host: Some(host),
+                    port,
+                    shard_ports: Some(shard_ports),
+                    state,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A topic's partitions: on a cluster, the leader, replicas, ISR and epoch
+/// from the Raft state; on one broker, this broker and the owning shard.
+fn encode_partitions<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    shard: &ShardState,
+    topic: &TopicMetadata,
+) -> Vec<WIPOffset<fb::PartitionInfo<'a>>> {
+    let own = shard.config.node_id as u32;
+    (0..topic.partition_count())
+        .map(|partition| {
+            let leader_shard = topic.owner(partition, shard.count).unwrap_or(0) as u16;
+            let replication = topic.replication.get(partition as usize);
+            let mut ids = |brokers: Vec<u32>| fbb.create_vector(&brokers);
+            let (leader, replicas, isr, leader_epoch) = match replication {
+                None => (Some(own), ids(vec![own]), ids(vec![own]), 0),
+                Some(state) => (
+                    state.leader.map(|b| b.0 as u32),
+                    ids(state.replicas.iter().map(|r| r.broker.0 as u32).collect()),
+                    ids(state.isr.iter().map(|b| b.0 as u32).collect()),
+                    state.leader_epoch,
+                ),
+            };
+            let args = fb::PartitionInfoArgs {
+                partition,
+                leader_broker: leader.unwrap_or(0),
+                leader_shard,
+                replicas: Some(replicas),
+                isr: Some(isr),
+                leader_epoch,
+                has_leader: leader.is_some(),
+            };
+            fb::PartitionInfo::create(fbb, &args)
+        })
+        .collect()
 }
 
 /// A new producer id with epoch 0, or the same id with its epoch bumped.

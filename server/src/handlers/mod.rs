@@ -3,11 +3,13 @@
 //! work on the shards that own the partitions, and encodes its response.
 
 pub(crate) mod admin;
+mod cluster_admin;
 mod fetch;
 mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod raft;
 mod recover;
 
 use std::rc::Rc;
@@ -36,6 +38,7 @@ pub enum Parsed {
     },
     Group(groups::GroupParsed),
     RecoverPartitions(recover::RecoverParsed),
+    Raft(raft::RaftParsed),
 }
 
 /// Parses a verified request. Errors carry the correlation id to answer with.
@@ -117,6 +120,9 @@ fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed,
                 .body_as_recover_partitions_request()
                 .ok_or_else(missing)?,
         )?),
+        fb::RequestBody::RaftRequest => Parsed::Raft(raft::parse(
+            request.body_as_raft_request().ok_or_else(missing)?,
+        )),
         _ => Parsed::Group(groups::parse(request)?),
     })
 }
@@ -149,6 +155,7 @@ pub async fn handle(
         Parsed::RecoverPartitions(request) => {
             recover::handle(shard, correlation_id, request).await.into()
         }
+        Parsed::Raft(request) => raft::handle(shard, correlation_id, request).await.into(),
         Parsed::InitProducer {
             producer_id,
             producer_epoch,

@@ -14,6 +14,7 @@
 //! Shard 0 is the metadata controller. Channels are bounded (1024): a full
 //! one makes the sender wait, which pushes back on the connection.
 
+pub mod control;
 pub mod messages;
 pub mod partition;
 pub mod producers;
@@ -31,6 +32,8 @@ use shardlog_engine::{LogConfig, PartitionLog, StorageShard};
 pub use messages::{ShardMessage, ShardRequest, ShardResponse};
 pub use partition::PartitionState;
 
+use crate::cluster::raft::ClusterHandle;
+use crate::cluster::state::BrokerId;
 use crate::config::ServerConfig;
 use crate::metadata::{self, ClusterMetadata, TopicMetadata};
 use crate::{Error, Result};
@@ -75,6 +78,11 @@ pub struct ShardState {
     apply_lock: Semaphore,
     /// Data requests from other shards being served ([`MESH_DATA_REQUESTS_MAX`]).
     mesh_data_requests: Rc<Semaphore>,
+    /// The metadata group's node, on a clustered broker (`--peers`): `Send`
+    /// handles into the Raft thread, never consensus work on this shard.
+    pub cluster: Option<ClusterHandle>,
+    /// The revision of the last metadata this shard finished applying.
+    applied_revision: Cell<u64>,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -95,6 +103,7 @@ impl ShardState {
         senders: Senders<ShardMessage>,
         receivers: Receivers<ShardMessage>,
         producer_ids: ProducerIds,
+        cluster: Option<ClusterHandle>,
     ) -> Rc<ShardState> {
         let storage = StorageShard::new(shardlog_engine::ShardConfig {
             cache_bytes: config.cache_bytes,
@@ -123,6 +132,8 @@ impl ShardState {
             coordinator: crate::groups::Coordinator::default(),
             apply_lock: Semaphore::new(1),
             mesh_data_requests: Rc::new(Semaphore::new(MESH_DATA_REQUESTS_MAX)),
+            cluster,
+            applied_revision: Cell::new(0),
         });
         let mut receivers = receivers;
         for (peer, receiver) in receivers.streams() {
@@ -227,13 +238,26 @@ impl ShardState {
         self.metadata.borrow().clone()
     }
 
-    /// The shard owning `partition` of `topic`, if both exist.
+    /// The shard owning `partition` of `topic`, if both exist and this broker holds it.
     pub fn owner_of(&self, topic: &str, partition: u32) -> Option<usize> {
-        self.metadata
-            .borrow()
-            .topics
-            .get(topic)?
-            .owner(partition, self.count)
+        self.metadata.borrow().topics.get(topic)?.local_owner(
+            partition,
+            self.count,
+            self.broker_id(),
+        )
+    }
+
+    /// This broker's id when it is a cluster member; `None` on a one-node broker.
+    pub fn broker_id(&self) -> Option<BrokerId> {
+        self.config
+            .is_clustered()
+            .then_some(BrokerId(self.config.node_id))
+    }
+
+    /// The revision of the last metadata this shard finished applying
+    /// (its partitions open, its deleted ones closed).
+    pub fn applied_revision(&self) -> u64 {
+        self.applied_revision.get()
     }
 
     /// A partition this shard owns, if it is open.
@@ -267,13 +291,21 @@ impl ShardState {
             .acquire_permit(1)
             .await
             .expect("the apply lock is never closed");
+        // Stale: a broadcast that lost a race with a newer one. The same
+        // revision again is applied (it opens what is missing), which start-up relies on.
         if metadata.revision < self.metadata.borrow().revision {
+            tracing::debug!(
+                shard = self.id,
+                stale = metadata.revision,
+                "ignoring older metadata"
+            );
             return Ok(());
         }
         let previous = self.metadata.replace(metadata.clone());
+        let broker = self.broker_id();
         for (name, topic) in &metadata.topics {
             for partition in 0..topic.partition_count() {
-                if topic.owner(partition, self.count) == Some(self.id)
+                if topic.local_owner(partition, self.count, broker) == Some(self.id)
                     && self.partition(name, partition).is_none()
                 {
                     let state = self.open_partition(name, topic, partition).await?;
@@ -318,6 +350,8 @@ impl ShardState {
                 ));
             }
         }
+        self.applied_revision
+            .set(self.applied_revision.get().max(metadata.revision));
         Ok(())
     }
 

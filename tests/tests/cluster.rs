@@ -1,0 +1,510 @@
+//! Brokers in a cluster: three real `shardlog-server` processes on
+//! 127.0.0.1 with their own data directories and one metadata group
+//! (`--node-id`, `--peers`). Topics created on one broker appear on all;
+//! the group survives losing its controller (kill -9), takes it back, and
+//! with a majority down refuses admin requests with a retriable error;
+//! everything is back after a restart of all three.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shardlog_client::protocol::{ClusterDescription, NewTopic, Request, Response};
+use shardlog_client::{BrokerError, ErrorCode};
+use shardlog_tests::{binary, reserve_port, Broker};
+
+const SHARDS: u16 = 2;
+/// The longest a test waits for the group to elect, apply or spread a change.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts brokers 1..=count, each listed in every `--peers`.
+    fn start(count: u64) -> Cluster {
+        let ports: Vec<u16> = (0..count).map(|_| reserve_port(SHARDS)).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let id = (i + 1).to_string();
+                Broker::start_on(*port, SHARDS, &["--node-id", &id, "--peers", &peers])
+            })
+            .collect();
+        let cluster = Cluster { brokers };
+        // Placement uses registered, alive brokers only: wait for all of them.
+        eventually(&cluster, "every broker registered and alive", || {
+            describe(&cluster.brokers[0]).is_some_and(|d| {
+                d.brokers.len() == cluster.brokers.len() && d.brokers.iter().all(|b| b.alive)
+            })
+        });
+        cluster
+    }
+
+    /// The broker with id `id` (1-based).
+    fn broker(&mut self, id: u32) -> &mut Broker {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    fn logs(&self) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let log = std::fs::read_to_string(&b.log_path).unwrap_or_default();
+                // openraft's replication retries would fill the whole tail.
+                let quiet = |line: &&str| {
+                    !line.contains("openraft::replication") && !line.contains("replication_handler")
+                };
+                let tail: Vec<&str> = log.lines().rev().filter(quiet).take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- broker {} ---\n{}", i + 1, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Metadata from one broker, or `None` when it does not answer.
+fn describe(broker: &Broker) -> Option<ClusterDescription> {
+    let mut connection = shardlog_client::blocking::Connection::connect(broker.addr).ok()?;
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    match connection.call(&Request::Metadata(Vec::new())).ok()? {
+        Response::Metadata(description) => Some(description),
+        _ => None,
+    }
+}
+
+fn topics(broker: &Broker) -> Vec<String> {
+    let mut names: Vec<String> = describe(broker)
+        .map(|d| d.topics.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// [`topics`] without "refused": the create that timed out without a
+/// majority may still commit once the group is whole again, when the
+/// leader that appended it wins the next election (a timeout's answer says
+/// so; Raft cannot withdraw an entry).
+fn settled_topics(broker: &Broker) -> Vec<String> {
+    let mut names = topics(broker);
+    names.retain(|name| name != "refused");
+    names
+}
+
+/// Creates a topic through `broker`: the broker's error, if any.
+fn try_create(broker: &Broker, name: &str, partitions: u32) -> Result<(), BrokerError> {
+    let mut connection =
+        shardlog_client::blocking::Connection::connect(broker.addr).expect("connect");
+    connection
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let request = Request::CreateTopics(vec![NewTopic::new(name, partitions)]);
+    match connection.call(&request).expect("create topics") {
+        Response::Topics(mut results) => results.pop().and_then(|(_, e)| e).map_or(Ok(()), Err),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits until `check` holds, or fails the test with `what` and the brokers' logs.
+fn eventually(cluster: &Cluster, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {SETTLE_WAIT:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The controller that every running broker in `ids` names, once they agree.
+fn agreed_controller(cluster: &Cluster, ids: &[u32]) -> Option<u32> {
+    let named: Vec<Option<u32>> = ids
+        .iter()
+        .map(|id| describe(&cluster.brokers[*id as usize - 1]).and_then(|d| d.controller_id))
+        .collect();
+    let first = named.first().copied().flatten()?;
+    named.iter().all(|n| *n == Some(first)).then_some(first)
+}
+
+/// Creates a topic through `broker`, retrying while the group cannot commit.
+fn create_retrying(broker: &Broker, name: &str, partitions: u32) -> Result<(), BrokerError> {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        match try_create(broker, name, partitions) {
+            Err(error) if error.code.is_retriable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Creates a topic through broker `id`, retrying while the group cannot commit.
+fn create_when_ready(cluster: &Cluster, id: u32, name: &str, partitions: u32) {
+    if let Err(error) = create_retrying(&cluster.brokers[id as usize - 1], name, partitions) {
+        panic!("creating {name}: {error:?}\n{}", cluster.logs());
+    }
+}
+
+#[test]
+fn three_brokers_share_topics_survive_losing_the_controller_and_refuse_without_a_majority() {
+    let mut cluster = Cluster::start(3);
+    let all = [1, 2, 3];
+    eventually(&cluster, "a controller every broker names", || {
+        agreed_controller(&cluster, &all).is_some()
+    });
+    eventually(&cluster, "three registered brokers", || {
+        describe(&cluster.brokers[0])
+            .is_some_and(|d| d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive))
+    });
+
+    // Created on one broker, seen on all, placed across all.
+    create_when_ready(&cluster, 3, "orders", 6);
+    eventually(&cluster, "orders on every broker", || {
+        cluster.brokers.iter().all(|b| topics(b) == ["orders"])
+    });
+    let description = describe(&cluster.brokers[0]).expect("metadata");
+    let orders = &description.topics[0];
+    assert_eq!(orders.leadership.len(), 6);
+    let mut leaders: Vec<u32> = orders.leadership.iter().filter_map(|p| p.leader).collect();
+    leaders.sort();
+    leaders.dedup();
+    assert_eq!(
+        leaders,
+        [1, 2, 3],
+        "partitions spread over the brokers: {orders:?}"
+    );
+    for partition in &orders.leadership {
+        assert_eq!(partition.replicas, partition.isr);
+        assert_eq!(partition.leader_epoch, 0);
+    }
+
+    // kill -9 the controller: the other two elect one of themselves and take topics again.
+    let controller = agreed_controller(&cluster, &all).expect("a controller");
+    cluster.broker(controller).kill9();
+    let survivors: Vec<u32> = all.iter().copied().filter(|id| *id != controller).collect();
+    let started = Instant::now();
+    eventually(&cluster, "a new controller", || {
+        agreed_controller(&cluster, &survivors).is_some_and(|c| c != controller)
+    });
+    create_when_ready(&cluster, survivors[0], "payments", 3);
+    let failover = started.elapsed();
+    assert!(failover < SETTLE_WAIT, "failover took {failover:?}");
+    eventually(&cluster, "payments on the survivors", || {
+        survivors
+            .iter()
+            .all(|id| topics(&cluster.brokers[*id as usize - 1]) == ["orders", "payments"])
+    });
+
+    // The killed broker comes back, catches up and follows the new controller.
+    cluster.broker(controller).restart();
+    eventually(&cluster, "the restarted broker rejoining", || {
+        topics(&cluster.brokers[controller as usize - 1]) == ["orders", "payments"]
+            && agreed_controller(&cluster, &all).is_some()
+    });
+
+    // Two of three down: no majority, admin requests fail with the retriable error.
+    let [first, second] = [survivors[0], survivors[1]];
+    cluster.broker(first).kill9();
+    cluster.broker(controller).kill9();
+    let started = Instant::now();
+    let error = try_create(&cluster.brokers[second as usize - 1], "refused", 1)
+        .expect_err("no majority, no new topic");
+    assert_eq!(error.code, ErrorCode::ControllerUnavailable, "{error:?}");
+    assert!(error.code.is_retriable());
+    assert!(error.message.contains("retry"), "{error:?}");
+    assert!(
+        started.elapsed() < SETTLE_WAIT,
+        "refused only after {:?}",
+        started.elapsed()
+    );
+
+    // Every broker restarted: every topic back, and the group takes changes again.
+    cluster.broker(first).restart();
+    cluster.broker(controller).restart();
+    eventually(
+        &cluster,
+        "every topic on every broker after the restarts",
+        || {
+            cluster
+                .brokers
+                .iter()
+                .all(|b| settled_topics(b) == ["orders", "payments"])
+        },
+    );
+    create_when_ready(&cluster, controller, "after", 2);
+    eventually(
+        &cluster,
+        "a topic created after the restarts on every broker",
+        || {
+            cluster
+                .brokers
+                .iter()
+                .all(|b| settled_topics(b) == ["after", "orders", "payments"])
+        },
+    );
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}
+
+#[test]
+fn topic_delete_from_any_broker_removes_it_everywhere() {
+    let mut cluster = Cluster::start(3);
+    create_when_ready(&cluster, 1, "short-lived", 6);
+    eventually(&cluster, "the topic on every broker", || {
+        cluster.brokers.iter().all(|b| topics(b) == ["short-lived"])
+    });
+    let mut connection = cluster.brokers[1].connect();
+    match connection
+        .call(&Request::DeleteTopics(vec!["short-lived".into()]))
+        .expect("delete topics")
+    {
+        Response::Topics(results) => assert_eq!(results[0].1, None),
+        other => panic!("unexpected {other:?}"),
+    }
+    eventually(&cluster, "the topic gone from every broker", || {
+        cluster.brokers.iter().all(|b| topics(b).is_empty())
+    });
+    eventually(&cluster, "its partition directories gone", || {
+        cluster.brokers.iter().all(|b| {
+            std::fs::read_dir(b.data_dir().join("data/topics"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .all(|e| !e.file_name().to_string_lossy().starts_with("short-lived"))
+                })
+                .unwrap_or(true)
+        })
+    });
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}
+
+/// Runs the broker binary to its end; (exit code, stderr).
+fn run_to_failure(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary("shardlog-server"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run shardlog-server");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_data_directory_refuses_another_node_id_or_another_cluster() {
+    let port = reserve_port(1);
+    let peers = format!("1@127.0.0.1:{port}");
+    let mut broker = Broker::start_on(port, 1, &["--node-id", "1", "--peers", &peers]);
+    // A one-voter group elects itself and takes topics like a one-node broker.
+    assert_eq!(create_retrying(&broker, "kept", 1), Ok(()));
+    broker.stop();
+    let data_dir = broker.data_dir().join("data");
+    let data_dir = data_dir.to_string_lossy();
+    let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", port + 2);
+    let common = [
+        "--data-dir",
+        &data_dir,
+        "--listen",
+        &listen,
+        "--metrics-listen",
+        &metrics,
+        "--shards",
+        "1",
+    ];
+    for (extra, says) in [
+        (
+            vec!["--node-id", "2", "--peers", &format!("2@127.0.0.1:{port}")],
+            "not to node 2",
+        ),
+        (vec![], "not to node 0 of a one-node broker"),
+    ] {
+        let args: Vec<&str> = common.iter().chain(extra.iter()).copied().collect();
+        let (code, stderr) = run_to_failure(&args);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("belongs to node 1"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    }
+    broker.restart();
+    assert_eq!(topics(&broker), ["kept"]);
+    broker.stop();
+}
+
+/// A RaftRequest frame as a peer would send it.
+fn raft_frame(from_node: u64, cluster_id: &str, auth: &[u8], payload: &[u8]) -> Vec<u8> {
+    use shardlog_wire::protocol::fb;
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let auth = (!auth.is_empty()).then(|| fbb.create_vector(auth));
+    let payload = fbb.create_vector(payload);
+    let cluster_id = fbb.create_string(cluster_id);
+    let body = fb::RaftRequest::create(
+        &mut fbb,
+        &fb::RaftRequestArgs {
+            from_node,
+            cluster_id: Some(cluster_id),
+            auth,
+            payload: Some(payload),
+        },
+    );
+    let request = fb::Request::create(
+        &mut fbb,
+        &fb::RequestArgs {
+            correlation_id: 41,
+            api_version: 0,
+            client_id: None,
+            body_type: fb::RequestBody::RaftRequest,
+            body: Some(body.as_union_value()),
+        },
+    );
+    fbb.finish(request, None);
+    let message = fbb.finished_data();
+    let mut frame = shardlog_wire::protocol::encode_prefix(message.len(), 0).to_vec();
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Sends one RaftRequest frame and returns the answer's (code, message).
+fn raft_call(stream: &mut std::net::TcpStream, frame: &[u8]) -> (ErrorCode, String) {
+    use std::io::{Read, Write};
+    stream.write_all(frame).expect("send");
+    let mut prefix = [0u8; 8];
+    stream.read_exact(&mut prefix).expect("an answer");
+    let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let message_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+    let mut rest = vec![0u8; frame_len - 4];
+    stream.read_exact(&mut rest).expect("the whole answer");
+    let limits = shardlog_wire::protocol::ProtocolLimits::default();
+    let response = shardlog_wire::protocol::verify_response(&rest[..message_len], &limits)
+        .expect("a valid response");
+    assert_eq!(response.correlation_id(), 41);
+    let body = response.body_as_raft_response().expect("a RaftResponse");
+    (
+        body.error_code(),
+        body.error_message().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn broker_to_broker_frames_from_strangers_or_with_bad_bytes_get_errors_and_change_nothing() {
+    let alone = Broker::start(1, &[]);
+    let mut stream = std::net::TcpStream::connect(alone.addr).expect("connect");
+    let (code, message) = raft_call(&mut stream, &raft_frame(1, "", &[], b"\x01{}"));
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("not a cluster member"), "{message}");
+
+    let port = reserve_port(1);
+    let peers = format!("1@127.0.0.1:{port}");
+    let broker = Broker::start_on(port, 1, &["--node-id", "1", "--peers", &peers]);
+    assert_eq!(create_retrying(&broker, "before", 1), Ok(()));
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while describe(&broker).is_none_or(|d| d.cluster_id.is_empty()) {
+        assert!(Instant::now() < deadline, "the cluster was never named");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stream = std::net::TcpStream::connect(broker.addr).expect("connect");
+    let refusals: [(Vec<u8>, &str); 4] = [
+        (raft_frame(7, "", &[], b"\x01{}"), "not a voter"),
+        (raft_frame(1, "", b"token", b"\x01{}"), "authentication"),
+        (raft_frame(1, "another-cluster", &[], b"\x01{}"), "cluster"),
+        (raft_frame(1, "", &[], b"\x02{}"), "version"),
+    ];
+    for (frame, says) in &refusals {
+        let (code, message) = raft_call(&mut stream, frame);
+        assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut payload: Vec<u8> = (0..(seed % 200) as usize)
+            .map(|i| (seed >> (i % 56)) as u8 ^ i as u8)
+            .collect();
+        if round % 2 == 0 {
+            payload.insert(0, 1);
+        }
+        let (code, message) = raft_call(&mut stream, &raft_frame(1, "", &[], &payload));
+        assert_eq!(code, ErrorCode::InvalidRequest, "round {round}: {message}");
+    }
+    assert_eq!(create_retrying(&broker, "after", 1), Ok(()));
+    assert_eq!(topics(&broker), ["after", "before"]);
+}
+
+#[test]
+fn the_sdk_bootstraps_past_a_dead_address_and_produces_to_each_partitions_leader() {
+    use shardlog_client::{
+        ClientConfig, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    };
+    let mut cluster = Cluster::start(3);
+    create_when_ready(&cluster, 1, "spread", 6);
+    eventually(&cluster, "the topic on every broker", || {
+        cluster.brokers.iter().all(|b| topics(b) == ["spread"])
+    });
+    // Nothing listens on a reserved port nobody started.
+    let dead = format!("127.0.0.1:{}", reserve_port(1));
+    let bootstrap = format!("{dead},{}", cluster.brokers[1].addr);
+    shardlog_tests::runtime().block_on(async {
+        let producer = Producer::new(ProducerConfig {
+            client: ClientConfig::new(bootstrap.clone()),
+            linger: Duration::from_millis(1),
+            ..Default::default()
+        })
+        .await
+        .expect("a producer through the second address");
+        let mut partitions = std::collections::BTreeSet::new();
+        for i in 0..60u32 {
+            let record = ProducerRecord::new("spread", format!("{i}")).partition(i % 6);
+            let delivered = producer
+                .send(record)
+                .await
+                .expect("delivered by the leader");
+            partitions.insert(delivered.partition);
+        }
+        assert_eq!(partitions.len(), 6);
+        producer.flush().await.expect("flush");
+        let mut consumer = Consumer::new(ConsumerConfig {
+            client: ClientConfig::new(bootstrap),
+            max_wait: Duration::from_millis(50),
+            ..Default::default()
+        });
+        consumer
+            .assign_all("spread", Offset::Earliest)
+            .await
+            .expect("assign");
+        let mut values = Vec::new();
+        let deadline = Instant::now() + SETTLE_WAIT;
+        while values.len() < 60 && Instant::now() < deadline {
+            for record in consumer.poll().await.expect("poll") {
+                let value = record.value.expect("a value");
+                values.push(String::from_utf8_lossy(&value).to_string());
+            }
+        }
+        values.sort_by_key(|v| v.parse::<u32>().unwrap_or(u32::MAX));
+        let expected: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+        assert_eq!(values, expected);
+    });
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}
