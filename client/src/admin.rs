@@ -115,7 +115,7 @@ impl Admin {
     /// I/O errors.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription, Error> {
         match self.cluster.call(Request::Metadata(Vec::new())).await? {
-            Response::Metadata(cluster) => Ok(cluster),
+            Response::Metadata(cluster) => Ok(*cluster),
             other => Err(unexpected(other)),
         }
     }

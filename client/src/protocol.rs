@@ -323,8 +323,8 @@ pub struct ClusterDescription {
 pub enum Response {
     /// (api, min, max) per API.
     ApiVersions(Vec<(u16, u16, u16)>),
-    /// Metadata.
-    Metadata(ClusterDescription),
+    /// Metadata (boxed: it is the largest answer by far).
+    Metadata(Box<ClusterDescription>),
     /// CreateTopics or DeleteTopics: (name, error) per topic.
     Topics(Vec<(String, Option<BrokerError>)>),
     /// Produce results.
@@ -665,9 +665,9 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                     .collect(),
             )
         }
-        fb::ResponseBody::MetadataResponse => Response::Metadata(decode_metadata(
+        fb::ResponseBody::MetadataResponse => Response::Metadata(Box::new(decode_metadata(
             response.body_as_metadata_response().ok_or_else(missing)?,
-        )),
+        ))),
         fb::ResponseBody::CreateTopicsResponse => {
             let body = response
                 .body_as_create_topics_response()

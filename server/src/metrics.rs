@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// The APIs requests are counted by, in `RequestBody` tag order.
-pub const API_NAMES: [&str; 17] = [
+pub const API_NAMES: [&str; 18] = [
     "none",
     "api_versions",
     "metadata",
@@ -41,6 +41,7 @@ pub const API_NAMES: [&str; 17] = [
     "delete_group",
     "reset_offsets",
     "recover_partitions",
+    "raft",
 ];
 
 /// Histogram bucket bounds, in microseconds.

@@ -79,7 +79,7 @@ fn describe(broker: &Broker) -> Option<ClusterDescription> {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     match connection.call(&Request::Metadata(Vec::new())).ok()? {
-        Response::Metadata(description) => Some(description),
+        Response::Metadata(description) => Some(*description),
         _ => None,
     }
 }
