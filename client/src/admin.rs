@@ -21,6 +21,14 @@ pub struct PartitionDescription {
     pub high_watermark: i64,
     /// "online", or what is wrong with the partition's log ("poisoned: …", "corrupt: …").
     pub status: String,
+    /// The leader broker; `None` when no replica may lead now.
+    pub leader: Option<u32>,
+    /// The brokers holding a replica, the preferred leader first.
+    pub replicas: Vec<u32>,
+    /// The in-sync replicas.
+    pub isr: Vec<u32>,
+    /// Grows with every leader change.
+    pub leader_epoch: u64,
 }
 
 /// A topic as [`Admin::describe_topic`] reports it.
@@ -154,8 +162,13 @@ impl Admin {
         let partitions = topic
             .partition_shards
             .iter()
+            .zip(topic.leadership)
             .enumerate()
-            .map(|(p, shard)| PartitionDescription {
+            .map(|(p, (shard, leadership))| PartitionDescription {
+                leader: leadership.leader,
+                replicas: leadership.replicas,
+                isr: leadership.isr,
+                leader_epoch: leadership.leader_epoch,
                 partition: p as u32,
                 shard: *shard,
                 log_start_offset: results.get(p).map_or(-1, |r| r.offset),

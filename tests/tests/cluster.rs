@@ -464,6 +464,7 @@ fn the_sdk_bootstraps_past_a_dead_address_and_produces_to_each_partitions_leader
     // Nothing listens on a reserved port nobody started.
     let dead = format!("127.0.0.1:{}", reserve_port(1));
     let bootstrap = format!("{dead},{}", cluster.brokers[1].addr);
+    let bootstrap_for_cli = bootstrap.clone();
     shardlog_tests::runtime().block_on(async {
         let producer = Producer::new(ProducerConfig {
             client: ClientConfig::new(bootstrap.clone()),
@@ -504,6 +505,40 @@ fn the_sdk_bootstraps_past_a_dead_address_and_produces_to_each_partitions_leader
         let expected: Vec<String> = (0..60).map(|i| i.to_string()).collect();
         assert_eq!(values, expected);
     });
+
+    // The CLI, through the same list: the cluster and the topic as JSON.
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let output = Command::new(binary("shardlog"))
+            .args(["--broker", &bootstrap_for_cli])
+            .args(args)
+            .output()
+            .expect("run shardlog");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("one JSON object")
+    };
+    let described = cli(&["cluster", "describe", "--format", "json"]);
+    let controller = described["controller"].as_u64().expect("a controller id");
+    assert!((1..=3).contains(&controller), "{described}");
+    let brokers = described["brokers"].as_array().expect("brokers");
+    assert_eq!(brokers.len(), 3, "{described}");
+    for (i, broker) in brokers.iter().enumerate() {
+        assert_eq!(broker["id"], i as u64 + 1);
+        assert_eq!(broker["state"], "alive");
+        let address = cluster.brokers[i].addr.to_string();
+        assert_eq!(broker["address"], address.as_str());
+    }
+    let topic = cli(&["topic", "describe", "spread", "--format", "json"]);
+    assert_eq!(topic["topic"], "spread");
+    let partitions = topic["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 6, "{topic}");
+    let mut stored = 0;
+    for partition in partitions {
+        assert_eq!(partition["replicas"], partition["isr"], "{partition}");
+        assert_eq!(partition["replicas"][0], partition["leader"], "{partition}");
+        assert_eq!(partition["leader_epoch"], 0);
+        stored += partition["log_end_offset"].as_u64().expect("an offset");
+    }
+    assert_eq!(stored, 60, "{topic}");
     for broker in &mut cluster.brokers {
         broker.stop();
     }

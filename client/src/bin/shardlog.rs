@@ -116,10 +116,13 @@ enum TopicCommand {
     },
     /// List topics.
     List,
-    /// Show a topic's partitions, shards, offsets and status.
+    /// Show a topic's partitions: shard, offsets, status, leader, replicas, ISR, leader epoch.
     Describe {
         /// The topic.
         name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
     },
     /// Delete a topic and its data.
     Delete {
@@ -318,6 +321,28 @@ async fn cluster(client: ClientConfig, command: ClusterCommand) -> Result<(), Er
     Ok(())
 }
 
+/// `topic describe --format json`: `{"topic", "partitions": [{"partition", "leader", "replicas", "isr", "leader_epoch", ..}]}`.
+fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
+    let partitions: Vec<serde_json::Value> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition,
+                "leader": p.leader,
+                "replicas": p.replicas,
+                "isr": p.isr,
+                "leader_epoch": p.leader_epoch,
+                "shard": p.shard,
+                "log_start_offset": p.log_start_offset,
+                "log_end_offset": p.high_watermark,
+                "status": p.status,
+            })
+        })
+        .collect();
+    serde_json::json!({"topic": topic.name, "partitions": partitions})
+}
+
 async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error> {
     let admin = Admin::new(client);
     match command {
@@ -330,14 +355,30 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
                 println!("{name}");
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Describe { name, format } => {
             let topic = admin.describe_topic(&name).await?;
+            if format == FormatArg::Json {
+                println!("{}", topic_json(&topic));
+                return Ok(());
+            }
             println!("topic {} partitions {}", topic.name, topic.partitions.len());
-            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus");
+            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus\tleader\treplicas\tisr\tleader_epoch");
+            let ids = |ids: &[u32]| {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                ids.join(",")
+            };
             for p in topic.partitions {
+                let leader = p.leader.map_or_else(|| "none".into(), |l| l.to_string());
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    p.partition, p.shard, p.log_start_offset, p.high_watermark, p.status
+                    "{}\t{}\t{}\t{}\t{}\t{leader}\t{}\t{}\t{}",
+                    p.partition,
+                    p.shard,
+                    p.log_start_offset,
+                    p.high_watermark,
+                    p.status,
+                    ids(&p.replicas),
+                    ids(&p.isr),
+                    p.leader_epoch
                 );
             }
         }
