@@ -16,7 +16,7 @@ SERVER=$1 BENCH=$2 GB=$3 DATA=${4:-target/restart-data}
 PORT=${PORT:-17070} METRICS=${METRICS:-127.0.0.1:19644}
 LOG=$(mktemp)
 
-start() {  # prints seconds from exec to the ready line; leaves $PID
+start() {  # sets $PID and $READY_S, the seconds from exec to the ready line
     : >"$LOG"
     local t0
     t0=$(date +%s.%N)
@@ -31,7 +31,7 @@ start() {  # prints seconds from exec to the ready line; leaves $PID
         fi
         sleep 0.005
     done
-    echo "$(date +%s.%N) - $t0" | bc
+    READY_S=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -39,7 +39,7 @@ cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 echo "# restart sitting $(date -u '+%Y-%m-%d %H:%M UTC'), $GB GB over 16 partitions, $(nproc) CPUs, $(uname -r)"
 if [[ -z ${RESTART_ONLY:-} ]]; then
     rm -rf "$DATA"
-    start >/dev/null
+    start
     records=$((GB * 1000 * 1000))
     "$BENCH" produce --broker "127.0.0.1:$PORT" --partitions 16 --producers 4 \
         --record-size 1000 --records "$records" --quiet >/dev/null
@@ -47,15 +47,17 @@ if [[ -z ${RESTART_ONLY:-} ]]; then
     # checkpoints cover everything synced.
     sleep 12
 else
-    start >/dev/null
+    start
 fi
 echo "data: $(du -sh "$DATA" | cut -f1)"
 
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true
 cold
-echo "after kill -9, cold cache: $(start) s"
+start
+echo "after kill -9, cold cache: $READY_S s"
 kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
 cold
-echo "after SIGTERM, cold cache: $(start) s"
+start
+echo "after SIGTERM, cold cache: $READY_S s"
 kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
 rm -f "$LOG"
