@@ -73,6 +73,10 @@ pub struct LogConfig {
     pub retention_age: Option<Duration>,
     /// Bytes of appends queued but not yet written before `append` waits (default 32 MiB).
     pub pending_bytes_max: u64,
+    /// How often, at most, the active segment's synced point is written to
+    /// its recovery checkpoint, which bounds the scan after a crash
+    /// (default 10 s; 1 ms..=1 hour).
+    pub recovery_checkpoint_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -86,6 +90,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             pending_bytes_max: 32 * 1024 * 1024,
+            recovery_checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -109,6 +114,12 @@ impl LogConfig {
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive".into());
+        }
+        let checkpoint_ms = self.recovery_checkpoint_interval.as_millis();
+        if !(1..=3_600_000).contains(&checkpoint_ms) {
+            return bad(format!(
+                "recovery_checkpoint_interval {checkpoint_ms} ms must be in 1..=3600000 ms"
+            ));
         }
         if self.pending_bytes_max < batch_max {
             return bad(format!(

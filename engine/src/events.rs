@@ -49,6 +49,14 @@ pub enum Event {
     },
     /// The log was poisoned.
     Poisoned,
+    /// Opening the log scans its active segment from `from_position` (its
+    /// recovery checkpoint, or 0) to `file_bytes`.
+    ActiveScanned {
+        /// Where the scan starts.
+        from_position: u64,
+        /// The size of the segment file.
+        file_bytes: u64,
+    },
     /// A poisoned log was recovered; appends continue at `next_offset`.
     Recovered {
         /// The log end offset after recovery.

@@ -91,6 +91,8 @@ settings! {
     batch_bytes_max: u32,
     /// Bytes of appends queued per partition before producers wait [default: 33554432].
     partition_pending_bytes_max: u64,
+    /// How often, at most, a partition writes its recovery checkpoint (the synced point a restart after a crash scans from) [default: 10000].
+    recovery_checkpoint_interval_ms: u64,
     /// Partitions one topic may have [default: 100000].
     partitions_per_topic_max: u32,
     /// Open connections to the metrics endpoint; more are refused [default: 16].
@@ -200,6 +202,8 @@ pub struct Limits {
     pub batch_bytes_max: u32,
     /// Queued append bytes per partition.
     pub partition_pending_bytes_max: u64,
+    /// The most often a partition writes its recovery checkpoint.
+    pub recovery_checkpoint_interval_ms: u64,
     /// Partitions per topic.
     pub partitions_per_topic_max: u32,
     /// Connections to the metrics endpoint.
@@ -216,6 +220,8 @@ pub struct Limits {
 
 /// Bounds of `groups-per-shard-max`.
 pub const GROUPS_PER_SHARD_MAX_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds of `recovery-checkpoint-interval-ms`: the engine's range, 1 ms to 1 hour.
+pub const RECOVERY_CHECKPOINT_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=3_600_000;
 /// Bounds of `group-retention-ms`: 1 ms to 100 years (the clock arithmetic stays far from overflow).
 pub const GROUP_RETENTION_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=100 * 365 * 86_400_000;
 /// Bounds of `retention-check-interval-ms`: 1 ms to 1 day.
@@ -393,6 +399,7 @@ impl ServerConfig {
             segment_bytes,
             self.limits.batch_bytes_max,
             self.limits.partition_pending_bytes_max,
+            self.limits.recovery_checkpoint_interval_ms,
         )
     }
 }
@@ -429,6 +436,7 @@ impl Limits {
             produce_timeout_ms_max: s.produce_timeout_ms_max.unwrap_or(300_000),
             batch_bytes_max: s.batch_bytes_max.unwrap_or(1 << 20),
             partition_pending_bytes_max: s.partition_pending_bytes_max.unwrap_or(32 << 20),
+            recovery_checkpoint_interval_ms: s.recovery_checkpoint_interval_ms.unwrap_or(10_000),
             partitions_per_topic_max: s.partitions_per_topic_max.unwrap_or(100_000),
             metrics_connections_max: s.metrics_connections_max.unwrap_or(16),
             metrics_request_timeout_ms: s.metrics_request_timeout_ms.unwrap_or(10_000),
@@ -485,6 +493,11 @@ impl Limits {
             "--group-retention-ms",
             self.group_retention_ms,
             &GROUP_RETENTION_MS_RANGE,
+        )?;
+        check_range(
+            "--recovery-checkpoint-interval-ms",
+            self.recovery_checkpoint_interval_ms,
+            &RECOVERY_CHECKPOINT_INTERVAL_MS_RANGE,
         )?;
         let frame = u64::from(self.frame_bytes_max);
         if !(4096..=1 << 30).contains(&frame) {
@@ -578,11 +591,15 @@ pub fn log_config(
     segment_bytes: u64,
     batch_bytes_max: u32,
     pending_bytes_max: u64,
+    recovery_checkpoint_interval_ms: u64,
 ) -> shardlog_engine::LogConfig {
     let mut config = shardlog_engine::LogConfig {
         flush,
         segment_bytes,
         pending_bytes_max,
+        recovery_checkpoint_interval: std::time::Duration::from_millis(
+            recovery_checkpoint_interval_ms,
+        ),
         ..Default::default()
     };
     let cap = u32::try_from(segment_bytes).unwrap_or(u32::MAX);

@@ -458,6 +458,8 @@ impl LogInner {
                 Ok(()) => {
                     self.note_synced(&mut state, &sync);
                     self.mark_durable(&mut state, sync.point.next_offset);
+                    drop(state);
+                    self.schedule_checkpoint();
                 }
                 Err(error) => self.poison(&mut state, error),
             }
@@ -491,7 +493,11 @@ impl LogInner {
                 return;
             }
             match result {
-                Ok(()) => this.note_synced(&mut state, &sync),
+                Ok(()) => {
+                    this.note_synced(&mut state, &sync);
+                    drop(state);
+                    this.schedule_checkpoint();
+                }
                 Err(error) => this.poison(&mut state, error),
             }
         };
@@ -689,6 +695,7 @@ impl Active {
         self.synced = SyncedPoint {
             position_bytes: 0,
             next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
         };
         std::mem::take(&mut self.index)
     }
@@ -709,6 +716,7 @@ impl SyncTarget {
             point: SyncedPoint {
                 position_bytes: state.active.written_bytes,
                 next_offset: state.written_offset,
+                max_timestamp_ms: state.active.index_builder.max_timestamp_ms,
             },
             io_epoch: state.io_epoch,
         }
@@ -751,6 +759,7 @@ pub(super) async fn create_active(
         synced: SyncedPoint {
             position_bytes: 0,
             next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
         },
     })
 }

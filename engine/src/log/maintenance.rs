@@ -228,6 +228,8 @@ impl PartitionLog {
         }
         let cut = inner.note_read(self.locate_cut(offset).await)?;
         let (file, found) = inner.note_read(self.validate_kept(&cut).await)?;
+        // Synced bytes are about to change: no checkpoint may speak for them.
+        let _checkpoints = inner.remove_checkpoints().await?;
         inner.state.borrow_mut().durable_offset = cut.new_end;
         inner.shard.cache().borrow_mut().remove(inner.cache_key);
         let later: Vec<u64> = {

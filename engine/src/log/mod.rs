@@ -18,6 +18,7 @@
 //! awaits; no borrow is held across an `.await`.
 
 mod append;
+mod checkpoint;
 mod maintenance;
 mod open;
 mod read;
@@ -74,6 +75,9 @@ struct LogInner {
     state: RefCell<LogState>,
     /// Tasks waiting for the writer to go idle so they can take its role.
     role_waiters: RefCell<Vec<std::task::Waker>>,
+    /// One unit: held while a checkpoint is written, and by a truncation
+    /// while it removes the checkpoints and changes synced bytes.
+    checkpoint_lock: Semaphore,
 }
 
 #[derive(Debug)]
@@ -103,6 +107,7 @@ struct LogState {
     last_corruption: Option<String>,
     closed: bool,
     leader_epoch: u32,
+    checkpoint: checkpoint::CheckpointState,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +180,8 @@ struct Active {
 struct SyncedPoint {
     position_bytes: u64,
     next_offset: u64,
+    /// The largest timestamp of the frames before `position_bytes` (`i64::MIN` if none).
+    max_timestamp_ms: i64,
 }
 
 #[derive(Debug)]
@@ -312,6 +319,11 @@ impl PartitionLog {
         self.flush().await?;
         self.inner.state.borrow_mut().closed = true;
         self.inner.sync_active().await?;
+        // The clean-shutdown point: a restart scans nothing of the active segment.
+        if let Err(error) = self.inner.write_checkpoint().await {
+            tracing::warn!(dir = %self.inner.dir.display(), %error,
+                "writing the recovery checkpoint at close failed; the next start scans the active segment");
+        }
         self.inner
             .shard
             .cache()

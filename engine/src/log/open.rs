@@ -19,6 +19,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use glommio::sync::Semaphore;
 
 use super::append::{create_active, sync_dir, write_index_file};
+use super::checkpoint;
 use super::{now_ms, Active, LogInner, LogState, PartitionLog, Sealed, SealedIndex, SyncedPoint};
 use crate::config::LogConfig;
 use crate::segment::index::{IndexHeader, SealedMeta, SparseIndex, INDEX_HEADER_BYTES};
@@ -78,6 +79,7 @@ pub(super) async fn open(
         last_corruption: None,
         closed: false,
         leader_epoch: 0,
+        checkpoint: Default::default(),
     };
     let inner = LogInner {
         dir: dir.to_path_buf(),
@@ -87,6 +89,7 @@ pub(super) async fn open(
         cache_key: shard.new_cache_key(),
         state: RefCell::new(state),
         role_waiters: RefCell::new(Vec::new()),
+        checkpoint_lock: Semaphore::new(1),
     };
     tracing::debug!(dir = %dir.display(), next_offset, "opened log");
     Ok(PartitionLog {
@@ -113,6 +116,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         }
     }
     bases.sort_unstable();
+    // Only the active segment's checkpoint can be trusted; others are left by rolls.
+    checkpoint::remove_others(dir, bases.last().copied())?;
     for index in indexes {
         let base = index
             .file_stem()
@@ -282,7 +287,15 @@ pub(super) async fn recover_active(
     let slot = shard.reserve_file()?;
     let file = open_segment_rw(&path).await?;
     let file_bytes = segment_size(&file, &path).await?;
-    let start = ScanStart::segment(base_offset);
+    let start = checkpoint::load(dir, base_offset, file_bytes)
+        .unwrap_or_else(|| ScanStart::segment(base_offset));
+    crate::hooks::record_event!(
+        dir,
+        crate::events::Event::ActiveScanned {
+            from_position: start.position,
+            file_bytes
+        }
+    );
     let found = scan_segment(&file, &path, base_offset, start, file_bytes, config).await?;
     if found.valid_bytes < file_bytes {
         tracing::warn!(
@@ -369,6 +382,7 @@ impl Active {
         let synced = SyncedPoint {
             position_bytes: rebuilt.written_bytes,
             next_offset: rebuilt.next_offset,
+            max_timestamp_ms: rebuilt.index_builder.max_timestamp_ms,
         };
         Active {
             base_offset: rebuilt.base_offset,
@@ -389,6 +403,7 @@ impl Active {
         if rebuilt.base_offset != self.base_offset || rebuilt.written_bytes == 0 {
             self.first_append_ms = (rebuilt.written_bytes > 0).then(now_ms);
         }
+        let max_timestamp_ms = rebuilt.index_builder.max_timestamp_ms;
         self.base_offset = rebuilt.base_offset;
         self.written_bytes = rebuilt.written_bytes;
         self.index = rebuilt.index;
@@ -397,6 +412,7 @@ impl Active {
         self.synced = SyncedPoint {
             position_bytes: rebuilt.written_bytes,
             next_offset: rebuilt.next_offset,
+            max_timestamp_ms,
         };
         std::mem::replace(&mut self.file, rebuilt.file)
     }

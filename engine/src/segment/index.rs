@@ -98,6 +98,16 @@ impl SparseIndex {
         Some((last, before))
     }
 
+    /// The entries of the frames that start before `position`.
+    pub(crate) fn before_position(&self, position: u64) -> SparseIndex {
+        let kept = self
+            .entries
+            .partition_point(|e| u64::from(e.position) < position);
+        SparseIndex {
+            entries: self.entries[..kept].to_vec(),
+        }
+    }
+
     pub(crate) fn encode(&self, meta: &SealedMeta) -> Vec<u8> {
         let mut out = vec![0u8; INDEX_HEADER_BYTES + self.entries.len() * ENTRY_BYTES];
         for (i, entry) in self.entries.iter().enumerate() {
