@@ -18,7 +18,8 @@ use shardlog_wire::protocol::fb;
 
 use crate::cluster::raft::{ClusterHandle, ProposeError};
 use crate::cluster::state::{
-    ClusterCommand, CommandError, CommandOutput, CommandResult, NewTopic, TopicOutcome,
+    BrokerLiveness, ClusterCommand, CommandError, CommandOutput, CommandResult, NewTopic,
+    TopicOutcome,
 };
 use crate::error::WireError;
 use crate::metadata::validate_topic_name;
@@ -62,6 +63,7 @@ pub async fn create(
     if proposed.is_empty() {
         return results;
     }
+    wait_until_registered(shard).await;
     let command = ClusterCommand::CreateTopics { topics: proposed };
     let outcomes = match propose(shard, cluster, command).await {
         Ok(CommandOutput::TopicsCreated(outcomes)) => outcomes.into_iter().map(drop_id).collect(),
@@ -139,6 +141,25 @@ async fn propose(
         );
     }
     Ok(output)
+}
+
+/// Waits (bounded) until this broker is registered and alive in its copy:
+/// placement uses alive brokers only, so a create sent right after the
+/// cluster formed would otherwise find none, and fail.
+async fn wait_until_registered(shard: &ShardState) {
+    let registered = || {
+        let metadata = shard.metadata();
+        let view = metadata.cluster.as_ref();
+        view.is_some_and(|view| {
+            let own = view.brokers.get(&view.broker);
+            own.is_some_and(|b| b.liveness == BrokerLiveness::Alive)
+        })
+    };
+    let mut waited_ms = 0;
+    while !registered() && waited_ms < APPLIED_WAIT_MS_MAX {
+        glommio::timer::sleep(Duration::from_millis(APPLIED_POLL_MS)).await;
+        waited_ms += APPLIED_POLL_MS;
+    }
 }
 
 /// Puts the group's answers into the places of the topics that were proposed.
