@@ -109,6 +109,8 @@ settings! {
     node_id: u64,
     /// The cluster's voters, `<id>@<host>:<port>,...`, each `host:port` that node's `--listen` address, this node included [default: none: a one-node broker].
     peers: String,
+    /// The controller fences a broker it has not heard a heartbeat from for this long; brokers heartbeat three times per session [default: 6000].
+    broker_session_timeout_ms: u64,
 }
 
 /// Command-line flags: every setting, plus `--config`.
@@ -167,6 +169,8 @@ pub struct ServerConfig {
     pub node_id: NodeId,
     /// The cluster's voters (`--peers`), this node included; `None` for a one-node broker.
     pub peers: Option<BTreeMap<NodeId, NodeAddr>>,
+    /// A broker silent this long is fenced by the controller.
+    pub broker_session_timeout_ms: u64,
 }
 
 /// The broker's limits. Each is a setting of the same name (see [`Settings`]).
@@ -218,6 +222,8 @@ pub struct Limits {
     pub group_retention_ms: u64,
 }
 
+/// Bounds of `broker-session-timeout-ms`: 300 ms (three heartbeats of 100 ms) to 10 minutes.
+pub const BROKER_SESSION_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 300..=600_000;
 /// Bounds of `groups-per-shard-max`.
 pub const GROUPS_PER_SHARD_MAX_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 /// Bounds of `recovery-checkpoint-interval-ms`: the engine's range, 1 ms to 1 hour.
@@ -298,6 +304,7 @@ impl ServerConfig {
             limits: Limits::from_settings(&s, shards, descriptors_max),
             node_id: s.node_id.unwrap_or(0),
             peers,
+            broker_session_timeout_ms: s.broker_session_timeout_ms.unwrap_or(6000),
         };
         config.validate(descriptors_max)?;
         Ok(config)
@@ -310,6 +317,11 @@ impl ServerConfig {
         }
         self.validate_ports()?;
         self.validate_peers()?;
+        check_range(
+            "--broker-session-timeout-ms",
+            self.broker_session_timeout_ms,
+            &BROKER_SESSION_TIMEOUT_MS_RANGE,
+        )?;
         check_range(
             "--retention-check-interval-ms",
             self.retention_check_interval_ms,

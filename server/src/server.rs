@@ -221,8 +221,10 @@ fn start_cluster(config: &ServerConfig, identity: NodeIdentity) -> Result<Option
         ..Default::default()
     };
     let transport = TcpTransport::new(config.node_id, cluster_id.clone(), limits);
-    let node_config =
-        ClusterNodeConfig::new(config.node_id, peers.clone(), config.data_dir.clone());
+    let node_config = ClusterNodeConfig {
+        broker_session_timeout_ms: config.broker_session_timeout_ms,
+        ..ClusterNodeConfig::new(config.node_id, peers.clone(), config.data_dir.clone())
+    };
     let handle = ClusterNode::start(node_config, Arc::new(transport))?;
     tracing::info!(node = config.node_id, voters = ?peers.keys(), "metadata node started");
     Ok(Some(ClusterParts {

@@ -23,6 +23,11 @@ struct Cluster {
 impl Cluster {
     /// Starts brokers 1..=count, each listed in every `--peers`.
     fn start(count: u64) -> Cluster {
+        Cluster::start_with(count, &[])
+    }
+
+    /// [`Cluster::start`] with more flags for every broker.
+    fn start_with(count: u64, extra_args: &[&str]) -> Cluster {
         let ports: Vec<u16> = (0..count).map(|_| reserve_port(SHARDS)).collect();
         let peers = ports
             .iter()
@@ -35,7 +40,9 @@ impl Cluster {
             .enumerate()
             .map(|(i, port)| {
                 let id = (i + 1).to_string();
-                Broker::start_on(*port, SHARDS, &["--node-id", &id, "--peers", &peers])
+                let mut args = vec!["--node-id", &id, "--peers", &peers];
+                args.extend_from_slice(extra_args);
+                Broker::start_on(*port, SHARDS, &args)
             })
             .collect();
         let cluster = Cluster { brokers };
@@ -539,6 +546,54 @@ fn the_sdk_bootstraps_past_a_dead_address_and_produces_to_each_partitions_leader
         stored += partition["log_end_offset"].as_u64().expect("an offset");
     }
     assert_eq!(stored, 60, "{topic}");
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}
+
+#[test]
+fn a_silent_broker_is_fenced_skipped_by_placement_and_unfenced_when_back() {
+    let mut cluster = Cluster::start_with(3, &["--broker-session-timeout-ms", "1500"]);
+    let all = [1, 2, 3];
+    eventually(&cluster, "a controller every broker names", || {
+        agreed_controller(&cluster, &all).is_some()
+    });
+    let controller = agreed_controller(&cluster, &all).expect("a controller");
+    let silent = all
+        .iter()
+        .copied()
+        .find(|id| *id != controller)
+        .expect("a follower");
+    let state_of = |cluster: &Cluster, id: u32| {
+        describe(&cluster.brokers[controller as usize - 1])
+            .and_then(|d| d.brokers.into_iter().find(|b| b.id == id))
+            .map(|b| b.alive)
+    };
+    cluster.broker(silent).kill9();
+    eventually(&cluster, "the killed broker fenced", || {
+        state_of(&cluster, silent) == Some(false)
+    });
+    // Placement skips it: every partition goes to the two alive brokers.
+    create_when_ready(&cluster, controller, "fenced-out", 6);
+    let description = describe(&cluster.brokers[controller as usize - 1]).expect("metadata");
+    let topic = description
+        .topics
+        .iter()
+        .find(|t| t.name == "fenced-out")
+        .expect("the topic");
+    for partition in &topic.leadership {
+        assert!(!partition.replicas.contains(&silent), "{partition:?}");
+    }
+    cluster.broker(silent).restart();
+    eventually(&cluster, "the restarted broker alive again", || {
+        state_of(&cluster, silent) == Some(true)
+    });
+    // The other live broker stayed alive throughout (it heartbeats to the controller).
+    let other = all
+        .iter()
+        .copied()
+        .find(|id| *id != controller && *id != silent);
+    assert_eq!(other.and_then(|id| state_of(&cluster, id)), Some(true));
     for broker in &mut cluster.brokers {
         broker.stop();
     }

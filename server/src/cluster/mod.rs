@@ -17,6 +17,7 @@
 //!  raft.rs       ClusterNode / ClusterHandle: the Raft thread and its bridge
 //!  transport.rs  TcpTransport: RPCs to peers' --listen ports, from the Raft thread
 //!  identity.rs   <data-dir>/node.json: the node id, voters and cluster id a directory belongs to
+//!  liveness.rs   heartbeats in the leader's memory; fence / unfence through the log
 //! ```
 //!
 //! Why a thread of its own: openraft's futures must be `Send` and it wants a
@@ -39,10 +40,10 @@
 //! registers the broker, publishes every applied state to every shard's
 //! metadata copy and, while this node leads, creates `__offsets`
 //! (`shard/control.rs`); topic admin proposes through
-//! [`raft::ClusterHandle::propose`] (`handlers/cluster_admin.rs`). Not yet:
-//! heartbeats and fencing on a missed session
-//! ([`state::ClusterState::brokers_past_session`]), leader elections after a
-//! fence.
+//! [`raft::ClusterHandle::propose`] (`handlers/cluster_admin.rs`); brokers
+//! heartbeat through [`raft::ClusterHandle::heartbeat`] into the leader's
+//! memory, and the leader fences the silent (`liveness.rs`). Not yet:
+//! leader elections after a fence (`ElectLeaders`).
 //!
 //! Architecture Invariant: nothing here runs on a shard. The only things that
 //! cross to a shard are `Send` messages and `Arc<ClusterState>` snapshots,
@@ -58,6 +59,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod identity;
+mod liveness;
 pub mod placement;
 pub mod raft;
 pub mod rpc;

@@ -60,8 +60,9 @@ use openraft::{Raft, RaftMetrics, RaftNetwork, RaftNetworkFactory, ServerState, 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use super::liveness::Liveness;
 use super::rpc::{self, RpcReply, RpcRequest};
-use super::state::{ClusterCommand, ClusterState, CommandResult};
+use super::state::{BrokerId, ClusterCommand, ClusterState, CommandResult};
 use super::store::log::LogStore;
 use super::store::state_machine::{StateMachineStore, StatePublisher, StateSubscriber};
 use super::{store, ClusterError, NodeAddr, NodeId, TypeConfig};
@@ -99,6 +100,8 @@ pub struct ClusterNodeConfig {
     pub requests_in_flight_max: usize,
     /// Applied states a subscriber may fall behind before it skips some [default: 1024].
     pub subscriber_backlog_max: usize,
+    /// The controller fences a broker it has not heard a heartbeat from for this long [default: 6000].
+    pub broker_session_timeout_ms: u64,
 }
 
 impl ClusterNodeConfig {
@@ -122,6 +125,7 @@ impl ClusterNodeConfig {
             requests_queued_max: 1024,
             requests_in_flight_max: 1024,
             subscriber_backlog_max: 1024,
+            broker_session_timeout_ms: 6000,
         }
     }
 
@@ -162,6 +166,7 @@ impl ClusterNodeConfig {
             ("requests-queued-max", self.requests_queued_max as u64),
             ("requests-in-flight-max", self.requests_in_flight_max as u64),
             ("subscriber-backlog-max", self.subscriber_backlog_max as u64),
+            ("broker-session-timeout-ms", self.broker_session_timeout_ms),
         ];
         if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
             return bad(format!("{name} must be above 0"));
@@ -405,6 +410,11 @@ enum Request {
         request: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, ClusterError>>,
     },
+    Heartbeat {
+        broker: BrokerId,
+        broker_epoch: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
     Shutdown,
 }
 
@@ -466,10 +476,13 @@ async fn run_node(parts: NodeParts, requests: mpsc::Receiver<Request>, started: 
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max)),
         config,
         publisher,
+        liveness: Liveness::default(),
     });
     let duties = tokio::spawn(leader_duties(node.clone()));
+    let fencing = tokio::spawn(super::liveness::fence_loop(node.clone()));
     dispatch(node, requests).await;
     duties.abort();
+    fencing.abort();
     if let Err(error) = raft.shutdown().await {
         tracing::warn!(%error, "the raft core did not stop cleanly");
     }
@@ -500,12 +513,14 @@ async fn initialize_if_first(
 }
 
 /// What the Raft thread's tasks share.
-struct NodeShared {
-    raft: Raft<TypeConfig>,
-    transport: Arc<dyn RaftTransport>,
-    config: ClusterNodeConfig,
-    publisher: Arc<StatePublisher>,
+pub(super) struct NodeShared {
+    pub(super) raft: Raft<TypeConfig>,
+    pub(super) transport: Arc<dyn RaftTransport>,
+    pub(super) config: ClusterNodeConfig,
+    pub(super) publisher: Arc<StatePublisher>,
     in_flight: Arc<Semaphore>,
+    /// Heartbeats heard while leading (`liveness.rs`).
+    pub(super) liveness: Liveness,
 }
 
 /// Serves handle requests until a shutdown or until every handle is gone.
@@ -525,6 +540,16 @@ async fn dispatch(node: Arc<NodeShared>, mut requests: mpsc::Receiver<Request>) 
             Request::Rpc { request, reply } => {
                 tokio::spawn(async move {
                     let _ = reply.send(shared.serve_rpc(&request).await);
+                    drop(permit);
+                });
+            }
+            Request::Heartbeat {
+                broker,
+                broker_epoch,
+                reply,
+            } => {
+                tokio::spawn(async move {
+                    let _ = reply.send(shared.heartbeat(broker, broker_epoch).await);
                     drop(permit);
                 });
             }
@@ -549,7 +574,10 @@ impl NodeShared {
     }
 
     /// A proposal from this node's handle: here if leader, else forwarded once.
-    async fn propose(&self, command: ClusterCommand) -> Result<CommandResult, ProposeError> {
+    pub(super) async fn propose(
+        &self,
+        command: ClusterCommand,
+    ) -> Result<CommandResult, ProposeError> {
         let timeout_ms = self.config.propose_timeout_ms;
         let attempt = async {
             match self.propose_here(command.clone()).await {
@@ -650,6 +678,10 @@ impl NodeShared {
                 RpcReply::InstallSnapshot(self.raft.install_snapshot(chunk).await)
             }
             RpcRequest::Propose(command) => RpcReply::Propose(self.propose_received(command).await),
+            RpcRequest::Heartbeat {
+                broker,
+                broker_epoch,
+            } => RpcReply::Heartbeat(self.heartbeat_received(broker, broker_epoch)),
         };
         Ok(rpc::encode(&reply))
     }
@@ -716,6 +748,25 @@ impl ClusterHandle {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.shared.node_id
+    }
+
+    /// Tells the controller this broker's incarnation `broker_epoch` is
+    /// alive; kept in the controller's memory, never logged. Forwarded once
+    /// when this node does not lead.
+    ///
+    /// # Errors
+    /// [`ProposeError`]: no leader, an unreachable one, a shut-down node.
+    pub async fn heartbeat(&self, broker: BrokerId, broker_epoch: u64) -> Result<(), ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Heartbeat {
+            broker,
+            broker_epoch,
+            reply,
+        };
+        if self.shared.requests.send(request).await.is_err() {
+            return Err(ProposeError::ShutDown);
+        }
+        answer.await.unwrap_or(Err(ProposeError::ShutDown))
     }
 
     /// Proposes a command and waits until it is committed and applied here

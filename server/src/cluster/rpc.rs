@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::raft::ProposeError;
-use super::state::{ClusterCommand, CommandResult};
+use super::state::{BrokerId, ClusterCommand, CommandResult};
 use super::{ClusterError, NodeId, TypeConfig};
 
 /// The first byte of every request and reply.
@@ -51,6 +51,13 @@ pub enum RpcRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower forwards a proposal to the leader.
     Propose(ClusterCommand),
+    /// A broker's heartbeat, forwarded to the controller (kept in its memory, never logged).
+    Heartbeat {
+        /// The broker.
+        broker: BrokerId,
+        /// Its incarnation.
+        broker_epoch: u64,
+    },
 }
 
 /// The answer to an [`RpcRequest`] of the same name.
@@ -66,6 +73,8 @@ pub enum RpcReply {
     ),
     /// To [`RpcRequest::Propose`].
     Propose(Result<CommandResult, ProposeError>),
+    /// To [`RpcRequest::Heartbeat`].
+    Heartbeat(Result<(), ProposeError>),
 }
 
 /// Encodes a request or a reply.

@@ -6,6 +6,7 @@
 //!                                                                              │ ClusterMetadata::from_cluster
 //!                                                                              └─► ApplyMetadata ──mesh──► every shard
 //!  shard 0: register ── propose RegisterBroker, then UnfenceBroker ──► ClusterHandle (forwarded to the controller)
+//!           then heartbeat ── ClusterHandle::heartbeat, 3 per session ──► the controller's memory
 //!  shard 0, while this node leads: create __offsets once every voter is registered and alive
 //! ```
 //!
@@ -13,8 +14,9 @@
 //! consensus itself runs on the Raft thread. Each shard rejects a copy
 //! older than its own (`ShardState::apply_metadata`), and the subscriber
 //! hands states over in revision order, so every shard's copy only moves
-//! forward. Liveness beyond registration (heartbeats, fencing on a missed
-//! session) is not built yet: a registered broker stays alive in the state.
+//! forward. After registering, shard 0 heartbeats to the controller three
+//! times per `broker-session-timeout-ms` (`cluster/liveness.rs` fences the
+//! silent).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use crate::cluster::identity::{self, NodeIdentity};
 use crate::cluster::raft::{ClusterHandle, ProposeError};
 use crate::cluster::state::{
-    BrokerLiveness, ClusterCommand, ClusterState, CommandOutput, CommandResult, NewTopic,
+    BrokerId, BrokerLiveness, ClusterCommand, ClusterState, CommandOutput, CommandResult, NewTopic,
 };
 use crate::metadata::ClusterMetadata;
 use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
@@ -168,9 +170,27 @@ async fn register(shard: Rc<ShardState>, cluster: ClusterHandle) {
     };
     if propose_until_done(&shard, &cluster, unfence)
         .await
-        .is_some()
+        .is_none()
     {
-        tracing::info!(broker = %broker, broker_epoch, "registered with the controller");
+        return;
+    }
+    tracing::info!(broker = %broker, broker_epoch, "registered with the controller");
+    heartbeat_loop(&shard, &cluster, broker, broker_epoch).await;
+}
+
+/// Heartbeats three times per session until the broker stops; a missed one is only logged.
+async fn heartbeat_loop(
+    shard: &ShardState,
+    cluster: &ClusterHandle,
+    broker: BrokerId,
+    broker_epoch: u64,
+) {
+    let interval = Duration::from_millis(shard.config.broker_session_timeout_ms / 3);
+    while !shard.shutdown.is_started() {
+        if let Err(error) = cluster.heartbeat(broker, broker_epoch).await {
+            tracing::debug!(%error, "a heartbeat did not reach the controller");
+        }
+        futures_lite::future::or(glommio::timer::sleep(interval), shard.shutdown.wait()).await;
     }
 }
 
