@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use shardlog_wire::protocol::{parse_prefix, ProtocolLimits, FRAME_PREFIX_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -219,9 +219,19 @@ async fn read_response(
     let prefix = parse_prefix(&prefix, limits)
         .map_err(|e| Error::Protocol(e.to_string()))?
         .ok_or_else(|| Error::Protocol("short prefix".into()))?;
-    let mut body = BytesMut::zeroed(prefix.frame_bytes - FRAME_PREFIX_BYTES);
-    reader.read_exact(&mut body).await?;
-    decode_response(Bytes::from(body), prefix.message_bytes, limits)
+    let body_bytes = prefix.frame_bytes - FRAME_PREFIX_BYTES;
+    // Read into spare capacity: a fetch response of many MiB is not zero-filled first.
+    let mut body = BytesMut::with_capacity(body_bytes);
+    while body.len() < body_bytes {
+        let wanted = (body_bytes - body.len()) as u64;
+        if (&mut *reader).take(wanted).read_buf(&mut body).await? == 0 {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the broker closed the connection inside a response",
+            )));
+        }
+    }
+    decode_response(body.freeze(), prefix.message_bytes, limits)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

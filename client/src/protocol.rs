@@ -372,9 +372,26 @@ fn broker_error(code: fb::ErrorCode, message: Option<&str>) -> Option<BrokerErro
     })
 }
 
-/// Encodes a request as a whole frame, prefix included.
-pub fn encode_request(correlation_id: u32, request: &Request) -> Vec<u8> {
-    let mut fbb = FlatBufferBuilder::new();
+/// Bytes a request's flatbuffer needs besides its batches, with room to spare.
+const REQUEST_OVERHEAD_BYTES: usize = 1024;
+
+/// A guess of a request's encoded size: the builder is sized once instead
+/// of doubling (a copy and a zero-fill each time) under a large batch.
+fn request_size_hint(request: &Request) -> usize {
+    match request {
+        Request::Produce { partitions, .. } => partitions
+            .iter()
+            .map(|(topic, _, batches)| batches.len() + topic.len() + 64)
+            .sum::<usize>()
+            .saturating_add(REQUEST_OVERHEAD_BYTES),
+        _ => REQUEST_OVERHEAD_BYTES,
+    }
+}
+
+/// Encodes a request as a whole frame, prefix included. The prefix goes in
+/// front of the flatbuffer in the builder's own buffer: no copy of the message.
+pub fn encode_request(correlation_id: u32, request: &Request) -> Bytes {
+    let mut fbb = FlatBufferBuilder::with_capacity(request_size_hint(request) + FRAME_PREFIX_BYTES);
     let (body_type, body) = encode_body(&mut fbb, request);
     let args = fb::RequestArgs {
         correlation_id,
@@ -385,11 +402,19 @@ pub fn encode_request(correlation_id: u32, request: &Request) -> Vec<u8> {
     };
     let root = fb::Request::create(&mut fbb, &args);
     fbb.finish(root, None);
-    let message = fbb.finished_data();
-    let mut frame = Vec::with_capacity(FRAME_PREFIX_BYTES + message.len());
-    frame.extend_from_slice(&encode_prefix(message.len(), 0));
-    frame.extend_from_slice(message);
-    frame
+    let (mut buffer, head) = fbb.collapse();
+    let message_len = buffer.len() - head;
+    let prefix = encode_prefix(message_len, 0);
+    if head < FRAME_PREFIX_BYTES {
+        // The guess fell short and the builder grew to exactly its content.
+        let mut frame = Vec::with_capacity(FRAME_PREFIX_BYTES + message_len);
+        frame.extend_from_slice(&prefix);
+        frame.extend_from_slice(&buffer[head..]);
+        return Bytes::from(frame);
+    }
+    let start = head - FRAME_PREFIX_BYTES;
+    buffer[start..head].copy_from_slice(&prefix);
+    Bytes::from(buffer).slice(start..)
 }
 
 fn encode_body<'a>(

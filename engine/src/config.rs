@@ -77,6 +77,10 @@ pub struct LogConfig {
     /// its recovery checkpoint, which bounds the scan after a crash
     /// (default 10 s; 1 ms..=1 hour).
     pub recovery_checkpoint_interval: Duration,
+    /// How far ahead of the write position the active segment's blocks are
+    /// allocated, so that direct writes go out inline instead of through an
+    /// io-wq worker (default 16 MiB; 0 turns it off; never past the segment size).
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -91,6 +95,7 @@ impl Default for LogConfig {
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
             pending_bytes_max: 32 * 1024 * 1024,
             recovery_checkpoint_interval: Duration::from_secs(10),
+            preallocate_bytes: 16 * 1024 * 1024,
         }
     }
 }

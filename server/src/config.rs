@@ -93,6 +93,8 @@ settings! {
     partition_pending_bytes_max: u64,
     /// How often, at most, a partition writes its recovery checkpoint (the synced point a restart after a crash scans from) [default: 10000].
     recovery_checkpoint_interval_ms: u64,
+    /// Bytes of disk a partition allocates ahead of its writes, so that direct writes need no block allocation (0: off; capped by the segment size) [default: 16777216].
+    segment_preallocate_bytes: u64,
     /// Partitions one topic may have [default: 100000].
     partitions_per_topic_max: u32,
     /// Open connections to the metrics endpoint; more are refused [default: 16].
@@ -208,6 +210,8 @@ pub struct Limits {
     pub partition_pending_bytes_max: u64,
     /// The most often a partition writes its recovery checkpoint.
     pub recovery_checkpoint_interval_ms: u64,
+    /// Bytes allocated ahead of a partition's writes.
+    pub segment_preallocate_bytes: u64,
     /// Partitions per topic.
     pub partitions_per_topic_max: u32,
     /// Connections to the metrics endpoint.
@@ -412,6 +416,7 @@ impl ServerConfig {
             self.limits.batch_bytes_max,
             self.limits.partition_pending_bytes_max,
             self.limits.recovery_checkpoint_interval_ms,
+            self.limits.segment_preallocate_bytes,
         )
     }
 }
@@ -449,6 +454,7 @@ impl Limits {
             batch_bytes_max: s.batch_bytes_max.unwrap_or(1 << 20),
             partition_pending_bytes_max: s.partition_pending_bytes_max.unwrap_or(32 << 20),
             recovery_checkpoint_interval_ms: s.recovery_checkpoint_interval_ms.unwrap_or(10_000),
+            segment_preallocate_bytes: s.segment_preallocate_bytes.unwrap_or(16 << 20),
             partitions_per_topic_max: s.partitions_per_topic_max.unwrap_or(100_000),
             metrics_connections_max: s.metrics_connections_max.unwrap_or(16),
             metrics_request_timeout_ms: s.metrics_request_timeout_ms.unwrap_or(10_000),
@@ -604,6 +610,7 @@ pub fn log_config(
     batch_bytes_max: u32,
     pending_bytes_max: u64,
     recovery_checkpoint_interval_ms: u64,
+    preallocate_bytes: u64,
 ) -> shardlog_engine::LogConfig {
     let mut config = shardlog_engine::LogConfig {
         flush,
@@ -612,6 +619,7 @@ pub fn log_config(
         recovery_checkpoint_interval: std::time::Duration::from_millis(
             recovery_checkpoint_interval_ms,
         ),
+        preallocate_bytes: preallocate_bytes.min(segment_bytes),
         ..Default::default()
     };
     let cap = u32::try_from(segment_bytes).unwrap_or(u32::MAX);

@@ -98,7 +98,12 @@ struct Run {
 impl Run {
     /// Counts a record of the workload's kind (acknowledged, or consumed in `consume`).
     fn count(&self, bytes: usize) {
-        if self.window.count(Instant::now()) {
+        self.count_at(Instant::now(), bytes);
+    }
+
+    /// As `count`, for a caller that has just read the clock.
+    fn count_at(&self, now: Instant, bytes: usize) {
+        if self.window.count(now) {
             self.counters.records.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .bytes

@@ -65,10 +65,14 @@ async fn produce_one(run: Arc<Run>, index: usize, producers: usize) -> anyhow::R
         task: run.task_stats(),
         error: Mutex::new(None),
     });
-    let mut values = ValueArena::default();
+    // Only consumers read a value's send time; without them every record
+    // carries the same payload, as OpenMessaging Benchmark's producers do.
+    let stamped = !matches!(plan.consumers, crate::plan::Consumers::None);
+    let mut values = ValueArena::new(stamped);
     let mut sent = 0u64;
     let start = Instant::now();
-    while share.is_none_or(|n| sent < n) && !run.expired() {
+    // The clock is read for the window once every EXPIRY_CHECK_RECORDS records.
+    while share.is_none_or(|n| sent < n) && (sent % EXPIRY_CHECK_RECORDS != 0 || !run.expired()) {
         let intended = match interval {
             Some(interval) => {
                 let at = start + interval.mul_f64(sent as f64);
@@ -77,7 +81,11 @@ async fn produce_one(run: Arc<Run>, index: usize, producers: usize) -> anyhow::R
             }
             None => Instant::now(),
         };
-        stats.handed_over(intended);
+        match interval {
+            Some(_) => stats.handed_over(intended),
+            // Unpaced, a record is handed over when it is made: no delay to measure.
+            None => stats.handed_over_at(intended, intended),
+        }
         let since_origin = intended.duration_since(run.window.origin());
         let value = values.value(plan.record_size_bytes, since_origin);
         let mut record = ProducerRecord::new(topic.clone(), value);
@@ -102,6 +110,9 @@ async fn produce_one(run: Arc<Run>, index: usize, producers: usize) -> anyhow::R
     Ok(())
 }
 
+/// Records sent between two looks at the clock for the end of the run.
+const EXPIRY_CHECK_RECORDS: u64 = 64;
+
 /// What one producer's delivery callbacks collect.
 struct ProducerStats {
     run: Arc<Run>,
@@ -113,7 +124,11 @@ struct ProducerStats {
 impl ProducerStats {
     /// A record intended for `intended` is handed to the producer now: OMB's publish delay.
     fn handed_over(&self, intended: Instant) {
-        let now = Instant::now();
+        self.handed_over_at(intended, Instant::now());
+    }
+
+    /// As `handed_over`, at `now`.
+    fn handed_over_at(&self, intended: Instant, now: Instant) {
         if self.run.window.measuring(now) {
             let delay_us = now.saturating_duration_since(intended).as_micros() as u64;
             lock(&self.task).record(|h| &mut h.publish_delay, delay_us);
@@ -134,7 +149,7 @@ impl ProducerStats {
                 if run.window.measuring(now) {
                     let latency_us = now.duration_since(intended).as_micros() as u64;
                     lock(&self.task).record(|h| &mut h.publish, latency_us);
-                    run.count(run.plan.record_size_bytes);
+                    run.count_at(now, run.plan.record_size_bytes);
                 }
             }
             Err(error) => {
@@ -147,18 +162,39 @@ impl ProducerStats {
 }
 
 /// Record values carved from 1 MiB chunks, one allocation per chunk rather
-/// than per record (the producer copies each value into its batch).
+/// than per record (the producer copies each value into its batch); or,
+/// when nobody reads the send time, one shared payload.
 #[derive(Default)]
 pub(super) struct ValueArena {
     chunk: BytesMut,
+    /// `Some` when values need not carry their send time: the shared payload.
+    unstamped: Option<Bytes>,
 }
 
 impl ValueArena {
     const CHUNK_BYTES: usize = 1 << 20;
 
-    /// A value of `size` bytes (at least 8) that starts with its send time.
+    /// Values that carry their send time (`stamped`), or all the same bytes.
+    pub(super) fn new(stamped: bool) -> ValueArena {
+        ValueArena {
+            chunk: BytesMut::new(),
+            unstamped: (!stamped).then(Bytes::new),
+        }
+    }
+
+    /// A value of `size` bytes (at least 8) that starts with its send time,
+    /// or (unstamped) with zero.
     pub(super) fn value(&mut self, size: usize, since_origin: Duration) -> Bytes {
         let size = size.max(8);
+        if let Some(shared) = &mut self.unstamped {
+            if shared.len() != size {
+                let mut payload = BytesMut::with_capacity(size);
+                payload.put_u64_le(0);
+                payload.resize(size, 0x61);
+                *shared = payload.freeze();
+            }
+            return shared.clone();
+        }
         if self.chunk.capacity() < size {
             self.chunk = BytesMut::with_capacity(Self::CHUNK_BYTES.max(size));
         }
@@ -180,7 +216,7 @@ mod tests {
 
     #[test]
     fn values_carry_their_send_time() {
-        let mut values = ValueArena::default();
+        let mut values = ValueArena::new(true);
         let value = values.value(64, Duration::from_micros(123_456));
         assert_eq!(value.len(), 64);
         assert_eq!(sent_us(&value), Some(123_456));
@@ -190,6 +226,18 @@ mod tests {
         assert_eq!(sent_us(&next), Some(7));
         assert_eq!(sent_us(&value), Some(123_456));
         assert_eq!(sent_us(b"short"), None);
+    }
+
+    #[test]
+    fn unstamped_values_share_one_payload_of_the_asked_size() {
+        let mut values = ValueArena::new(false);
+        let a = values.value(1024, Duration::from_micros(5));
+        let b = values.value(1024, Duration::from_micros(9));
+        assert_eq!((a.len(), b.len()), (1024, 1024));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one payload, shared");
+        assert_eq!(sent_us(&a), Some(0));
+        assert!(a[8..].iter().all(|x| *x == 0x61));
+        assert_eq!(values.value(100, Duration::ZERO).len(), 100);
     }
 
     #[test]

@@ -143,6 +143,9 @@ impl LogInner {
                         pipe.plan_end = self.state.borrow().active.written_bytes;
                     }
                     Step::Issue(round) => {
+                        let round_end = round.write_position + round.buffer.len() as u64;
+                        self.allocate_ahead(&round.file, round.base_offset, round_end)
+                            .await;
                         let buffer = Rc::new(round.buffer);
                         let (file, shared) = (round.file, buffer.clone());
                         let position = round.write_position;
@@ -169,6 +172,45 @@ impl LogInner {
             match self.examine_write(&round, result) {
                 Ok(()) => self.finish_round(&mut pipe, round),
                 Err(error) => self.abort_rounds(&mut pipe, error).await,
+            }
+        }
+    }
+
+    /// Extends the active segment's file ahead of a write ending at
+    /// `round_end`, by `LogConfig::preallocate_bytes` at a time (up to the segment
+    /// size): a direct write that extends a file or fills a hole must
+    /// allocate blocks, which ext4 and XFS do synchronously, so io_uring
+    /// hands it to an io-wq worker (a thread switch per write); a write into
+    /// allocated blocks inside the file goes out inline. Best effort: when
+    /// allocation fails (a full disk) the writes extend the file as before
+    /// and report their own errors. The file's zeroed tail is cut by roll
+    /// and by recovery (zero padding).
+    async fn allocate_ahead(&self, file: &DmaFile, base_offset: u64, round_end: u64) {
+        let allocated = {
+            let state = self.state.borrow();
+            if state.active.base_offset != base_offset {
+                return;
+            }
+            state.active.allocated_bytes
+        };
+        let step = self.config.preallocate_bytes;
+        if round_end <= allocated || step == 0 {
+            return;
+        }
+        let segment_end = align_up(self.config.segment_bytes);
+        let target = (round_end + step).min(segment_end).max(round_end);
+        let result = file.pre_allocate(target, false).await;
+        let mut state = self.state.borrow_mut();
+        if state.active.base_offset != base_offset {
+            return;
+        }
+        match result {
+            Ok(()) => state.active.allocated_bytes = target,
+            Err(error) => {
+                tracing::debug!(dir = %self.dir.display(), %error,
+                    "allocating the segment ahead failed; writes extend it as they go");
+                // Try again only in the next segment.
+                state.active.allocated_bytes = segment_end.max(round_end);
             }
         }
     }
@@ -415,6 +457,7 @@ impl LogInner {
             );
             return;
         }
+        self.state.borrow_mut().active.allocated_bytes = written_bytes;
         self.fail_unwritten(&error);
     }
 
@@ -692,6 +735,7 @@ impl Active {
         self.index_builder = IndexBuilder::new(base_offset, config.index_interval_bytes);
         self.first_append_ms = None;
         self.tail.clear();
+        self.allocated_bytes = 0;
         self.synced = SyncedPoint {
             position_bytes: 0,
             next_offset: base_offset,
@@ -756,6 +800,7 @@ pub(super) async fn create_active(
         index_builder: IndexBuilder::new(base_offset, config.index_interval_bytes),
         first_append_ms: None,
         tail: Vec::new(),
+        allocated_bytes: 0,
         synced: SyncedPoint {
             position_bytes: 0,
             next_offset: base_offset,

@@ -172,6 +172,10 @@ struct Active {
     tail: Vec<u8>,
     /// What the last successful fdatasync of this file (or recovery) covered.
     synced: SyncedPoint,
+    /// The file's size as far as this log made it: writes below it need no
+    /// block allocation, so io_uring submits them inline instead of handing
+    /// them to an io-wq worker (see `LogInner::allocate_ahead`).
+    allocated_bytes: u64,
 }
 
 /// The end of the frames that a completed fdatasync covered: everything

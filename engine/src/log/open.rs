@@ -393,6 +393,7 @@ impl Active {
             index_builder: rebuilt.index_builder,
             first_append_ms: (rebuilt.written_bytes > 0).then(now_ms),
             tail: rebuilt.tail,
+            allocated_bytes: rebuilt.written_bytes,
             synced,
         }
     }
@@ -409,6 +410,7 @@ impl Active {
         self.index = rebuilt.index;
         self.index_builder = rebuilt.index_builder;
         self.tail = rebuilt.tail;
+        self.allocated_bytes = rebuilt.written_bytes;
         self.synced = SyncedPoint {
             position_bytes: rebuilt.written_bytes,
             next_offset: rebuilt.next_offset,

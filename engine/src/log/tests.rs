@@ -8,6 +8,7 @@ use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLi
 
 use super::*;
 use crate::config::FlushPolicy;
+use crate::segment::log_path;
 use crate::shard::ShardConfig;
 
 pub(crate) fn run<F: std::future::Future<Output = ()> + 'static>(
@@ -839,5 +840,79 @@ fn deleted_segments_and_closed_logs_give_their_files_back() {
         assert_eq!(shard.sealed_files_open(), 0);
         drop(log);
         assert_eq!(shard.open_files(), 0);
+    });
+}
+
+/// The active segment's blocks are allocated ahead of its writes, in steps
+/// and never past the segment size; a sealed segment still ends on its last
+/// frame, and a reopened log cuts the allocated zeros and keeps every record.
+#[test]
+fn active_segments_are_allocated_ahead_and_sealed_ones_end_on_their_last_frame() {
+    run(|dir| async move {
+        let config = LogConfig {
+            preallocate_bytes: 16 * 1024,
+            ..small_segments()
+        };
+        let log = open(&dir, config.clone()).await;
+        let file_size = |base: u64| std::fs::metadata(log_path(&dir, base)).unwrap().len();
+        log.append(batch(0, 1, 1000, 0)).await.unwrap();
+        let first = log.inner.state.borrow().active.written_bytes;
+        assert!(file_size(0) >= first + 16 * 1024, "allocated ahead");
+        for i in 1..200 {
+            log.append(batch(i, 1, 1000, 0)).await.unwrap();
+            let state = log.inner.state.borrow();
+            let active = &state.active;
+            let size = file_size(active.base_offset);
+            assert!(size >= active.written_bytes);
+            assert!(
+                size <= config.segment_bytes.div_ceil(4096) * 4096,
+                "never past the segment"
+            );
+            assert_eq!(active.allocated_bytes, size);
+        }
+        let sealed: Vec<(u64, u64)> = log
+            .inner
+            .state
+            .borrow()
+            .sealed
+            .iter()
+            .map(|s| (s.meta.base_offset, s.meta.log_bytes))
+            .collect();
+        assert!(sealed.len() >= 2);
+        for (base, log_bytes) in sealed {
+            assert_eq!(
+                file_size(base),
+                log_bytes,
+                "a sealed file ends on its last frame"
+            );
+        }
+        let before = read_all(&log, 0).await;
+        drop(log);
+        // As after a crash: no close, the allocated zeros still in the file.
+        let log = open(&dir, config).await;
+        assert_eq!(read_all(&log, 0).await, before);
+        assert_eq!(log.log_end_offset(), 200);
+        let active = log.inner.state.borrow().active.written_bytes;
+        let base = log.inner.state.borrow().active.base_offset;
+        assert_eq!(
+            std::fs::metadata(log_path(&dir, base)).unwrap().len(),
+            active
+        );
+    });
+}
+
+/// With preallocation off, the active file grows only by its aligned writes.
+#[test]
+fn without_preallocation_the_file_grows_with_its_writes() {
+    run(|dir| async move {
+        let config = LogConfig {
+            preallocate_bytes: 0,
+            ..small_segments()
+        };
+        let log = open(&dir, config).await;
+        log.append(batch(0, 1, 1000, 0)).await.unwrap();
+        let written = log.inner.state.borrow().active.written_bytes;
+        let size = std::fs::metadata(log_path(&dir, 0)).unwrap().len();
+        assert_eq!(size, written.div_ceil(4096) * 4096);
     });
 }
