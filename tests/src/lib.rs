@@ -15,6 +15,8 @@ use shardlog_client::blocking::Connection;
 use shardlog_client::protocol::{Acks, FetchPartition, NewTopic, Request, Response};
 use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
 
+pub mod cluster;
+
 static BUILD: Once = Once::new();
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
