@@ -300,7 +300,7 @@ async fn shard_main(
         .join()
         .await
         .map_err(|_| Error::Config("joining the shard mesh failed".into()))?;
-    let producer_ids = ProducerIds::load(&config.data_dir, id)?;
+    let producer_ids = ProducerIds::load(&config.data_dir, broker_index(&config), id)?;
     let shard = ShardState::new(
         id,
         config.clone(),
@@ -449,4 +449,13 @@ mod tests {
         drop(first);
         assert!(lock_data_dir(dir.path()).is_ok());
     }
+}
+
+/// This broker's place among the cluster's voters (0 for a one-node broker).
+fn broker_index(config: &ServerConfig) -> usize {
+    config
+        .peers
+        .as_ref()
+        .and_then(|peers| peers.keys().position(|id| *id == config.node_id))
+        .unwrap_or(0)
 }

@@ -448,3 +448,61 @@ fn a_silent_broker_is_fenced_skipped_by_placement_and_unfenced_when_back() {
         broker.stop();
     }
 }
+
+/// Producers that get their ids from different brokers write to one
+/// partition: every record is stored. Each broker counts producer ids from
+/// zero, so without the broker's place in the id the second and third
+/// producers would be taken for the first and their batches dropped as
+/// duplicates.
+#[test]
+fn producers_bootstrapped_at_different_brokers_never_share_an_id() {
+    use shardlog_client::{
+        ClientConfig, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    };
+    let mut cluster = Cluster::start(3);
+    create_when_ready(&cluster, 1, "shared", 1);
+    eventually(&cluster, "the topic on every broker", || {
+        cluster.brokers.iter().all(|b| topics(b) == ["shared"])
+    });
+    let addresses: Vec<String> = cluster.brokers.iter().map(|b| b.addr.to_string()).collect();
+    shardlog_tests::runtime().block_on(async {
+        for (p, address) in addresses.iter().enumerate() {
+            let producer = Producer::new(ProducerConfig {
+                client: ClientConfig::new(address.clone()),
+                linger: Duration::from_millis(1),
+                ..Default::default()
+            })
+            .await
+            .expect("a producer");
+            for i in 0..20u32 {
+                let record = ProducerRecord::new("shared", format!("{p}-{i}")).partition(0);
+                producer.send(record).await.expect("delivered");
+            }
+            producer.close().await.expect("close");
+        }
+        let mut consumer = Consumer::new(ConsumerConfig {
+            client: ClientConfig::new(addresses[0].clone()),
+            max_wait: Duration::from_millis(50),
+            ..Default::default()
+        });
+        consumer
+            .assign_all("shared", Offset::Earliest)
+            .await
+            .expect("assign");
+        let mut values = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + SETTLE_WAIT;
+        while values.len() < 60 && Instant::now() < deadline {
+            for record in consumer.poll().await.expect("poll") {
+                let value = record.value.expect("a value");
+                values.insert(String::from_utf8_lossy(&value).to_string());
+            }
+        }
+        let expected: std::collections::BTreeSet<String> = (0..3)
+            .flat_map(|p| (0..20).map(move |i| format!("{p}-{i}")))
+            .collect();
+        assert_eq!(values, expected);
+    });
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}

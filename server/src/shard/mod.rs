@@ -407,16 +407,26 @@ impl ShardState {
     }
 }
 
-/// Producer ids handed out by one shard: `(shard << 48) | counter`, with the
-/// counter reserved in blocks persisted before use, so ids never repeat
-/// across restarts.
+/// Producer ids handed out by one shard:
+/// `(broker_index << 56) | (shard << 48) | counter`, with the counter
+/// reserved in blocks persisted before use, so ids never repeat across
+/// restarts. `broker_index` is this broker's place among the cluster's
+/// voters (0 for a one-node broker), so no two brokers of a cluster hand
+/// out the same id: a producer's batches to partitions on other brokers
+/// are never taken for another producer's (and dropped as duplicates).
 #[derive(Debug)]
 pub struct ProducerIds {
     path: std::path::PathBuf,
-    shard: u64,
+    /// `broker_index << 8 | shard`: the bits above the counter.
+    prefix: u64,
     next: u64,
     reserved_until: u64,
 }
+
+/// Brokers whose ids can be told apart (bits 56..59 of a producer id).
+const BROKER_INDEX_LIMIT: usize = 8;
+/// Shards whose ids can be told apart (bits 48..56).
+const SHARD_LIMIT: usize = 256;
 
 /// Producer ids reserved per write of the counter file.
 const PRODUCER_ID_BLOCK: u64 = 1024;
@@ -426,7 +436,13 @@ impl ProducerIds {
     ///
     /// # Errors
     /// I/O errors reading the counter file.
-    pub fn load(data_dir: &std::path::Path, shard: usize) -> Result<ProducerIds> {
+    pub fn load(
+        data_dir: &std::path::Path,
+        broker_index: usize,
+        shard: usize,
+    ) -> Result<ProducerIds> {
+        assert!(broker_index < BROKER_INDEX_LIMIT, "at most 5 voters");
+        assert!(shard < SHARD_LIMIT, "--shards is at most 256");
         let path = data_dir.join(format!("producer-ids-{shard}"));
         let next = match std::fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<u64>().map_err(|e| Error::Metadata {
@@ -438,7 +454,7 @@ impl ProducerIds {
         };
         Ok(ProducerIds {
             path,
-            shard: shard as u64,
+            prefix: (broker_index as u64) << 8 | shard as u64,
             next,
             reserved_until: next,
         })
@@ -462,7 +478,7 @@ impl ProducerIds {
                 .map_err(|e| Error::io("renaming producer ids", &self.path, e))?;
             self.reserved_until = until;
         }
-        let id = (self.shard << 48) | self.next;
+        let id = (self.prefix << 48) | self.next;
         self.next += 1;
         assert!(self.next < (1 << 48));
         Ok(id as i64)
@@ -508,12 +524,30 @@ mod tests {
     #[test]
     fn producer_ids_never_repeat_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ids = ProducerIds::load(dir.path(), 3).unwrap();
+        let mut ids = ProducerIds::load(dir.path(), 0, 3).unwrap();
         let first = ids.allocate().unwrap();
         let second = ids.allocate().unwrap();
-        assert_eq!(first >> 48, 3);
+        assert_eq!(first >> 48, 3, "a one-node broker's ids are as before");
         assert_eq!(second, first + 1);
-        let mut again = ProducerIds::load(dir.path(), 3).unwrap();
+        let mut again = ProducerIds::load(dir.path(), 0, 3).unwrap();
         assert!(again.allocate().unwrap() > second);
+    }
+
+    /// Brokers of one cluster each start their counters at 0: the broker's
+    /// place among the voters keeps their ids apart, for every shard.
+    #[test]
+    fn brokers_of_a_cluster_never_hand_out_the_same_producer_id() {
+        let mut seen = std::collections::BTreeSet::new();
+        for broker_index in 0..5 {
+            for shard in [0, 1, 255] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut ids = ProducerIds::load(dir.path(), broker_index, shard).unwrap();
+                for _ in 0..3 {
+                    let id = ids.allocate().unwrap();
+                    assert!(id > 0 || (broker_index, shard) == (0, 0), "{id}");
+                    assert!(seen.insert(id), "{id} handed out twice");
+                }
+            }
+        }
     }
 }
