@@ -434,6 +434,15 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock> {
     Ok(DataDirLock { _file: file })
 }
 
+/// This broker's place among the cluster's voters (0 for a one-node broker).
+fn broker_index(config: &ServerConfig) -> usize {
+    config
+        .peers
+        .as_ref()
+        .and_then(|peers| peers.keys().position(|id| *id == config.node_id))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,13 +458,4 @@ mod tests {
         drop(first);
         assert!(lock_data_dir(dir.path()).is_ok());
     }
-}
-
-/// This broker's place among the cluster's voters (0 for a one-node broker).
-fn broker_index(config: &ServerConfig) -> usize {
-    config
-        .peers
-        .as_ref()
-        .and_then(|peers| peers.keys().position(|id| *id == config.node_id))
-        .unwrap_or(0)
 }
