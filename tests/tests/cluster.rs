@@ -1,4 +1,4 @@
-//! Brokers in a cluster: three real `shardlog-server` processes on
+//! Brokers in a cluster: three (and in one test five) real `shardlog-server` processes on
 //! 127.0.0.1 with their own data directories and one metadata group
 //! (`--node-id`, `--peers`). Topics created on one broker appear on all;
 //! the group survives losing its controller (kill -9), takes it back, and
@@ -502,6 +502,78 @@ fn producers_bootstrapped_at_different_brokers_never_share_an_id() {
             .collect();
         assert_eq!(values, expected);
     });
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}
+
+/// Five voters: partitions spread over all five; losing two (the controller
+/// among them) leaves a majority that elects a controller and takes topics;
+/// losing a third refuses admin requests with the retriable error; all five
+/// back, every topic is there.
+#[test]
+fn five_brokers_keep_a_majority_through_two_losses_and_refuse_after_three() {
+    let mut cluster = Cluster::start(5);
+    let all = [1, 2, 3, 4, 5];
+    eventually(&cluster, "a controller all five name", || {
+        agreed_controller(&cluster, &all).is_some()
+    });
+    create_when_ready(&cluster, 5, "wide", 10);
+    eventually(&cluster, "wide on every broker", || {
+        cluster.brokers.iter().all(|b| topics(b) == ["wide"])
+    });
+    let description = describe(&cluster.brokers[0]).expect("metadata");
+    let mut leaders: Vec<u32> = description.topics[0]
+        .leadership
+        .iter()
+        .filter_map(|p| p.leader)
+        .collect();
+    leaders.sort();
+    leaders.dedup();
+    assert_eq!(
+        leaders, all,
+        "partitions spread over all five: {description:?}"
+    );
+
+    // Two down, the controller one of them: three still make a majority.
+    let controller = agreed_controller(&cluster, &all).expect("a controller");
+    let other = if controller == 1 { 2 } else { 1 };
+    cluster.broker(controller).kill9();
+    cluster.broker(other).kill9();
+    let survivors: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|id| *id != controller && *id != other)
+        .collect();
+    eventually(&cluster, "a new controller among three", || {
+        agreed_controller(&cluster, &survivors).is_some()
+    });
+    create_when_ready(&cluster, survivors[0], "narrow", 3);
+    eventually(&cluster, "narrow on the survivors", || {
+        survivors
+            .iter()
+            .all(|id| topics(&cluster.brokers[*id as usize - 1]) == ["narrow", "wide"])
+    });
+
+    // A third down: two of five is no majority.
+    cluster.broker(survivors[0]).kill9();
+    let error = try_create(&cluster.brokers[survivors[1] as usize - 1], "refused", 1)
+        .expect_err("no majority, no new topic");
+    assert_eq!(error.code, ErrorCode::ControllerUnavailable, "{error:?}");
+
+    for id in [controller, other, survivors[0]] {
+        cluster.broker(id).restart();
+    }
+    eventually(
+        &cluster,
+        "every topic on all five after the restarts",
+        || {
+            cluster
+                .brokers
+                .iter()
+                .all(|b| settled_topics(b) == ["narrow", "wide"])
+        },
+    );
     for broker in &mut cluster.brokers {
         broker.stop();
     }

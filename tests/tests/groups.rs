@@ -315,6 +315,28 @@ fn committed_offsets_survive_a_restart_and_describe_shows_the_lag() {
         .map(|l| l.split('\t').nth(5).unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(cli_lag, 20, "{text}");
+    // The same as JSON, for scripts.
+    let cli = Command::new(binary("shardlog"))
+        .args(["group", "describe", "auditors", "--format", "json"])
+        .env("SHARDLOG_BROKER", broker.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{cli:?}");
+    let json: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("one JSON object");
+    assert_eq!(json["group"], "auditors");
+    assert_eq!(json["state"], "empty");
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(0), "{json}");
+    let offsets = json["offsets"].as_array().expect("offsets");
+    assert_eq!(offsets.len(), described.offsets.len(), "{json}");
+    let json_lag: i64 = offsets
+        .iter()
+        .map(|o| o["lag"].as_i64().expect("a lag"))
+        .sum();
+    let committed: i64 = offsets
+        .iter()
+        .map(|o| o["committed_offset"].as_i64().expect("committed"))
+        .sum();
+    assert_eq!((json_lag, committed), (20, 100), "{json}");
 }
 
 #[test]

@@ -72,6 +72,9 @@ enum GroupCommand {
     Describe {
         /// The group.
         group: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
     },
     /// Set an empty group's committed offsets for every partition of a topic.
     Reset(ResetArgs),
@@ -343,6 +346,56 @@ fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
     serde_json::json!({"topic": topic.name, "partitions": partitions})
 }
 
+/// `group describe --format json`: `{"group", "state", "assignor", "members":
+/// [{"member_id", "member_epoch", "subscribed_topics", "assignment": [{"topic",
+/// "partition"}]}], "offsets": [{"topic", "partition", "member_id",
+/// "committed_offset", "log_end_offset", "lag"}]}`; a committed offset of -1
+/// (none) and its lag are `null`.
+fn group_json(group: &shardlog_client::protocol::GroupDescription) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = group
+        .members
+        .iter()
+        .map(|m| {
+            let assignment: Vec<serde_json::Value> = m
+                .assignment
+                .iter()
+                .map(|(topic, partition)| serde_json::json!({"topic": topic, "partition": partition}))
+                .collect();
+            serde_json::json!({
+                "member_id": m.member_id,
+                "member_epoch": m.member_epoch,
+                "subscribed_topics": m.subscribed_topics,
+                "assignment": assignment,
+            })
+        })
+        .collect();
+    let offsets: Vec<serde_json::Value> = group
+        .offsets
+        .iter()
+        .map(|o| {
+            let known = |v: i64| (v >= 0).then_some(v);
+            let lag = known(o.offset)
+                .zip(known(o.log_end_offset))
+                .map(|(committed, end)| end - committed);
+            serde_json::json!({
+                "topic": o.topic,
+                "partition": o.partition,
+                "member_id": (!o.member_id.is_empty()).then_some(o.member_id.as_str()),
+                "committed_offset": known(o.offset),
+                "log_end_offset": known(o.log_end_offset),
+                "lag": lag,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "group": group.group_id,
+        "state": group.state,
+        "assignor": group.assignor,
+        "members": members,
+        "offsets": offsets,
+    })
+}
+
 async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error> {
     let admin = Admin::new(client);
     match command {
@@ -587,8 +640,12 @@ async fn group(client: ClientConfig, command: GroupCommand) -> Result<(), Error>
                 );
             }
         }
-        GroupCommand::Describe { group } => {
+        GroupCommand::Describe { group, format } => {
             let described = admin.describe_group(&group).await?;
+            if format == FormatArg::Json {
+                println!("{}", group_json(&described));
+                return Ok(());
+            }
             println!(
                 "group {} state {} assignor {} members {}",
                 described.group_id,
