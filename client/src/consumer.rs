@@ -330,7 +330,7 @@ impl Consumer {
                     offset: position,
                     reason: error.clone(),
                 },
-                (ErrorCode::UnknownTopicOrPartition, _) => {
+                (ErrorCode::UnknownTopicOrPartition | ErrorCode::NotLeader, _) => {
                     self.cluster.forget(&partition.topic);
                     Error::Broker(error.clone())
                 }

@@ -23,6 +23,10 @@ pub struct NewTopic {
     pub retention_ms: Option<u64>,
     /// Segment size (None: the broker's default).
     pub segment_bytes: Option<u64>,
+    /// Copies of each partition, on as many brokers (None: 1).
+    pub replication_factor: Option<u16>,
+    /// Replicas in sync that an `acks=all` produce needs (None: 1).
+    pub min_insync_replicas: Option<u16>,
 }
 
 impl NewTopic {
@@ -34,6 +38,8 @@ impl NewTopic {
             retention_bytes: None,
             retention_ms: None,
             segment_bytes: None,
+            replication_factor: None,
+            min_insync_replicas: None,
         }
     }
 }
@@ -448,12 +454,17 @@ fn encode_body<'a>(
                 .map(|t| {
                     let name = fbb.create_string(&t.name);
                     let signed = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+                    // Too large for the wire: the broker refuses the maximum.
+                    let short =
+                        |v: Option<u16>| v.map_or(-1, |v| i16::try_from(v).unwrap_or(i16::MAX));
                     let args = fb::TopicSpecArgs {
                         name: Some(name),
                         partitions: t.partitions,
                         retention_bytes: signed(t.retention_bytes),
                         retention_ms: signed(t.retention_ms),
                         segment_bytes: signed(t.segment_bytes),
+                        replication_factor: short(t.replication_factor),
+                        min_insync_replicas: short(t.min_insync_replicas),
                     };
                     fb::TopicSpec::create(fbb, &args)
                 })

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::state::{BrokerId, BrokerInfo, ClusterState, PartitionState};
-use crate::{Error, Result};
+use shardlog_wire::protocol::fb::ErrorCode;
 
-/// Longest topic name accepted.
-pub const TOPIC_NAME_BYTES_MAX: usize = 200;
+use crate::cluster::state::{BrokerId, BrokerInfo, ClusterState, PartitionState};
+use crate::error::wire::WireError;
+use crate::{Error, Result};
 
 /// One immutable snapshot of the cluster metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,13 @@ pub struct TopicMetadata {
     /// holds every partition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<PartitionState>,
+    /// ISR members an `acks=all` produce needs (1 on a one-node broker).
+    #[serde(default = "one")]
+    pub min_insync_replicas: u16,
+}
+
+fn one() -> u16 {
+    1
 }
 
 impl TopicMetadata {
@@ -90,6 +97,52 @@ impl TopicMetadata {
         self.owner(partition, shard_count)
     }
 
+    /// On a clustered broker (`broker`), the refusal of a client request for
+    /// `partition` when `broker` does not lead it.
+    pub fn not_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        broker: Option<BrokerId>,
+    ) -> Option<WireError> {
+        let broker = broker?;
+        let state = self.replication.get(partition as usize)?;
+        if state.leader == Some(broker) {
+            return None;
+        }
+        let leader = state
+            .leader
+            .map_or_else(|| "none now".to_string(), |b| format!("broker {b}"));
+        Some(WireError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "{topic}/{partition}: broker {broker} does not lead it (the leader is {leader}); \
+                 refresh metadata and retry"
+            ),
+        ))
+    }
+
+    /// `Ok` when the ISR of `partition` has at least min-insync-replicas
+    /// members, as an `acks=all` produce needs; a one-node broker always has.
+    pub fn check_insync(&self, topic: &str, partition: u32) -> Result<(), WireError> {
+        let Some(state) = self.replication.get(partition as usize) else {
+            return Ok(());
+        };
+        let insync = state.isr.len();
+        if insync >= usize::from(self.min_insync_replicas) {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorCode::NotEnoughReplicas,
+            format!(
+                "{topic}/{partition}: acks=all needs {} replicas in sync, but the ISR is {:?}; \
+                 retry once replicas catch up, or produce with acks=1",
+                self.min_insync_replicas,
+                state.isr.iter().map(|b| b.0).collect::<Vec<_>>()
+            ),
+        ))
+    }
+
     /// The number of partitions.
     pub fn partition_count(&self) -> u32 {
         self.partition_shards.len() as u32
@@ -104,29 +157,6 @@ pub fn partition_dir(data_dir: &Path, topic: &str, topic_id: u64, partition: u32
 /// The directory of a topic's partitions.
 pub fn topic_dir(data_dir: &Path, topic: &str, topic_id: u64) -> PathBuf {
     data_dir.join("topics").join(format!("{topic}-{topic_id}"))
-}
-
-/// Checks a topic name: 1 to 200 of `[A-Za-z0-9._-]`, not `.` or `..`,
-/// and not starting with `__` (reserved for internal topics).
-pub fn validate_topic_name(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!(
-            "topic names have 1 to {TOPIC_NAME_BYTES_MAX} characters"
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err("a topic cannot be named . or ..".into());
-    }
-    if name.starts_with("__") {
-        return Err("names starting with __ are reserved for internal topics".into());
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return Err("topic names use only letters, digits, '.', '_' and '-'".into());
-    }
-    Ok(())
 }
 
 impl ClusterMetadata {
@@ -153,6 +183,7 @@ impl ClusterMetadata {
                 retention_ms: topic.retention_ms,
                 segment_bytes: topic.segment_bytes,
                 replication: topic.partitions.clone(),
+                min_insync_replicas: topic.min_insync_replicas,
             };
             assert!(metadata.partition_shards.len() == metadata.replication.len());
             (name.clone(), metadata)
@@ -387,22 +418,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_checked() {
-        assert!(validate_topic_name("orders.v2-eu_1").is_ok());
-        for bad in [
-            "",
-            ".",
-            "..",
-            "__offsets",
-            "a/b",
-            "spaces no",
-            &"x".repeat(201),
-        ] {
-            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn placement_balances_shards() {
         let mut metadata = ClusterMetadata::default();
         let first = metadata.place(3, 2);
@@ -416,6 +431,7 @@ mod tests {
                 retention_ms: None,
                 segment_bytes: None,
                 replication: Vec::new(),
+                min_insync_replicas: 1,
             },
         );
         assert_eq!(metadata.place(3, 2), vec![1, 0, 1]);
@@ -450,6 +466,7 @@ mod tests {
                 retention_ms: None,
                 segment_bytes: None,
                 replication: Vec::new(),
+                min_insync_replicas: 1,
             },
         );
         metadata.store(dir.path()).unwrap();

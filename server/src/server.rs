@@ -326,7 +326,7 @@ async fn shard_main(
     let own = net::adopt(listeners.own);
     let shared = net::bind_shared(config.listen)?;
     if let Some(metrics) = listeners.metrics {
-        glommio::spawn_local(crate::metrics::serve(shard.clone(), net::adopt(metrics))).detach();
+        glommio::spawn_local(net::serve_metrics(shard.clone(), net::adopt(metrics))).detach();
     }
     let _ = events.send(ShardEvent::Ready);
     glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();

@@ -60,6 +60,29 @@ fn topics_are_created_placed_over_shards_and_deleted() {
         .call(&Request::CreateTopics(vec![NewTopic::new("empty", 0)]))
         .unwrap();
     assert_eq!(error_of(no_partitions), ErrorCode::InvalidPartitions);
+    // One broker holds one copy: more replicas are refused, with what to do.
+    let replicated = NewTopic {
+        replication_factor: Some(2),
+        ..NewTopic::new("copies", 1)
+    };
+    let Response::Topics(results) = connection
+        .call(&Request::CreateTopics(vec![replicated]))
+        .unwrap()
+    else {
+        panic!()
+    };
+    let error = results[0].1.clone().expect("replication factor 2 refused");
+    assert_eq!(error.code, ErrorCode::InvalidReplicationFactor);
+    assert!(error.message.contains("--peers"), "{error:?}");
+    let explicit_one = NewTopic {
+        replication_factor: Some(1),
+        min_insync_replicas: Some(1),
+        ..NewTopic::new("one-copy", 1)
+    };
+    let created = connection
+        .call(&Request::CreateTopics(vec![explicit_one]))
+        .unwrap();
+    assert_eq!(error_of(created), ErrorCode::None);
 
     produce(&mut connection, "orders", 3, &values("o", 0..5));
     assert_eq!(

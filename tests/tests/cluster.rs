@@ -578,3 +578,144 @@ fn five_brokers_keep_a_majority_through_two_losses_and_refuse_after_three() {
         broker.stop();
     }
 }
+
+/// `topic create --replication-factor 3 --min-insync-replicas 2` through the
+/// CLI places each partition on three distinct brokers, leaders spread; the
+/// ISR starts as the leader alone (followers join once replication has
+/// caught them up), so acks=all is refused with the retriable
+/// `NotEnoughReplicas` while acks=1 is stored. Only the leader serves
+/// clients: a follower answers `NotLeader`. More replicas than alive brokers,
+/// or min-insync-replicas above the factor, are refused.
+#[test]
+fn replicated_topics_span_brokers_and_acks_all_waits_for_min_insync_replicas() {
+    use shardlog_client::blocking::Connection;
+    use shardlog_client::protocol::{FetchPartition, NewTopic};
+    use shardlog_client::Acks;
+    use shardlog_tests::batch;
+    use shardlog_wire::batch::BatchBuilderOptions;
+
+    let mut cluster = Cluster::start(3);
+    eventually(&cluster, "three alive brokers", || {
+        describe(&cluster.brokers[0])
+            .is_some_and(|d| d.brokers.len() == 3 && d.brokers.iter().all(|b| b.alive))
+    });
+    let cli = |args: &[&str]| -> std::process::Output {
+        Command::new(binary("shardlog"))
+            .args(["--broker", &cluster.brokers[1].addr.to_string()])
+            .args(args)
+            .output()
+            .expect("run shardlog")
+    };
+    let created = cli(&[
+        "topic",
+        "create",
+        "r3",
+        "--partitions",
+        "6",
+        "--replication-factor",
+        "3",
+        "--min-insync-replicas",
+        "2",
+    ]);
+    assert!(created.status.success(), "{created:?}\n{}", cluster.logs());
+    let described = cli(&["topic", "describe", "r3", "--format", "json"]);
+    assert!(described.status.success(), "{described:?}");
+    let topic: serde_json::Value = serde_json::from_slice(&described.stdout).expect("JSON");
+    let partitions = topic["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 6, "{topic}");
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut leader_of = Vec::new();
+    for partition in partitions {
+        let mut replicas: Vec<u64> = partition["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        assert_eq!(partition["replicas"][0], partition["leader"], "{partition}");
+        let leader = partition["leader"].as_u64().expect("a leader");
+        assert_eq!(partition["isr"], serde_json::json!([leader]), "{partition}");
+        replicas.sort();
+        assert_eq!(replicas, [1, 2, 3], "three distinct brokers: {partition}");
+        leaders.insert(leader);
+        leader_of.push(leader);
+    }
+    assert_eq!(leaders.len(), 3, "leaders spread: {topic}");
+
+    // acks=all needs 2 in sync and has 1: refused, retriable, nothing stored.
+    let leader = leader_of[0] as usize;
+    let follower = leader % 3 + 1;
+    let mut to_leader = Connection::connect(cluster.brokers[leader - 1].addr).expect("connect");
+    let data = batch(&["v".to_string()], BatchBuilderOptions::default());
+    let produce = |connection: &mut Connection, acks: Acks| {
+        let request = Request::Produce {
+            acks,
+            timeout_ms: 10_000,
+            partitions: vec![("r3".into(), 0, data.clone())],
+        };
+        match connection.call(&request).expect("produce") {
+            Response::Produce(mut results) => results.remove(0),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let refused = produce(&mut to_leader, Acks::All);
+    let error = refused.error.expect("acks=all refused");
+    assert_eq!(error.code, ErrorCode::NotEnoughReplicas, "{error:?}");
+    assert!(error.code.is_retriable());
+    let stored = produce(&mut to_leader, Acks::Leader);
+    assert_eq!(stored.error, None);
+    assert_eq!(stored.offset, 0, "the refused batch was not stored");
+
+    // A follower holds the partition but serves no client.
+    let mut to_follower = Connection::connect(cluster.brokers[follower - 1].addr).expect("connect");
+    let error = produce(&mut to_follower, Acks::Leader)
+        .error
+        .expect("a follower refuses produce");
+    assert_eq!(error.code, ErrorCode::NotLeader, "{error:?}");
+    let fetch = Request::Fetch {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1 << 20,
+        partitions: vec![FetchPartition {
+            topic: "r3".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+        }],
+    };
+    match to_follower.call(&fetch).expect("fetch") {
+        Response::Fetch(results) => {
+            let error = results[0].error.clone().expect("a follower refuses fetch");
+            assert_eq!(error.code, ErrorCode::NotLeader, "{error:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Refused before anything is proposed.
+    let mut admin = Connection::connect(cluster.brokers[0].addr).expect("connect");
+    let mut create = |topic: NewTopic| match admin
+        .call(&Request::CreateTopics(vec![topic]))
+        .expect("create topics")
+    {
+        Response::Topics(mut results) => results.pop().and_then(|(_, e)| e),
+        other => panic!("unexpected {other:?}"),
+    };
+    let four = NewTopic {
+        replication_factor: Some(4),
+        ..NewTopic::new("r4", 1)
+    };
+    let error = create(four).expect("4 replicas on 3 brokers refused");
+    assert_eq!(error.code, ErrorCode::InvalidReplicationFactor, "{error:?}");
+    assert!(error.message.contains("3 are alive"), "{error:?}");
+    let min_above = NewTopic {
+        replication_factor: Some(2),
+        min_insync_replicas: Some(3),
+        ..NewTopic::new("m3", 1)
+    };
+    let error = create(min_above).expect("min-insync-replicas above the factor refused");
+    assert_eq!(error.code, ErrorCode::InvalidReplicationFactor, "{error:?}");
+    assert_eq!(topics(&cluster.brokers[0]), ["r3"], "nothing else created");
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}

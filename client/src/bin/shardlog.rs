@@ -116,6 +116,12 @@ enum TopicCommand {
         /// Its number of partitions.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Copies of each partition, each on its own broker (default 1).
+        #[arg(long)]
+        replication_factor: Option<u16>,
+        /// Replicas in sync that an acks=all produce needs (default 1).
+        #[arg(long)]
+        min_insync_replicas: Option<u16>,
     },
     /// List topics.
     List,
@@ -399,9 +405,22 @@ fn group_json(group: &shardlog_client::protocol::GroupDescription) -> serde_json
 async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error> {
     let admin = Admin::new(client);
     match command {
-        TopicCommand::Create { name, partitions } => {
-            admin.create_topic(NewTopic::new(&name, partitions)).await?;
-            println!("created topic {name} with {partitions} partitions");
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+        } => {
+            let topic = NewTopic {
+                replication_factor,
+                min_insync_replicas,
+                ..NewTopic::new(&name, partitions)
+            };
+            admin.create_topic(topic).await?;
+            let factor = replication_factor.unwrap_or(1);
+            println!(
+                "created topic {name} with {partitions} partitions, replication factor {factor}"
+            );
         }
         TopicCommand::List => {
             for name in admin.list_topics().await? {

@@ -202,9 +202,12 @@ impl PartitionSender {
         let config = &self.context.config;
         let retriable = error.is_retriable();
         if let Error::Broker(broker) = &error {
-            if broker.code == crate::ErrorCode::UnknownTopicOrPartition {
+            if matches!(
+                broker.code,
+                crate::ErrorCode::UnknownTopicOrPartition | crate::ErrorCode::NotLeader
+            ) {
                 self.context.cluster.forget(&self.topic);
-                // The partition may have moved: route afresh.
+                // The partition may have moved, or its leader: route afresh.
                 self.connection = None;
             }
             if broker.code == crate::ErrorCode::UnknownProducerId && self.identity.0 >= 0 {

@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 29;
+pub const ENUM_MAX_ERROR_CODE: i16 = 32;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
@@ -63,6 +63,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
   ErrorCode::PartitionPoisoned,
   ErrorCode::CorruptLog,
   ErrorCode::ControllerUnavailable,
+  ErrorCode::InvalidReplicationFactor,
+  ErrorCode::NotEnoughReplicas,
+  ErrorCode::NotLeader,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -100,9 +103,12 @@ impl ErrorCode {
   pub const PartitionPoisoned: Self = Self(27);
   pub const CorruptLog: Self = Self(28);
   pub const ControllerUnavailable: Self = Self(29);
+  pub const InvalidReplicationFactor: Self = Self(30);
+  pub const NotEnoughReplicas: Self = Self(31);
+  pub const NotLeader: Self = Self(32);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 29;
+  pub const ENUM_MAX: i16 = 32;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -134,6 +140,9 @@ impl ErrorCode {
     Self::PartitionPoisoned,
     Self::CorruptLog,
     Self::ControllerUnavailable,
+    Self::InvalidReplicationFactor,
+    Self::NotEnoughReplicas,
+    Self::NotLeader,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -168,6 +177,9 @@ impl ErrorCode {
       Self::PartitionPoisoned => Some("PartitionPoisoned"),
       Self::CorruptLog => Some("CorruptLog"),
       Self::ControllerUnavailable => Some("ControllerUnavailable"),
+      Self::InvalidReplicationFactor => Some("InvalidReplicationFactor"),
+      Self::NotEnoughReplicas => Some("NotEnoughReplicas"),
+      Self::NotLeader => Some("NotLeader"),
       _ => None,
     }
   }
@@ -2145,6 +2157,8 @@ impl<'a> TopicSpec<'a> {
   pub const VT_RETENTION_BYTES: flatbuffers::VOffsetT = 8;
   pub const VT_RETENTION_MS: flatbuffers::VOffsetT = 10;
   pub const VT_SEGMENT_BYTES: flatbuffers::VOffsetT = 12;
+  pub const VT_REPLICATION_FACTOR: flatbuffers::VOffsetT = 14;
+  pub const VT_MIN_INSYNC_REPLICAS: flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2161,6 +2175,8 @@ impl<'a> TopicSpec<'a> {
     builder.add_retention_bytes(args.retention_bytes);
     builder.add_partitions(args.partitions);
     if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_min_insync_replicas(args.min_insync_replicas);
+    builder.add_replication_factor(args.replication_factor);
     builder.finish()
   }
 
@@ -2200,6 +2216,20 @@ impl<'a> TopicSpec<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i64>(TopicSpec::VT_SEGMENT_BYTES, Some(-1)).unwrap()}
   }
+  #[inline]
+  pub fn replication_factor(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(TopicSpec::VT_REPLICATION_FACTOR, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn min_insync_replicas(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(TopicSpec::VT_MIN_INSYNC_REPLICAS, Some(-1)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for TopicSpec<'_> {
@@ -2214,6 +2244,8 @@ impl flatbuffers::Verifiable for TopicSpec<'_> {
      .visit_field::<i64>("retention_bytes", Self::VT_RETENTION_BYTES, false)?
      .visit_field::<i64>("retention_ms", Self::VT_RETENTION_MS, false)?
      .visit_field::<i64>("segment_bytes", Self::VT_SEGMENT_BYTES, false)?
+     .visit_field::<i16>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
+     .visit_field::<i16>("min_insync_replicas", Self::VT_MIN_INSYNC_REPLICAS, false)?
      .finish();
     Ok(())
   }
@@ -2224,6 +2256,8 @@ pub struct TopicSpecArgs<'a> {
     pub retention_bytes: i64,
     pub retention_ms: i64,
     pub segment_bytes: i64,
+    pub replication_factor: i16,
+    pub min_insync_replicas: i16,
 }
 impl<'a> Default for TopicSpecArgs<'a> {
   #[inline]
@@ -2234,6 +2268,8 @@ impl<'a> Default for TopicSpecArgs<'a> {
       retention_bytes: -1,
       retention_ms: -1,
       segment_bytes: -1,
+      replication_factor: -1,
+      min_insync_replicas: -1,
     }
   }
 }
@@ -2264,6 +2300,14 @@ impl<'a: 'b, 'b> TopicSpecBuilder<'a, 'b> {
     self.fbb_.push_slot::<i64>(TopicSpec::VT_SEGMENT_BYTES, segment_bytes, -1);
   }
   #[inline]
+  pub fn add_replication_factor(&mut self, replication_factor: i16) {
+    self.fbb_.push_slot::<i16>(TopicSpec::VT_REPLICATION_FACTOR, replication_factor, -1);
+  }
+  #[inline]
+  pub fn add_min_insync_replicas(&mut self, min_insync_replicas: i16) {
+    self.fbb_.push_slot::<i16>(TopicSpec::VT_MIN_INSYNC_REPLICAS, min_insync_replicas, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TopicSpecBuilder<'a, 'b> {
     let start = _fbb.start_table();
     TopicSpecBuilder {
@@ -2286,6 +2330,8 @@ impl core::fmt::Debug for TopicSpec<'_> {
       ds.field("retention_bytes", &self.retention_bytes());
       ds.field("retention_ms", &self.retention_ms());
       ds.field("segment_bytes", &self.segment_bytes());
+      ds.field("replication_factor", &self.replication_factor());
+      ds.field("min_insync_replicas", &self.min_insync_replicas());
       ds.finish()
   }
 }

@@ -63,6 +63,8 @@ impl fb::ErrorCode {
                 | fb::ErrorCode::ShuttingDown
                 | fb::ErrorCode::PartitionPoisoned
                 | fb::ErrorCode::ControllerUnavailable
+                | fb::ErrorCode::NotEnoughReplicas
+                | fb::ErrorCode::NotLeader
         )
     }
 }

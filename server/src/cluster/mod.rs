@@ -67,6 +67,7 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod topic_name;
 pub mod transport;
 
 /// A Raft node's id: the broker's `--node-id`, the same number as its [`state::BrokerId`].

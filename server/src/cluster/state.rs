@@ -169,7 +169,7 @@ pub struct PartitionState {
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTopic {
-    /// The name: the topic rules (`metadata::validate_topic_name`), or `__…` when internal.
+    /// The name: the topic rules (`topic_name::validate_topic_name`), or `__…` when internal.
     pub name: String,
     /// Partition count, 1..=[`PARTITIONS_PER_TOPIC_MAX`].
     pub partitions: u32,
@@ -748,10 +748,12 @@ impl ClusterState {
             .into_iter()
             .map(|replicas| {
                 assert!(replicas.len() == usize::from(topic.replication_factor));
+                // Only the leader holds the partition's data until a
+                // follower has caught up and the leader adds it (AlterIsr).
                 PartitionState {
                     leader: Some(replicas[0].broker),
                     leader_epoch: 0,
-                    isr: replicas.iter().map(|r| r.broker).collect(),
+                    isr: vec![replicas[0].broker],
                     replicas,
                 }
             })
@@ -777,9 +779,9 @@ impl ClusterState {
     fn check_new_topic(&self, topic: &NewTopic) -> Result<(), CommandError> {
         let name = &topic.name;
         let checked = match (topic.internal, name.strip_prefix("__")) {
-            (true, Some(rest)) => crate::metadata::validate_topic_name(rest),
+            (true, Some(rest)) => super::topic_name::validate_topic_name(rest),
             (true, None) => Err("an internal topic's name starts with __".to_string()),
-            (false, _) => crate::metadata::validate_topic_name(name),
+            (false, _) => super::topic_name::validate_topic_name(name),
         };
         checked.map_err(|reason| CommandError::InvalidTopicName {
             name: name.clone(),

@@ -242,7 +242,11 @@ fn topics_are_created_one_by_one_and_one_revision_for_all() {
     let a = &state.topics["a"];
     for partition in &a.partitions {
         assert_eq!(partition.leader, Some(partition.replicas[0].broker));
-        assert_eq!(partition.isr.len(), 3);
+        assert_eq!(
+            partition.isr,
+            vec![partition.replicas[0].broker],
+            "followers join the ISR once they catch up"
+        );
         assert_eq!(partition.leader_epoch, 0);
     }
     assert!(matches!(
@@ -306,13 +310,43 @@ fn alter_isr(
     leader_epoch: u64,
     isr: &[u64],
 ) -> CommandResult {
+    alter_isr_of(state, "a", 0, leader, leader_epoch, isr)
+}
+
+fn alter_isr_of(
+    state: &mut ClusterState,
+    topic: &str,
+    partition: u32,
+    leader: u64,
+    leader_epoch: u64,
+    isr: &[u64],
+) -> CommandResult {
     state.apply(ClusterCommand::AlterIsr {
-        topic: "a".into(),
-        partition: 0,
+        topic: topic.into(),
+        partition,
         leader: BrokerId(leader),
         leader_epoch,
         isr: isr.iter().map(|b| BrokerId(*b)).collect(),
     })
+}
+
+/// Every replica of `topic` caught up: each leader adds its followers to the
+/// ISR, as replication will once followers hold the leader's log.
+fn caught_up(state: &mut ClusterState, topic: &str) {
+    let partitions = state.topics[topic].partitions.clone();
+    for (index, partition) in partitions.iter().enumerate() {
+        let leader = partition.leader.expect("a new partition has a leader");
+        let all: Vec<u64> = partition.replicas.iter().map(|r| r.broker.0).collect();
+        let grown = alter_isr_of(
+            state,
+            topic,
+            index as u32,
+            leader.0,
+            partition.leader_epoch,
+            &all,
+        );
+        assert!(grown.outcome.is_ok(), "{grown:?}");
+    }
 }
 
 #[test]
@@ -344,9 +378,9 @@ fn alter_isr_checks_leader_epoch_and_members() {
         Err(CommandError::InvalidIsr { .. })
     ));
 
-    let shrunk = alter_isr(&mut state, leader, 0, &[followers[0], leader]);
+    let grown = alter_isr(&mut state, leader, 0, &[followers[0], leader]);
     assert_eq!(
-        shrunk.outcome,
+        grown.outcome,
         Ok(CommandOutput::IsrAltered { leader_epoch: 0 })
     );
     let isr = &state.topics["a"].partitions[0].isr;
@@ -383,6 +417,7 @@ fn alter_isr_checks_leader_epoch_and_members() {
 fn elections_pick_the_next_in_sync_replica() {
     let mut state = alive_cluster(3);
     create(&mut state, vec![topic("a", 1, 3)]);
+    caught_up(&mut state, "a");
     assert!(
         elect(&mut state, ElectionKind::Unavailable).is_empty(),
         "nothing to do while all lead"
@@ -470,6 +505,7 @@ fn unclean_election_only_where_the_topic_allows_it() {
 fn a_returning_isr_member_leads_again_and_preferred_election_moves_back() {
     let mut state = alive_cluster(2);
     create(&mut state, vec![topic("a", 1, 2)]);
+    caught_up(&mut state, "a");
     let p = state.topics["a"].partitions[0].clone();
     let (first, second) = (p.replicas[0].broker, p.replicas[1].broker);
     fence(&mut state, first.0);

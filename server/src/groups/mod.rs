@@ -91,7 +91,7 @@ pub fn validate_group_id(group_id: &str) -> Result<(), WireError> {
 }
 
 /// Checks a topic name that a group request would store or hold: the
-/// rules of topic names ([`crate::metadata::validate_topic_name`]), or an
+/// rules of topic names ([`crate::cluster::topic_name::validate_topic_name`]), or an
 /// internal topic's name.
 ///
 /// # Errors
@@ -100,7 +100,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), WireError> {
     if name == OFFSETS_TOPIC {
         return Ok(());
     }
-    crate::metadata::validate_topic_name(name).map_err(|reason| {
+    crate::cluster::topic_name::validate_topic_name(name).map_err(|reason| {
         let shown: String = name.chars().take(64).collect();
         let message = format!("topic {shown:?} ({} bytes): {reason}", name.len());
         WireError::new(ErrorCode::InvalidTopic, message)

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
 
 use super::{TopicPartition, GROUP_ID_BYTES_MAX};
-use crate::metadata::TOPIC_NAME_BYTES_MAX;
+use crate::cluster::topic_name::TOPIC_NAME_BYTES_MAX;
 
 const COMMIT: u8 = 1;
 const DELETE: u8 = 2;

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::Outgoing;
+use super::{error_parts, finish};
+use crate::cluster::topic_name::validate_topic_name;
 use crate::error::WireError;
-use crate::metadata::{validate_topic_name, ClusterMetadata, TopicMetadata};
-use crate::net::Outgoing;
+use crate::metadata::{ClusterMetadata, TopicMetadata};
 use crate::shard::messages::TopicRequest;
 use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
 
@@ -43,6 +44,8 @@ pub fn parse_create(body: fb::CreateTopicsRequest<'_>) -> Result<Vec<TopicReques
             retention_bytes: optional(spec.retention_bytes()),
             retention_ms: optional(spec.retention_ms()),
             segment_bytes: optional(spec.segment_bytes()),
+            replication_factor: spec.replication_factor(),
+            min_insync_replicas: spec.min_insync_replicas(),
         })
         .collect())
 }
@@ -95,7 +98,7 @@ async fn ask_controller(
         ShardResponse::Topics(results) => results,
         _ => names
             .into_iter()
-            .map(|n| (n, Some(unavailable())))
+            .map(|n| (n, Some(WireError::unavailable())))
             .collect(),
     }
 }
@@ -173,6 +176,7 @@ pub async fn create_on_controller(
                         retention_ms: topic.retention_ms,
                         segment_bytes: topic.segment_bytes,
                         replication: Vec::new(),
+                        min_insync_replicas: 1,
                     };
                     next.next_topic_id += 1;
                     next.topics.insert(topic.name.clone(), metadata);
@@ -261,7 +265,17 @@ fn check_new_topic(
             ));
         }
     }
-    None
+    match topic.replication() {
+        Err(error) => Some(error),
+        Ok((factor, _)) if factor > 1 => Some(WireError::new(
+            fb::ErrorCode::InvalidReplicationFactor,
+            format!(
+                "replication factor {factor} needs {factor} alive brokers, but this broker runs \
+                 alone; start a cluster with --peers, or create the topic with replication factor 1"
+            ),
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// On the controller: removes the named topics from the metadata.
@@ -317,6 +331,7 @@ pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireErro
                 retention_ms: Some(u64::MAX / 2),
                 segment_bytes: Some(64 * 1024 * 1024),
                 replication: Vec::new(),
+                min_insync_replicas: 1,
             };
             next.next_topic_id += 1;
             next.topics

@@ -21,8 +21,8 @@ use crate::cluster::state::{
     BrokerLiveness, ClusterCommand, CommandError, CommandOutput, CommandResult, NewTopic,
     TopicOutcome,
 };
+use crate::cluster::topic_name::validate_topic_name;
 use crate::error::WireError;
-use crate::metadata::validate_topic_name;
 use crate::shard::messages::TopicRequest;
 use crate::shard::ShardState;
 
@@ -33,7 +33,7 @@ const APPLIED_WAIT_MS_MAX: u64 = 10_000;
 
 type Results = Vec<(String, Option<WireError>)>;
 
-/// Creates topics through the metadata group (replication factor 1 until replication exists).
+/// Creates topics through the metadata group.
 pub async fn create(
     shard: &Rc<ShardState>,
     cluster: &ClusterHandle,
@@ -43,14 +43,14 @@ pub async fn create(
     let mut proposed = Vec::new();
     for topic in topics {
         match check(shard, &topic) {
-            Some(error) => results.push((topic.name, Some(error))),
-            None => {
+            Err(error) => results.push((topic.name, Some(error))),
+            Ok((replication_factor, min_insync_replicas)) => {
                 results.push((topic.name.clone(), None));
                 proposed.push(NewTopic {
                     name: topic.name,
                     partitions: topic.partitions,
-                    replication_factor: 1,
-                    min_insync_replicas: 1,
+                    replication_factor,
+                    min_insync_replicas,
                     retention_bytes: topic.retention_bytes,
                     retention_ms: topic.retention_ms,
                     segment_bytes: topic.segment_bytes,
@@ -95,11 +95,12 @@ fn drop_id<T>(outcome: TopicOutcome<T>) -> TopicOutcome<()> {
     }
 }
 
-/// What this broker can refuse before asking the group (the group checks the rest).
-fn check(shard: &ShardState, topic: &TopicRequest) -> Option<WireError> {
+/// What this broker can refuse before asking the group (the group checks
+/// the rest, such as replicas against alive brokers); the replication asked for.
+fn check(shard: &ShardState, topic: &TopicRequest) -> Result<(u16, u16), WireError> {
     if let Err(reason) = validate_topic_name(&topic.name) {
         let message = format!("topic {:?}: {reason}", topic.name);
-        return Some(WireError::new(fb::ErrorCode::InvalidTopic, message));
+        return Err(WireError::new(fb::ErrorCode::InvalidTopic, message));
     }
     let max = shard.config.limits.partitions_per_topic_max;
     if topic.partitions == 0 || topic.partitions > max {
@@ -107,14 +108,17 @@ fn check(shard: &ShardState, topic: &TopicRequest) -> Option<WireError> {
             "a topic has 1 to {max} partitions, not {}",
             topic.partitions
         );
-        return Some(WireError::new(fb::ErrorCode::InvalidPartitions, message));
+        return Err(WireError::new(fb::ErrorCode::InvalidPartitions, message));
     }
-    let segment_bytes = topic.segment_bytes?;
-    let error = shard.config.log_config(segment_bytes).validate().err()?;
-    Some(WireError::new(
-        fb::ErrorCode::InvalidConfig,
-        error.to_string(),
-    ))
+    if let Some(segment_bytes) = topic.segment_bytes {
+        if let Err(error) = shard.config.log_config(segment_bytes).validate() {
+            return Err(WireError::new(
+                fb::ErrorCode::InvalidConfig,
+                error.to_string(),
+            ));
+        }
+    }
+    topic.replication()
 }
 
 /// Proposes `command` and waits until this shard applied what it made.
@@ -215,6 +219,9 @@ fn command_error(error: &CommandError) -> WireError {
         }
         CommandError::InvalidPartitionCount { .. } => fb::ErrorCode::InvalidPartitions,
         CommandError::DuplicateTopic { .. } => fb::ErrorCode::InvalidRequest,
+        CommandError::InvalidReplicationFactor
+        | CommandError::ReplicationFactorAboveAliveBrokers { .. }
+        | CommandError::InvalidMinInsyncReplicas { .. } => fb::ErrorCode::InvalidReplicationFactor,
         _ => fb::ErrorCode::InvalidConfig,
     };
     WireError::new(code, error.to_string())

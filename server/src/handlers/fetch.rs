@@ -25,10 +25,11 @@ use flatbuffers::FlatBufferBuilder;
 use shardlog_engine::{ReadPart, ReadSlice};
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::{error_parts, finish};
+use super::{Answer, ConnectionContext, Outgoing, PayloadPart};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::net::{Answer, ConnectionContext, MemoryCharge, Outgoing, PayloadPart};
+use crate::shard::budget::MemoryCharge;
 use crate::shard::messages::{ReadLimit, RemoteFetch};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -174,9 +175,7 @@ async fn read_partition(
     max_bytes: u64,
     whole_first: bool,
 ) -> Result<Fetched, WireError> {
-    let owner = shard
-        .owner_of(topic, fetch.partition)
-        .ok_or_else(|| WireError::unknown_partition(topic, fetch.partition))?;
+    let owner = shard.leader_owner_of(topic, fetch.partition)?;
     let limit = ReadLimit {
         max_bytes,
         whole_first,
@@ -207,7 +206,7 @@ async fn read_partition(
             })
         }
         ShardResponse::Fetch(Err(error)) => Err(error),
-        _ => Err(unavailable()),
+        _ => Err(WireError::unavailable()),
     }
 }
 
@@ -288,7 +287,7 @@ async fn wait_for_more(
         .flat_map(|(topic, partitions)| partitions.iter().map(move |p| (topic, p)));
     for ((topic, fetch), high_watermark) in partitions.zip(seen) {
         let from = fetch.offset.max(high_watermark);
-        let Some(owner) = shard.owner_of(topic, fetch.partition) else {
+        let Ok(owner) = shard.leader_owner_of(topic, fetch.partition) else {
             continue;
         };
         if owner == shard.id {

@@ -12,10 +12,10 @@ use std::rc::Rc;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::Outgoing;
+use super::{error_parts, finish};
 use crate::error::WireError;
 use crate::groups::{self, GroupSnapshot, Heartbeat, TopicPartition, Writer, OFFSETS_TOPIC};
-use crate::net::Outgoing;
 use crate::shard::messages::{GroupCall, GroupReply};
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -247,7 +247,7 @@ async fn ask(
     let coordinator = coordinator_of(shard, group)?;
     match shard.call(coordinator, ShardRequest::Group(call)).await {
         ShardResponse::Group(reply) => Ok(reply),
-        _ => Err(unavailable()),
+        _ => Err(WireError::unavailable()),
     }
 }
 

@@ -6,10 +6,10 @@ use std::rc::Rc;
 use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::Outgoing;
+use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::net::Outgoing;
 use crate::shard::messages::OffsetsOutcome;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -74,9 +74,7 @@ pub(crate) async fn lookup(
     spec: fb::OffsetSpec,
     timestamp_ms: i64,
 ) -> Result<OffsetsOutcome, WireError> {
-    let owner = shard
-        .owner_of(topic, partition)
-        .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
+    let owner = shard.leader_owner_of(topic, partition)?;
     let request = ShardRequest::ListOffsets {
         topic: topic.to_string(),
         partition,
@@ -85,7 +83,7 @@ pub(crate) async fn lookup(
     };
     match shard.call(owner, request).await {
         ShardResponse::ListOffsets(outcome) => outcome,
-        _ => Err(unavailable()),
+        _ => Err(WireError::unavailable()),
     }
 }
 

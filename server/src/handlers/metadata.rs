@@ -5,11 +5,11 @@ use std::rc::Rc;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use shardlog_wire::protocol::{self, fb};
 
+use super::Outgoing;
 use super::{error_parts, finish};
 use crate::cluster::state::BrokerLiveness;
 use crate::error::WireError;
 use crate::metadata::{ClusterMetadata, TopicMetadata};
-use crate::net::Outgoing;
 use crate::shard::ShardState;
 
 pub fn api_versions(correlation_id: u32) -> Outgoing {

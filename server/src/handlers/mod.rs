@@ -11,6 +11,9 @@ mod metadata;
 mod produce;
 mod raft;
 mod recover;
+mod reply;
+
+pub use reply::{Answer, ConnectionContext, Outgoing, PayloadPart};
 
 use std::rc::Rc;
 
@@ -19,7 +22,8 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use shardlog_wire::protocol::{self, fb};
 
 use crate::error::WireError;
-use crate::net::{Answer, ConnectionContext, Outgoing};
+use crate::metrics::ShardGauges;
+
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// A request, parsed into owned values.
@@ -217,7 +221,13 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         ShardRequest::DeleteTopics(names) => {
             ShardResponse::Topics(admin::delete_on_controller(shard, names).await)
         }
-        ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(shard)),
+        ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(ShardGauges {
+            id: shard.id,
+            connections: shard.connections.get(),
+            memory_available_bytes: shard.memory.available(),
+            storage: &shard.storage,
+            partitions: shard.local_partitions(),
+        })),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
         ShardRequest::RecoverPartition { topic, partition } => {
             ShardResponse::Recovered(recover::recover_local(shard, &topic, partition).await)
@@ -283,14 +293,6 @@ pub fn error_response(correlation_id: u32, error: &WireError) -> Outgoing {
         ),
         payload: Vec::new(),
     }
-}
-
-/// The error of a shard that answered `Unavailable`.
-pub(crate) fn unavailable() -> WireError {
-    WireError::new(
-        fb::ErrorCode::ShuttingDown,
-        "the shard owning this partition is shutting down; retry on another broker or later",
-    )
 }
 
 /// Splits an error into the pieces a result table wants.

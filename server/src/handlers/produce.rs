@@ -11,10 +11,10 @@ use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::batch::{self, peek_length_bytes, BatchHeader, ValidBatch, BATCH_HEADER_BYTES};
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::Outgoing;
+use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::net::Outgoing;
 use crate::shard::messages::ProduceOutcome;
 use crate::shard::producers::SequenceCheck;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
@@ -169,11 +169,20 @@ async fn produce_partition(
             log_start_offset: -1,
         };
     }
-    let Some(owner) = shard.owner_of(&topic, partition) else {
-        return ProduceOutcome {
-            result: Err(WireError::unknown_partition(&topic, partition)),
-            log_start_offset: -1,
-        };
+    let checked = shard.leader_owner_of(&topic, partition).and_then(|owner| {
+        if acks == fb::Acks::All {
+            shard.check_insync(&topic, partition)?;
+        }
+        Ok(owner)
+    });
+    let owner = match checked {
+        Ok(owner) => owner,
+        Err(error) => {
+            return ProduceOutcome {
+                result: Err(error),
+                log_start_offset: -1,
+            }
+        }
     };
     if owner == shard.id {
         // Its own task: once the idempotence check has recorded a sequence
@@ -186,7 +195,7 @@ async fn produce_partition(
             .detach()
             .await
             .unwrap_or_else(|| ProduceOutcome {
-                result: Err(unavailable()),
+                result: Err(WireError::unavailable()),
                 log_start_offset: -1,
             });
     }
@@ -204,7 +213,7 @@ async fn produce_partition(
     {
         ShardResponse::Produce(outcome) => outcome,
         _ => ProduceOutcome {
-            result: Err(unavailable()),
+            result: Err(WireError::unavailable()),
             log_start_offset: -1,
         },
     }

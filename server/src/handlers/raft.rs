@@ -11,10 +11,10 @@ use std::rc::Rc;
 use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
+use super::Outgoing;
 use super::{error_parts, finish};
 use crate::cluster::ClusterError;
 use crate::error::WireError;
-use crate::net::Outgoing;
 use crate::shard::ShardState;
 
 /// A RaftRequest, parsed into owned values.

@@ -13,10 +13,10 @@ use std::rc::Rc;
 use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
-use super::{error_parts, finish, unavailable};
+use super::Outgoing;
+use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::net::Outgoing;
 use crate::shard::messages::Recovered;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -90,7 +90,7 @@ async fn recover(
     };
     match shard.call(owner, request).await {
         ShardResponse::Recovered(outcome) => outcome,
-        _ => Err(unavailable()),
+        _ => Err(WireError::unavailable()),
     }
 }
 

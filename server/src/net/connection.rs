@@ -23,18 +23,17 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
-use glommio::io::{BufferedFile, ReadResult};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 use shardlog_wire::protocol::{self, fb, FRAME_PREFIX_BYTES};
 
-use super::budget::{Budget, MemoryCharge};
 use super::sendfile::{send_file, set_nonblocking, write_slices};
 use crate::error::WireError;
-use crate::handlers;
+use crate::handlers::{self, Answer, ConnectionContext, Outgoing, PayloadPart};
+use crate::shard::budget::{Budget, MemoryCharge};
 use crate::shard::ShardState;
 
 /// Request body bytes reserved (not touched) up front; larger bodies grow as they arrive.
@@ -45,67 +44,6 @@ const BODY_WAIT_READ_BYTES: usize = 4096;
 /// The first direct receive of a body asks for this much; each next one for
 /// up to what is charged already.
 const RECV_FIRST_BYTES: usize = 64 * 1024;
-
-/// A response ready to be written: the flatbuffer, then the raw payload.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub message: Vec<u8>,
-    pub payload: Vec<PayloadPart>,
-}
-
-/// A response and the memory its payload holds, given back once it is written.
-#[derive(Debug)]
-pub struct Answer {
-    pub outgoing: Outgoing,
-    pub charge: Option<MemoryCharge>,
-}
-
-impl From<Outgoing> for Answer {
-    fn from(outgoing: Outgoing) -> Answer {
-        Answer {
-            outgoing,
-            charge: None,
-        }
-    }
-}
-
-/// A piece of a response's raw payload.
-#[derive(Debug)]
-pub enum PayloadPart {
-    /// Bytes in memory (tail cache, or copied from another shard).
-    Bytes(Bytes),
-    /// Bytes read with O_DIRECT.
-    Direct(ReadResult),
-    /// A range of a sealed segment, sent with sendfile.
-    File {
-        file: Rc<BufferedFile>,
-        position: u64,
-        length: u64,
-    },
-}
-
-impl PayloadPart {
-    /// Bytes in this part.
-    pub fn len(&self) -> u64 {
-        match self {
-            PayloadPart::Bytes(bytes) => bytes.len() as u64,
-            PayloadPart::Direct(result) => result.len() as u64,
-            PayloadPart::File { length, .. } => *length,
-        }
-    }
-
-    /// True when the part holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// What a handler may know of the connection its request came on.
-#[derive(Debug)]
-pub struct ConnectionContext {
-    /// The connection's memory budget (inside the shard's).
-    pub budget: Rc<Budget>,
-}
 
 /// A handled request, ready to be written.
 struct Done {

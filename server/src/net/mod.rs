@@ -4,8 +4,8 @@
 //! connections over the shards) and on its own port, `port + 1 + shard`, for
 //! clients that know which shard owns a partition.
 
-mod budget;
 mod connection;
+mod metrics_http;
 mod sendfile;
 
 use std::net::SocketAddr;
@@ -16,8 +16,7 @@ use glommio::net::TcpListener;
 use crate::shard::ShardState;
 use crate::{Error, Result};
 
-pub use budget::{Budget, MemoryCharge};
-pub use connection::{Answer, ConnectionContext, Outgoing, PayloadPart};
+pub use metrics_http::serve as serve_metrics;
 
 /// Binds the shared client port with SO_REUSEPORT: every shard binds it and
 /// the kernel spreads connections over them. SO_REUSEADDR too, so that a

@@ -137,7 +137,7 @@ pub enum GroupReply {
 
 impl GroupReply {
     fn mismatch() -> WireError {
-        crate::handlers::unavailable()
+        WireError::unavailable()
     }
 
     /// The heartbeat outcome; any other reply means the coordinator could not answer.
@@ -190,6 +190,40 @@ pub struct TopicRequest {
     pub retention_bytes: Option<u64>,
     pub retention_ms: Option<u64>,
     pub segment_bytes: Option<u64>,
+    /// Copies of each partition, as asked (-1: [`TopicRequest::DEFAULT_REPLICATION`]).
+    pub replication_factor: i16,
+    /// ISR members an `acks=all` produce needs, as asked (-1: 1).
+    pub min_insync_replicas: i16,
+}
+
+impl TopicRequest {
+    /// The replication factor of a topic created without one (Kafka's `default.replication.factor`).
+    pub const DEFAULT_REPLICATION: u16 = 1;
+
+    /// The replication factor and min-insync-replicas asked for, defaults filled in.
+    pub fn replication(&self) -> Result<(u16, u16), WireError> {
+        let factor = match self.replication_factor {
+            -1 => Self::DEFAULT_REPLICATION,
+            f if f >= 1 => f.unsigned_abs(),
+            f => {
+                return Err(WireError::new(
+                    fb::ErrorCode::InvalidReplicationFactor,
+                    format!("the replication factor is at least 1, not {f}"),
+                ))
+            }
+        };
+        let min_insync = match self.min_insync_replicas {
+            -1 => 1,
+            m if m >= 1 && m.unsigned_abs() <= factor => m.unsigned_abs(),
+            m => {
+                return Err(WireError::new(
+                    fb::ErrorCode::InvalidReplicationFactor,
+                    format!("min-insync-replicas is 1 to the replication factor {factor}, not {m}"),
+                ))
+            }
+        };
+        Ok((factor, min_insync))
+    }
 }
 
 /// The answer to a [`ShardRequest`].
@@ -253,4 +287,47 @@ pub struct PartitionHealth {
     pub message: String,
     /// Reads that found damaged data since the partition opened.
     pub corrupt_reads_count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(replication_factor: i16, min_insync_replicas: i16) -> Result<(u16, u16), WireError> {
+        TopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            retention_bytes: None,
+            retention_ms: None,
+            segment_bytes: None,
+            replication_factor,
+            min_insync_replicas,
+        }
+        .replication()
+    }
+
+    #[test]
+    fn replication_defaults_to_one_and_refuses_what_cannot_be() {
+        assert_eq!(asked(-1, -1), Ok((1, 1)));
+        assert_eq!(asked(3, -1), Ok((3, 1)));
+        assert_eq!(asked(3, 2), Ok((3, 2)));
+        assert_eq!(asked(3, 3), Ok((3, 3)));
+        assert_eq!(asked(i16::MAX, 1), Ok((i16::MAX.unsigned_abs(), 1)));
+        for (factor, min) in [
+            (0, -1),
+            (-2, -1),
+            (i16::MIN, 1),
+            (3, 4),
+            (3, 0),
+            (-1, 2),
+            (2, -7),
+        ] {
+            let error = asked(factor, min).expect_err("refused");
+            assert_eq!(
+                error.code,
+                fb::ErrorCode::InvalidReplicationFactor,
+                "{factor} {min}"
+            );
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! Shard 0 is the metadata controller. Channels are bounded (1024): a full
 //! one makes the sender wait, which pushes back on the connection.
 
+pub mod budget;
 pub mod control;
 pub mod messages;
 pub mod partition;
@@ -35,6 +36,7 @@ pub use partition::PartitionState;
 use crate::cluster::raft::ClusterHandle;
 use crate::cluster::state::BrokerId;
 use crate::config::ServerConfig;
+use crate::error::WireError;
 use crate::metadata::{self, ClusterMetadata, TopicMetadata};
 use crate::{Error, Result};
 
@@ -245,6 +247,37 @@ impl ShardState {
             self.count,
             self.broker_id(),
         )
+    }
+
+    /// The shard serving clients' produce, fetch and list-offsets for a
+    /// partition. On a clustered broker that is the leader's: a request that
+    /// reached another broker gets the retriable `NotLeader`, and the client
+    /// refreshes its metadata.
+    pub fn leader_owner_of(&self, topic: &str, partition: u32) -> Result<usize, WireError> {
+        let metadata = self.metadata.borrow();
+        let known = metadata
+            .topics
+            .get(topic)
+            .filter(|t| partition < t.partition_count());
+        let Some(topic_metadata) = known else {
+            return Err(WireError::unknown_partition(topic, partition));
+        };
+        let broker = self.broker_id();
+        if let Some(refusal) = topic_metadata.not_leader(topic, partition, broker) {
+            return Err(refusal);
+        }
+        topic_metadata
+            .local_owner(partition, self.count, broker)
+            .ok_or_else(|| WireError::unknown_partition(topic, partition))
+    }
+
+    /// `acks=all` needs min-insync-replicas brokers in the partition's ISR.
+    pub fn check_insync(&self, topic: &str, partition: u32) -> Result<(), WireError> {
+        let metadata = self.metadata.borrow();
+        match metadata.topics.get(topic) {
+            Some(t) => t.check_insync(topic, partition),
+            None => Err(WireError::unknown_partition(topic, partition)),
+        }
     }
 
     /// This broker's id when it is a cluster member; `None` on a one-node broker.
