@@ -309,8 +309,9 @@ async fn shard_main(
         receivers,
         producer_ids,
         cluster.as_ref().map(|parts| parts.handle.clone()),
+        crate::handlers::serve_boxed,
     );
-    shard.handshake().await;
+    shard.mesh.handshake().await;
     shard.apply_metadata(metadata).await?;
     match cluster {
         // A clustered broker is ready before its group has a quorum: the
@@ -333,13 +334,17 @@ async fn shard_main(
     #[cfg(feature = "fault-injection")]
     panic_on_request(id);
     glommio::spawn_local(retention_loop(shard.clone())).detach();
-    glommio::spawn_local(crate::groups::expiry_loop(shard.clone())).detach();
+    let expiring = shard.clone();
+    glommio::spawn_local(async move {
+        crate::groups::expiry_loop(expiring.groups(), &expiring.shutdown).await;
+    })
+    .detach();
     let accept_shared = glommio::spawn_local(net::accept_loop(shard.clone(), shared));
     let accept_own = glommio::spawn_local(net::accept_loop(shard.clone(), own));
     accept_shared.await;
     accept_own.await;
     drain_connections(&shard).await;
-    shard.close_partitions().await;
+    shard.partitions.close_partitions().await;
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
 }
@@ -394,7 +399,7 @@ async fn retention_loop(shard: Rc<ShardState>) {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        for ((topic, partition), state) in shard.local_partitions() {
+        for ((topic, partition), state) in shard.partitions.local_partitions() {
             if let Err(error) = state.log.apply_retention(now_ms).await {
                 tracing::warn!(topic, partition, %error, "retention failed");
             }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use super::raft::{NodeShared, ProposeError};
+use super::propose_error::ProposeError;
+use super::raft::NodeShared;
 use super::rpc::{self, RpcReply, RpcRequest};
 use super::state::{BrokerId, BrokerLiveness, ClusterCommand};
 

@@ -61,6 +61,7 @@ use serde::{Deserialize, Serialize};
 pub mod identity;
 mod liveness;
 pub mod placement;
+pub mod propose_error;
 pub mod raft;
 pub mod rpc;
 pub mod state;

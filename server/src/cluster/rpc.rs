@@ -33,7 +33,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::raft::ProposeError;
+use super::propose_error::ProposeError;
 use super::state::{BrokerId, ClusterCommand, CommandResult};
 use super::{ClusterError, NodeId, TypeConfig};
 

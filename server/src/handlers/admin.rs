@@ -161,7 +161,7 @@ pub async fn create_on_controller(
 ) -> Vec<(String, Option<WireError>)> {
     shard
         .with_controller_lock(async {
-            let before = shard.metadata();
+            let before = shard.partitions.metadata();
             let mut next = (*before).clone();
             let mut results = Vec::with_capacity(topics.len());
             for topic in topics {
@@ -185,7 +185,7 @@ pub async fn create_on_controller(
             }
             if let Err(error) = commit(shard, next, &mut results).await {
                 let mut undo = (*before).clone();
-                undo.revision = shard.metadata().revision;
+                undo.revision = shard.partitions.metadata().revision;
                 if let Err(undo_error) = publish(shard, undo).await {
                     tracing::error!(%undo_error, "taking back topics that did not open failed");
                 }
@@ -211,7 +211,7 @@ fn check_open_files(
 ) -> Option<WireError> {
     // Every shard has the same budget; each partition holds its active segment open.
     let budget = shard.config.limits.open_files_per_shard_max;
-    let pinned_max = shard.storage.pinned_files_max();
+    let pinned_max = shard.partitions.storage.pinned_files_max();
     let placement = metadata.place(partitions, shard.count);
     let mut owned = metadata.partitions_per_shard(shard.count);
     for placed in placement {
@@ -285,7 +285,7 @@ pub async fn delete_on_controller(
 ) -> Vec<(String, Option<WireError>)> {
     shard
         .with_controller_lock(async {
-            let mut next = (*shard.metadata()).clone();
+            let mut next = (*shard.partitions.metadata()).clone();
             let mut results = Vec::with_capacity(names.len());
             for name in names {
                 if name.starts_with("__") {
@@ -320,7 +320,7 @@ pub async fn delete_on_controller(
 pub async fn ensure_offsets_topic(shard: &Rc<ShardState>) -> Result<(), WireError> {
     shard
         .with_controller_lock(async {
-            let mut next = (*shard.metadata()).clone();
+            let mut next = (*shard.partitions.metadata()).clone();
             if next.topics.contains_key(crate::groups::OFFSETS_TOPIC) {
                 return Ok(());
             }

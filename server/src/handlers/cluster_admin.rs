@@ -133,14 +133,14 @@ async fn propose(
         .map_err(|e| propose_error(&e))?;
     let output = outcome.map_err(|e| command_error(&e))?;
     let mut waited_ms = 0;
-    while shard.applied_revision() < revision && waited_ms < APPLIED_WAIT_MS_MAX {
+    while shard.partitions.applied_revision() < revision && waited_ms < APPLIED_WAIT_MS_MAX {
         glommio::timer::sleep(Duration::from_millis(APPLIED_POLL_MS)).await;
         waited_ms += APPLIED_POLL_MS;
     }
-    if shard.applied_revision() < revision {
+    if shard.partitions.applied_revision() < revision {
         tracing::warn!(
             revision,
-            applied = shard.applied_revision(),
+            applied = shard.partitions.applied_revision(),
             "a committed change is not applied here yet"
         );
     }
@@ -152,7 +152,7 @@ async fn propose(
 /// cluster formed would otherwise find none, and fail.
 async fn wait_until_registered(shard: &ShardState) {
     let registered = || {
-        let metadata = shard.metadata();
+        let metadata = shard.partitions.metadata();
         let view = metadata.cluster.as_ref();
         view.is_some_and(|view| {
             let own = view.brokers.get(&view.broker);

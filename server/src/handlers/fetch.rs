@@ -175,7 +175,7 @@ async fn read_partition(
     max_bytes: u64,
     whole_first: bool,
 ) -> Result<Fetched, WireError> {
-    let owner = shard.leader_owner_of(topic, fetch.partition)?;
+    let owner = shard.partitions.leader_owner_of(topic, fetch.partition)?;
     let limit = ReadLimit {
         max_bytes,
         whole_first,
@@ -218,6 +218,7 @@ async fn read_local(
     limit: ReadLimit,
 ) -> Result<ReadSlice, WireError> {
     let state = shard
+        .partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     if limit.max_bytes == 0 {
@@ -287,11 +288,11 @@ async fn wait_for_more(
         .flat_map(|(topic, partitions)| partitions.iter().map(move |p| (topic, p)));
     for ((topic, fetch), high_watermark) in partitions.zip(seen) {
         let from = fetch.offset.max(high_watermark);
-        let Ok(owner) = shard.leader_owner_of(topic, fetch.partition) else {
+        let Ok(owner) = shard.partitions.leader_owner_of(topic, fetch.partition) else {
             continue;
         };
         if owner == shard.id {
-            if let Some(state) = shard.partition(topic, fetch.partition) {
+            if let Some(state) = shard.partitions.partition(topic, fetch.partition) {
                 waits.push(Box::pin(
                     async move { state.wait_for_data(from, wait).await },
                 ));

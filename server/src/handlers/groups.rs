@@ -230,6 +230,7 @@ pub fn parse(request: &fb::Request<'_>) -> Result<GroupParsed, WireError> {
 
 fn coordinator_of(shard: &ShardState, group: &str) -> Result<usize, WireError> {
     shard
+        .partitions
         .owner_of(OFFSETS_TOPIC, groups::offsets_partition(group))
         .ok_or_else(|| {
             WireError::new(
@@ -256,7 +257,7 @@ pub async fn serve(shard: &Rc<ShardState>, call: GroupCall) -> GroupReply {
     let coordinator = &shard.coordinator;
     match call {
         GroupCall::Heartbeat { group, heartbeat } => {
-            GroupReply::Heartbeat(groups::heartbeat(shard, &group, heartbeat))
+            GroupReply::Heartbeat(shard.groups().heartbeat(&group, heartbeat))
         }
         GroupCall::Commit {
             group,
@@ -264,16 +265,16 @@ pub async fn serve(shard: &Rc<ShardState>, call: GroupCall) -> GroupReply {
             commits,
         } => {
             let writer = Writer::Member(&member_id);
-            GroupReply::Done(groups::commit(shard, &group, writer, &commits).await)
+            GroupReply::Done(shard.groups().commit(&group, writer, &commits).await)
         }
         GroupCall::Fetch { group, partitions } => {
             GroupReply::Offsets(Ok(coordinator.committed(&group, partitions.as_deref())))
         }
         GroupCall::List => GroupReply::Listed(coordinator.list()),
         GroupCall::Describe { group } => GroupReply::Described(coordinator.describe(&group)),
-        GroupCall::Delete { group } => GroupReply::Done(groups::delete(shard, &group).await),
+        GroupCall::Delete { group } => GroupReply::Done(shard.groups().delete(&group).await),
         GroupCall::Reset { group, offsets } => {
-            let result = groups::commit(shard, &group, Writer::Reset, &offsets).await;
+            let result = shard.groups().commit(&group, Writer::Reset, &offsets).await;
             GroupReply::Offsets(result.map(|()| offsets))
         }
         GroupCall::Commits => GroupReply::Commits(coordinator.all_commits()),
@@ -416,6 +417,7 @@ async fn reset(
     to_offset: bool,
 ) -> Result<Vec<(TopicPartition, i64)>, WireError> {
     let count = shard
+        .partitions
         .metadata()
         .topics
         .get(topic)

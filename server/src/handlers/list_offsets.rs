@@ -74,7 +74,7 @@ pub(crate) async fn lookup(
     spec: fb::OffsetSpec,
     timestamp_ms: i64,
 ) -> Result<OffsetsOutcome, WireError> {
-    let owner = shard.leader_owner_of(topic, partition)?;
+    let owner = shard.partitions.leader_owner_of(topic, partition)?;
     let request = ShardRequest::ListOffsets {
         topic: topic.to_string(),
         partition,
@@ -96,6 +96,7 @@ pub async fn lookup_local(
     timestamp_ms: i64,
 ) -> Result<OffsetsOutcome, WireError> {
     let state = shard
+        .partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     let (log_start_offset, high_watermark) =

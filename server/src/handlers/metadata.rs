@@ -44,7 +44,7 @@ pub fn metadata(
     correlation_id: u32,
     topics: Option<Vec<String>>,
 ) -> Outgoing {
-    let snapshot = shard.metadata();
+    let snapshot = shard.partitions.metadata();
     let mut fbb = FlatBufferBuilder::new();
     let brokers = encode_brokers(&mut fbb, shard, &snapshot);
     let brokers = fbb.create_vector(&brokers);

@@ -168,6 +168,14 @@ pub async fn handle(
 }
 
 /// Serves work another shard (or this one) asked of this shard.
+/// [`serve_shard_request`] as the shard's [`crate::shard::Serve`].
+pub fn serve_boxed(
+    shard: Rc<ShardState>,
+    request: ShardRequest,
+) -> futures_util::future::LocalBoxFuture<'static, ShardResponse> {
+    Box::pin(async move { serve_shard_request(&shard, request).await })
+}
+
 pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) -> ShardResponse {
     if shard.shutdown.is_started()
         && !matches!(
@@ -200,7 +208,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             offset,
             wait_ms,
         } => {
-            if let Some(state) = shard.partition(&topic, partition) {
+            if let Some(state) = shard.partitions.partition(&topic, partition) {
                 state
                     .wait_for_data(offset, std::time::Duration::from_millis(wait_ms))
                     .await;
@@ -225,8 +233,8 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             id: shard.id,
             connections: shard.connections.get(),
             memory_available_bytes: shard.memory.available(),
-            storage: &shard.storage,
-            partitions: shard.local_partitions(),
+            storage: &shard.partitions.storage,
+            partitions: shard.partitions.local_partitions(),
         })),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
         ShardRequest::RecoverPartition { topic, partition } => {

@@ -169,12 +169,15 @@ async fn produce_partition(
             log_start_offset: -1,
         };
     }
-    let checked = shard.leader_owner_of(&topic, partition).and_then(|owner| {
-        if acks == fb::Acks::All {
-            shard.check_insync(&topic, partition)?;
-        }
-        Ok(owner)
-    });
+    let checked = shard
+        .partitions
+        .leader_owner_of(&topic, partition)
+        .and_then(|owner| {
+            if acks == fb::Acks::All {
+                shard.partitions.check_insync(&topic, partition)?;
+            }
+            Ok(owner)
+        });
     let owner = match checked {
         Ok(owner) => owner,
         Err(error) => {
@@ -308,7 +311,7 @@ pub async fn append_local(
     data: BytesMut,
     acks: fb::Acks,
 ) -> ProduceOutcome {
-    let Some(state) = shard.partition(topic, partition) else {
+    let Some(state) = shard.partitions.partition(topic, partition) else {
         return ProduceOutcome {
             result: Err(WireError::unknown_partition(topic, partition)),
             log_start_offset: -1,

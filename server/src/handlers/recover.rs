@@ -52,6 +52,7 @@ pub async fn handle(
     request: RecoverParsed,
 ) -> Outgoing {
     let Some(count) = shard
+        .partitions
         .metadata()
         .topics
         .get(&request.topic)
@@ -82,6 +83,7 @@ async fn recover(
     partition: u32,
 ) -> Result<Recovered, WireError> {
     let owner = shard
+        .partitions
         .owner_of(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     let request = ShardRequest::RecoverPartition {
@@ -101,6 +103,7 @@ pub async fn recover_local(
     partition: u32,
 ) -> Result<Recovered, WireError> {
     let state = shard
+        .partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     let outcome = state.log.recover().await.map_err(|e| WireError::from(&e))?;

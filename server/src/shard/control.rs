@@ -60,7 +60,7 @@ async fn publish_loop(
     cluster_id: Arc<OnceLock<String>>,
     offsets_proposed: Rc<Cell<bool>>,
 ) {
-    let broker = shard.broker_id().unwrap_or_default();
+    let broker = shard.partitions.broker_id().unwrap_or_default();
     let mut states = cluster.subscribe();
     loop {
         let stopped = async {
@@ -146,7 +146,7 @@ fn offsets_topic_command(state: &ClusterState, shard: &ShardState) -> Option<Clu
 /// Registers this broker (a new incarnation, fenced), then unfences it.
 async fn register(shard: Rc<ShardState>, cluster: ClusterHandle) {
     let config = &shard.config;
-    let broker = shard.broker_id().unwrap_or_default();
+    let broker = shard.partitions.broker_id().unwrap_or_default();
     let host = config
         .peers
         .as_ref()

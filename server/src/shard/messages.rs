@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use shardlog_wire::protocol::fb;
 
+pub use super::partition::PartitionHealth;
 use crate::error::WireError;
 use crate::groups::TopicPartition;
 use crate::metadata::ClusterMetadata;
@@ -277,16 +278,6 @@ pub struct OffsetsOutcome {
     pub log_start_offset: u64,
     pub high_watermark: u64,
     pub health: PartitionHealth,
-}
-
-/// How a partition's log is doing, for ListOffsets and metrics.
-#[derive(Debug, Clone)]
-pub struct PartitionHealth {
-    pub status: fb::PartitionStatus,
-    /// Why it is not online (empty when it is).
-    pub message: String,
-    /// Reads that found damaged data since the partition opened.
-    pub corrupt_reads_count: u64,
 }
 
 #[cfg(test)]

@@ -16,56 +16,46 @@
 
 pub mod budget;
 pub mod control;
+pub mod mesh;
 pub mod messages;
 pub mod partition;
+pub mod partitions;
 pub mod producers;
+pub mod shutdown;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures_channel::oneshot;
+use futures_util::future::LocalBoxFuture;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
-use shardlog_engine::{LogConfig, PartitionLog, StorageShard};
 
+pub use mesh::{Mesh, MESH_CHANNEL_CAPACITY};
 pub use messages::{ShardMessage, ShardRequest, ShardResponse};
 pub use partition::PartitionState;
+pub use partitions::{PartitionKey, Partitions};
+pub use shutdown::Shutdown;
 
 use crate::cluster::raft::ClusterHandle;
-use crate::cluster::state::BrokerId;
 use crate::config::ServerConfig;
-use crate::error::WireError;
-use crate::metadata::{self, ClusterMetadata, TopicMetadata};
+use crate::metadata::ClusterMetadata;
 use crate::{Error, Result};
 
-/// Capacity of each channel between two shards.
-pub const MESH_CHANNEL_CAPACITY: usize = 1024;
-/// Data requests (produce, fetch, list offsets) from other shards that a
-/// shard serves at once; while they are all busy it stops draining its
-/// channels, so a full channel makes the forwarding shard wait.
-pub const MESH_DATA_REQUESTS_MAX: u64 = 1024;
 /// The controller shard.
 pub const CONTROLLER_SHARD: usize = 0;
-
-/// A partition's identity within the broker.
-pub type PartitionKey = (String, u32);
 
 /// One core's share of the broker.
 pub struct ShardState {
     pub id: usize,
     pub count: usize,
     pub config: Arc<ServerConfig>,
-    pub storage: StorageShard,
-    metadata: RefCell<Arc<ClusterMetadata>>,
-    /// By topic, then partition: a lookup by `&str` allocates nothing.
-    partitions: RefCell<HashMap<String, BTreeMap<u32, Rc<PartitionState>>>>,
-    senders: Senders<ShardMessage>,
-    /// Mesh peer index of each shard id (learned from Hello messages).
-    peer_of_shard: RefCell<Vec<Option<usize>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<ShardResponse>>>,
-    next_request_id: Cell<u64>,
+    /// The metadata copy and the partitions this shard owns.
+    pub partitions: Partitions,
+    /// This shard's end of the channel mesh.
+    pub mesh: Mesh,
+    /// How it serves requests (the handlers' dispatch).
+    serve: Serve,
     /// Serializes metadata changes on the controller.
     controller_lock: Semaphore,
     pub producer_ids: RefCell<ProducerIds>,
@@ -76,15 +66,9 @@ pub struct ShardState {
     pub connections: Cell<usize>,
     pub metrics: crate::metrics::ShardMetrics,
     pub coordinator: crate::groups::Coordinator,
-    /// Serializes metadata application (opening and deleting partitions).
-    apply_lock: Semaphore,
-    /// Data requests from other shards being served ([`MESH_DATA_REQUESTS_MAX`]).
-    mesh_data_requests: Rc<Semaphore>,
     /// The metadata group's node, on a clustered broker (`--peers`): `Send`
     /// handles into the Raft thread, never consensus work on this shard.
     pub cluster: Option<ClusterHandle>,
-    /// The revision of the last metadata this shard finished applying.
-    applied_revision: Cell<u64>,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -96,8 +80,15 @@ impl std::fmt::Debug for ShardState {
     }
 }
 
+/// How a shard serves a request, from another shard or from itself: the
+/// handlers' dispatch, handed in at start-up, so that this layer does not
+/// import the one above it.
+pub type Serve = fn(Rc<ShardState>, ShardRequest) -> LocalBoxFuture<'static, ShardResponse>;
+
 impl ShardState {
-    /// Builds the shard's state and starts the tasks that serve its mesh receivers.
+    /// Builds the shard's state and starts the tasks that serve its mesh
+    /// receivers with `serve`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         config: Arc<ServerConfig>,
@@ -106,74 +97,36 @@ impl ShardState {
         receivers: Receivers<ShardMessage>,
         producer_ids: ProducerIds,
         cluster: Option<ClusterHandle>,
+        serve: Serve,
     ) -> Rc<ShardState> {
-        let storage = StorageShard::new(shardlog_engine::ShardConfig {
-            cache_bytes: config.cache_bytes,
-            open_files_max: config.limits.open_files_per_shard_max,
-            ..shardlog_engine::ShardConfig::default()
-        });
-        let mut peer_of_shard = vec![None; config.shards];
-        peer_of_shard[id] = Some(senders.peer_id());
         let state = Rc::new(ShardState {
             id,
             count: config.shards,
             memory: Rc::new(Semaphore::new(config.limits.shard_memory_bytes_max)),
+            partitions: Partitions::new(id, config.clone(), metadata),
+            mesh: Mesh::new(id, config.shards, senders),
+            serve,
             config,
-            storage,
-            metadata: RefCell::new(metadata),
-            partitions: RefCell::new(HashMap::new()),
-            senders,
-            peer_of_shard: RefCell::new(peer_of_shard),
-            pending: RefCell::new(HashMap::new()),
-            next_request_id: Cell::new(1),
             controller_lock: Semaphore::new(1),
             producer_ids: RefCell::new(producer_ids),
             shutdown: Shutdown::default(),
             connections: Cell::new(0),
             metrics: crate::metrics::ShardMetrics::default(),
             coordinator: crate::groups::Coordinator::default(),
-            apply_lock: Semaphore::new(1),
-            mesh_data_requests: Rc::new(Semaphore::new(MESH_DATA_REQUESTS_MAX)),
             cluster,
-            applied_revision: Cell::new(0),
         });
         let mut receivers = receivers;
         for (peer, receiver) in receivers.streams() {
             let shard = state.clone();
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
-                    // Waiting here for a data request's permit is the
-                    // pushback: the channel fills and its sender waits. A
-                    // permit is held only while serving, which never waits
-                    // on the mesh, so the wait always ends.
-                    let permit = match &message {
-                        ShardMessage::Request { request, .. } if request.is_data() => {
-                            shard.mesh_data_requests.acquire_static_permit(1).await.ok()
-                        }
-                        _ => None,
-                    };
+                    let permit = shard.mesh.admit(&message).await;
                     shard.clone().on_message(peer, message, permit);
                 }
             })
             .detach();
         }
         state
-    }
-
-    /// Tells every peer which mesh index is this shard, and waits to hear from all of them.
-    pub async fn handshake(&self) {
-        for peer in 0..self.senders.nr_consumers() {
-            if peer != self.senders.peer_id() {
-                let sent = self
-                    .senders
-                    .send_to(peer, ShardMessage::Hello { shard: self.id })
-                    .await;
-                assert!(sent.is_ok(), "the mesh is up during start-up");
-            }
-        }
-        while self.peer_of_shard.borrow().iter().any(Option::is_none) {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
     }
 
     /// Handles a message that arrived on the stream from mesh peer `peer`.
@@ -184,247 +137,55 @@ impl ShardState {
         permit: Option<glommio::sync::StaticPermit>,
     ) {
         match message {
-            ShardMessage::Hello { shard } => {
-                assert!(shard < self.count, "shard ids stay below the shard count");
-                self.peer_of_shard.borrow_mut()[shard] = Some(peer);
-            }
+            ShardMessage::Hello { shard } => self.mesh.learn_peer(shard, peer),
             ShardMessage::Request { from, id, request } => {
                 glommio::spawn_local(async move {
-                    let response = crate::handlers::serve_shard_request(&self, request).await;
+                    let response = (self.serve)(self.clone(), request).await;
                     // Served: the permit goes back before the reply waits for room.
                     drop(permit);
-                    self.send(from, ShardMessage::Response { id, response })
+                    self.mesh
+                        .send(from, ShardMessage::Response { id, response })
                         .await;
                 })
                 .detach();
             }
-            ShardMessage::Response { id, response } => {
-                if let Some(waiter) = self.pending.borrow_mut().remove(&id) {
-                    let _ = waiter.send(response);
-                }
-            }
-        }
-    }
-
-    async fn send(&self, shard: usize, message: ShardMessage) {
-        let peer = self.peer_of_shard.borrow()[shard].expect("handshake completed before serving");
-        if self.senders.send_to(peer, message).await.is_err() {
-            tracing::debug!(shard, "peer shard is gone; dropping a message");
+            ShardMessage::Response { id, response } => self.mesh.complete(id, response),
         }
     }
 
     /// Runs `request` on `shard`: here, or over the mesh.
     pub async fn call(self: &Rc<Self>, shard: usize, request: ShardRequest) -> ShardResponse {
         if shard == self.id {
-            return crate::handlers::serve_shard_request(self, request).await;
+            return (self.serve)(self.clone(), request).await;
         }
         self.metrics.cross_shard_message();
-        let id = self.next_request_id.get();
-        self.next_request_id.set(id + 1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, tx);
-        self.send(
-            shard,
-            ShardMessage::Request {
-                from: self.id,
-                id,
-                request,
-            },
-        )
-        .await;
-        rx.await.unwrap_or(ShardResponse::Unavailable)
+        self.mesh.request(shard, request).await
     }
 
-    /// The latest metadata snapshot this shard has.
-    pub fn metadata(&self) -> Arc<ClusterMetadata> {
-        self.metadata.borrow().clone()
-    }
-
-    /// The shard owning `partition` of `topic`, if both exist and this broker holds it.
-    pub fn owner_of(&self, topic: &str, partition: u32) -> Option<usize> {
-        self.metadata.borrow().topics.get(topic)?.local_owner(
-            partition,
-            self.count,
-            self.broker_id(),
-        )
-    }
-
-    /// The shard serving clients' produce, fetch and list-offsets for a
-    /// partition. On a clustered broker that is the leader's: a request that
-    /// reached another broker gets the retriable `NotLeader`, and the client
-    /// refreshes its metadata.
-    pub fn leader_owner_of(&self, topic: &str, partition: u32) -> Result<usize, WireError> {
-        let metadata = self.metadata.borrow();
-        let known = metadata
-            .topics
-            .get(topic)
-            .filter(|t| partition < t.partition_count());
-        let Some(topic_metadata) = known else {
-            return Err(WireError::unknown_partition(topic, partition));
-        };
-        let broker = self.broker_id();
-        if let Some(refusal) = topic_metadata.not_leader(topic, partition, broker) {
-            return Err(refusal);
-        }
-        topic_metadata
-            .local_owner(partition, self.count, broker)
-            .ok_or_else(|| WireError::unknown_partition(topic, partition))
-    }
-
-    /// `acks=all` needs min-insync-replicas brokers in the partition's ISR.
-    pub fn check_insync(&self, topic: &str, partition: u32) -> Result<(), WireError> {
-        let metadata = self.metadata.borrow();
-        match metadata.topics.get(topic) {
-            Some(t) => t.check_insync(topic, partition),
-            None => Err(WireError::unknown_partition(topic, partition)),
-        }
-    }
-
-    /// This broker's id when it is a cluster member; `None` on a one-node broker.
-    pub fn broker_id(&self) -> Option<BrokerId> {
-        self.config
-            .is_clustered()
-            .then_some(BrokerId(self.config.node_id))
-    }
-
-    /// The revision of the last metadata this shard finished applying
-    /// (its partitions open, its deleted ones closed).
-    pub fn applied_revision(&self) -> u64 {
-        self.applied_revision.get()
-    }
-
-    /// A partition this shard owns, if it is open.
-    pub fn partition(&self, topic: &str, partition: u32) -> Option<Rc<PartitionState>> {
-        self.partitions
-            .borrow()
-            .get(topic)?
-            .get(&partition)
-            .cloned()
-    }
-
-    /// Every partition this shard owns.
-    pub fn local_partitions(&self) -> Vec<(PartitionKey, Rc<PartitionState>)> {
-        let partitions = self.partitions.borrow();
-        let by_topic = partitions.iter().flat_map(|(topic, by_partition)| {
-            by_partition
-                .iter()
-                .map(move |(p, state)| ((topic.clone(), *p), state.clone()))
-        });
-        by_topic.collect()
-    }
-
-    /// Adopts a newer metadata snapshot: opens the partitions it places
-    /// here, and closes and deletes those of deleted topics.
+    /// Adopts a newer metadata snapshot ([`Partitions::apply`]); an
+    /// `__offsets` partition it opens is replayed into the coordinator
+    /// before requests can find it.
     ///
     /// # Errors
-    /// Opening a partition log failed.
+    /// Opening or replaying a partition log failed.
     pub async fn apply_metadata(&self, metadata: Arc<ClusterMetadata>) -> Result<()> {
-        let _permit = self
-            .apply_lock
-            .acquire_permit(1)
+        let coordinator = &self.coordinator;
+        self.partitions
+            .apply(metadata, async |name: &str, state: &PartitionState| {
+                if name == crate::groups::OFFSETS_TOPIC {
+                    coordinator.replay(state).await?;
+                }
+                Ok(())
+            })
             .await
-            .expect("the apply lock is never closed");
-        // Stale: a broadcast that lost a race with a newer one. The same
-        // revision again is applied (it opens what is missing), which start-up relies on.
-        if metadata.revision < self.metadata.borrow().revision {
-            tracing::debug!(
-                shard = self.id,
-                stale = metadata.revision,
-                "ignoring older metadata"
-            );
-            return Ok(());
-        }
-        let previous = self.metadata.replace(metadata.clone());
-        let broker = self.broker_id();
-        for (name, topic) in &metadata.topics {
-            for partition in 0..topic.partition_count() {
-                if topic.local_owner(partition, self.count, broker) == Some(self.id)
-                    && self.partition(name, partition).is_none()
-                {
-                    let state = self.open_partition(name, topic, partition).await?;
-                    if name == crate::groups::OFFSETS_TOPIC {
-                        self.coordinator.replay(&state).await?;
-                    }
-                    self.partitions
-                        .borrow_mut()
-                        .entry(name.clone())
-                        .or_default()
-                        .insert(partition, Rc::new(state));
-                }
-            }
-        }
-        let gone: Vec<String> = {
-            let partitions = self.partitions.borrow();
-            let names = partitions
-                .keys()
-                .filter(|name| !metadata.topics.contains_key(*name));
-            names.cloned().collect()
-        };
-        for name in gone {
-            let removed = self
-                .partitions
-                .borrow_mut()
-                .remove(&name)
-                .unwrap_or_default();
-            for state in removed.into_values() {
-                let _ = state.log.close().await;
-                state.notify_appended();
-                let dir = state.log.dir().to_path_buf();
-                drop(state);
-                if let Err(error) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), %error, "could not delete a deleted topic's partition");
-                }
-            }
-            if let Some(topic) = previous.topics.get(&name) {
-                let _ = std::fs::remove_dir(metadata::topic_dir(
-                    &self.config.data_dir,
-                    &name,
-                    topic.id,
-                ));
-            }
-        }
-        self.applied_revision
-            .set(self.applied_revision.get().max(metadata.revision));
-        Ok(())
     }
 
-    async fn open_partition(
-        &self,
-        name: &str,
-        topic: &TopicMetadata,
-        partition: u32,
-    ) -> Result<PartitionState> {
-        let dir = metadata::partition_dir(&self.config.data_dir, name, topic.id, partition);
-        let segment_bytes = topic.segment_bytes.unwrap_or(self.config.segment_bytes);
-        let config = LogConfig {
-            retention_bytes: topic.retention_bytes,
-            retention_age: topic
-                .retention_ms
-                .or(self.config.retention_ms_default)
-                .map(std::time::Duration::from_millis),
-            ..self.config.log_config(segment_bytes)
-        };
-        let log = PartitionLog::open(&dir, config, &self.storage)
-            .await
-            .map_err(|error| match error {
-                shardlog_engine::Error::TooManyOpenFiles { limit } => Error::Config(format!(
-                    "partition {partition} of {name:?} needs an open file but shard {} already \
-                     holds its limit of {limit}; raise --open-files-per-shard-max",
-                    self.id
-                )),
-                other => Error::from(other),
-            })?;
-        Ok(PartitionState::new(log).await?)
-    }
-
-    /// Closes every partition: flushes and syncs what was acknowledged.
-    pub async fn close_partitions(&self) {
-        let partitions = self.local_partitions();
-        self.partitions.borrow_mut().clear();
-        for ((topic, partition), state) in partitions {
-            if let Err(error) = state.log.close().await {
-                tracing::warn!(topic, partition, %error, "closing a partition failed");
-            }
+    /// The group APIs' view of this shard.
+    pub fn groups(&self) -> crate::groups::GroupService<'_> {
+        crate::groups::GroupService {
+            coordinator: &self.coordinator,
+            partitions: &self.partitions,
+            limits: crate::groups::GroupLimits::of(&self.config),
         }
     }
 
@@ -515,38 +276,6 @@ impl ProducerIds {
         self.next += 1;
         assert!(self.next < (1 << 48));
         Ok(id as i64)
-    }
-}
-
-/// A shard-local shutdown flag that tasks can wait on.
-#[derive(Debug, Default)]
-pub struct Shutdown {
-    started: Cell<bool>,
-    waiters: RefCell<Vec<oneshot::Sender<()>>>,
-}
-
-impl Shutdown {
-    /// Starts the shutdown and wakes every waiter.
-    pub fn start(&self) {
-        self.started.set(true);
-        for waiter in self.waiters.borrow_mut().drain(..) {
-            let _ = waiter.send(());
-        }
-    }
-
-    /// True once the shutdown started.
-    pub fn is_started(&self) -> bool {
-        self.started.get()
-    }
-
-    /// Resolves when the shutdown starts.
-    pub async fn wait(&self) {
-        if self.started.get() {
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.borrow_mut().push(tx);
-        let _ = rx.await;
     }
 }
 

@@ -8,7 +8,6 @@ use futures_channel::oneshot;
 use shardlog_engine::{LogHealth, PartitionLog};
 use shardlog_wire::protocol::fb;
 
-use super::messages::PartitionHealth;
 use super::producers::ProducerTable;
 
 /// Offsets back from the high watermark scanned at open to rebuild producer state.
@@ -131,4 +130,14 @@ impl PartitionState {
             None => sleep.await,
         }
     }
+}
+
+/// How a partition's log is doing, for ListOffsets and metrics.
+#[derive(Debug, Clone)]
+pub struct PartitionHealth {
+    pub status: fb::PartitionStatus,
+    /// Why it is not online (empty when it is).
+    pub message: String,
+    /// Reads that found damaged data since the partition opened.
+    pub corrupt_reads_count: u64,
 }
