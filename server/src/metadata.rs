@@ -303,6 +303,7 @@ pub fn check_data_format(data_dir: &Path) -> Result<()> {
                 return Err(Error::DataFormat {
                     path: data_dir.to_path_buf(),
                     found: "format 1 (no format marker)".to_string(),
+                    supported: DATA_FORMAT_VERSION,
                 });
             }
             return write_data_format(data_dir, &path);
@@ -318,10 +319,12 @@ pub fn check_data_format(data_dir: &Path) -> Result<()> {
         Some(other) => Err(Error::DataFormat {
             path: data_dir.to_path_buf(),
             found: format!("format {other}"),
+            supported: DATA_FORMAT_VERSION,
         }),
         None => Err(Error::DataFormat {
             path: data_dir.to_path_buf(),
             found: format!("an unreadable format marker {:?}", found.trim_end()),
+            supported: DATA_FORMAT_VERSION,
         }),
     }
 }

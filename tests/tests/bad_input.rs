@@ -75,6 +75,78 @@ fn garbage_inside_an_intact_frame_gets_an_error_and_the_connection_lives() {
     );
 }
 
+/// A CreateTopics frame built by hand, with replication values no SDK sends.
+fn create_topics_frame(name: &str, replication_factor: i16, min_insync_replicas: i16) -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::new();
+    let name = fbb.create_string(name);
+    let spec = fb::TopicSpec::create(
+        &mut fbb,
+        &fb::TopicSpecArgs {
+            name: Some(name),
+            partitions: 1,
+            retention_bytes: -1,
+            retention_ms: -1,
+            segment_bytes: -1,
+            replication_factor,
+            min_insync_replicas,
+        },
+    );
+    let topics = fbb.create_vector(&[spec]);
+    let body = fb::CreateTopicsRequest::create(
+        &mut fbb,
+        &fb::CreateTopicsRequestArgs {
+            topics: Some(topics),
+        },
+    );
+    let args = fb::RequestArgs {
+        correlation_id: 78,
+        api_version: 0,
+        client_id: None,
+        body_type: fb::RequestBody::CreateTopicsRequest,
+        body: Some(body.as_union_value()),
+    };
+    let root = fb::Request::create(&mut fbb, &args);
+    fbb.finish(root, None);
+    frame(fbb.finished_data())
+}
+
+#[test]
+fn replication_values_out_of_range_are_refused_and_create_nothing() {
+    let broker = Broker::start(2, &[]);
+    let mut connection = broker.connect();
+    for (factor, min) in [
+        (0, -1),
+        (-7, -1),
+        (i16::MIN, 1),
+        (2, -1),
+        (1, 2),
+        (1, 0),
+        (1, -9),
+    ] {
+        connection
+            .send_raw(&create_topics_frame("never", factor, min))
+            .unwrap();
+        let (_, response) = connection.receive().unwrap();
+        let Response::Topics(results) = response else {
+            panic!("{factor} {min}: {response:?}");
+        };
+        let error = results[0].1.clone().expect("refused");
+        assert_eq!(
+            error.code,
+            ErrorCode::InvalidReplicationFactor,
+            "{factor} {min}: {error:?}"
+        );
+    }
+    let Response::Metadata(cluster) = connection.call(&Request::Metadata(vec![])).unwrap() else {
+        panic!()
+    };
+    assert!(
+        cluster.topics.iter().all(|t| t.name != "never"),
+        "nothing was created: {cluster:?}"
+    );
+    still_serves(&broker);
+}
+
 #[test]
 fn unknown_apis_and_versions_are_refused_by_code() {
     let broker = Broker::start(2, &[]);

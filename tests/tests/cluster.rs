@@ -88,6 +88,22 @@ fn three_brokers_share_topics_survive_losing_the_controller_and_refuse_without_a
         "refused only after {:?}",
         started.elapsed()
     );
+    // Without a majority the data path goes on: the survivor still takes
+    // and serves records on the partitions it leads.
+    let led = orders
+        .leadership
+        .iter()
+        .position(|p| p.leader == Some(second))
+        .expect("the survivor leads a partition of orders") as u32;
+    let mut survivor = cluster.brokers[second as usize - 1].connect();
+    let values: Vec<String> = (0..5).map(|i| format!("no-quorum-{i}")).collect();
+    let base = shardlog_tests::produce(&mut survivor, "orders", led, &values);
+    let stored = shardlog_tests::consume_all(&mut survivor, "orders", led, base as u64);
+    let read: Vec<String> = stored.into_iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        read, values,
+        "produce and fetch continue without a majority"
+    );
 
     // Every broker restarted: every topic back, and the group takes changes again.
     cluster.broker(first).restart();

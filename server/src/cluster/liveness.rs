@@ -25,7 +25,7 @@ use openraft::ServerState;
 use super::propose_error::ProposeError;
 use super::raft::NodeShared;
 use super::rpc::{self, RpcReply, RpcRequest};
-use super::state::{BrokerId, BrokerLiveness, ClusterCommand};
+use super::state::{BrokerId, BrokerInfo, BrokerLiveness, ClusterCommand};
 
 /// What the leader heard, since it leads.
 #[derive(Debug, Default)]
@@ -33,23 +33,32 @@ pub(super) struct Liveness {
     heard: Mutex<HashMap<BrokerId, Heard>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Heard {
+/// The last heartbeat of a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Heard {
     broker_epoch: u64,
     at: Instant,
+    /// The last revision every shard of the broker had applied.
+    applied_revision: u64,
 }
 
 impl Liveness {
-    fn record(&self, broker: BrokerId, broker_epoch: u64) {
+    fn record(&self, broker: BrokerId, broker_epoch: u64, applied_revision: u64) {
         let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
         let at = Instant::now();
-        heard.insert(broker, Heard { broker_epoch, at });
+        let entry = Heard {
+            broker_epoch,
+            at,
+            applied_revision,
+        };
+        heard.insert(broker, entry);
     }
 
-    fn heard_at(&self, broker: BrokerId, broker_epoch: u64) -> Option<Instant> {
+    /// The last heartbeat of `broker`'s incarnation `broker_epoch`.
+    fn heard(&self, broker: BrokerId, broker_epoch: u64) -> Option<Heard> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
         let entry = heard.get(&broker)?;
-        (entry.broker_epoch == broker_epoch).then_some(entry.at)
+        (entry.broker_epoch == broker_epoch).then_some(*entry)
     }
 
     fn forget_all(&self) {
@@ -75,9 +84,10 @@ impl NodeShared {
         &self,
         broker: BrokerId,
         broker_epoch: u64,
+        applied_revision: u64,
     ) -> Result<(), ProposeError> {
         if self.leads() {
-            self.liveness.record(broker, broker_epoch);
+            self.liveness.record(broker, broker_epoch, applied_revision);
             return Ok(());
         }
         let Some(leader) = self.leader() else {
@@ -92,6 +102,7 @@ impl NodeShared {
         let request = rpc::encode(&RpcRequest::Heartbeat {
             broker,
             broker_epoch,
+            applied_revision,
         });
         let reply = self
             .transport
@@ -110,13 +121,14 @@ impl NodeShared {
         &self,
         broker: BrokerId,
         broker_epoch: u64,
+        applied_revision: u64,
     ) -> Result<(), ProposeError> {
         if !self.leads() {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
             });
         }
-        self.liveness.record(broker, broker_epoch);
+        self.liveness.record(broker, broker_epoch, applied_revision);
         Ok(())
     }
 }
@@ -148,29 +160,123 @@ pub(super) async fn fence_loop(node: Arc<NodeShared>) {
 fn liveness_changes(node: &NodeShared, since: Instant, session: Duration) -> Vec<ClusterCommand> {
     let now = Instant::now();
     let state = node.publisher.current();
-    let mut commands = Vec::new();
-    for (broker, info) in &state.brokers {
-        let heard = node.liveness.heard_at(*broker, info.broker_epoch);
-        let last = heard.map_or(since, |at| at.max(since));
-        let silent = now.saturating_duration_since(last) > session;
-        let (broker, broker_epoch) = (*broker, info.broker_epoch);
-        match info.liveness {
-            BrokerLiveness::Alive if silent => {
-                tracing::warn!(broker = %broker, broker_epoch, "no heartbeat for a session: fencing");
-                commands.push(ClusterCommand::FenceBroker {
-                    broker,
-                    broker_epoch,
-                });
+    let changes = state.brokers.iter().filter_map(|(broker, info)| {
+        let heard = node.liveness.heard(*broker, info.broker_epoch);
+        liveness_change(*broker, info, heard, since, now, session)
+    });
+    changes.collect()
+}
+
+/// What one broker needs: fenced when silent for a `session` (counted from
+/// `since` at the earliest, when this node began to lead); unfenced when
+/// heard within a session and caught up, that is, every shard of it has
+/// applied the revision that fenced it.
+fn liveness_change(
+    broker: BrokerId,
+    info: &BrokerInfo,
+    heard: Option<Heard>,
+    since: Instant,
+    now: Instant,
+    session: Duration,
+) -> Option<ClusterCommand> {
+    let last = heard.map_or(since, |h| h.at.max(since));
+    let silent = now.saturating_duration_since(last) > session;
+    let broker_epoch = info.broker_epoch;
+    match info.liveness {
+        BrokerLiveness::Alive if silent => {
+            tracing::warn!(broker = %broker, broker_epoch, "no heartbeat for a session: fencing");
+            Some(ClusterCommand::FenceBroker {
+                broker,
+                broker_epoch,
+            })
+        }
+        BrokerLiveness::Fenced if !silent => {
+            let heard = heard?;
+            if heard.applied_revision < info.fenced_at_revision {
+                tracing::debug!(broker = %broker, applied = heard.applied_revision, fenced_at = info.fenced_at_revision, "heard again, not caught up yet");
+                return None;
             }
-            BrokerLiveness::Fenced if heard.is_some() && !silent => {
-                tracing::info!(broker = %broker, broker_epoch, "heard again: unfencing");
-                commands.push(ClusterCommand::UnfenceBroker {
-                    broker,
-                    broker_epoch,
-                });
-            }
-            _ => {}
+            tracing::info!(broker = %broker, broker_epoch, "heard again and caught up: unfencing");
+            Some(ClusterCommand::UnfenceBroker {
+                broker,
+                broker_epoch,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fenced_at(revision: u64) -> BrokerInfo {
+        BrokerInfo {
+            id: BrokerId(2),
+            host: "127.0.0.1".into(),
+            port: 9000,
+            shard_ports: vec![9001],
+            liveness: BrokerLiveness::Fenced,
+            broker_epoch: 5,
+            last_heartbeat_ms: 0,
+            fenced_at_revision: revision,
         }
     }
-    commands
+
+    #[test]
+    fn a_fenced_broker_is_unfenced_only_once_heard_and_caught_up() {
+        let session = Duration::from_secs(6);
+        let since = Instant::now();
+        let now = since + Duration::from_secs(1);
+        let heard = |applied_revision| {
+            Some(Heard {
+                broker_epoch: 5,
+                at: now,
+                applied_revision,
+            })
+        };
+        let info = fenced_at(40);
+        let change = |heard| liveness_change(BrokerId(2), &info, heard, since, now, session);
+        assert_eq!(change(None), None, "not heard: stays fenced");
+        assert_eq!(change(heard(39)), None, "heard, but behind its fencing");
+        assert_eq!(
+            change(heard(40)),
+            Some(ClusterCommand::UnfenceBroker {
+                broker: BrokerId(2),
+                broker_epoch: 5
+            })
+        );
+        let long_ago = Some(Heard {
+            broker_epoch: 5,
+            at: since,
+            applied_revision: 99,
+        });
+        let later = since + session + Duration::from_secs(1);
+        assert_eq!(
+            liveness_change(BrokerId(2), &info, long_ago, since, later, session),
+            None,
+            "caught up but silent for a session"
+        );
+    }
+
+    #[test]
+    fn an_alive_broker_is_fenced_after_a_silent_session_only() {
+        let session = Duration::from_secs(6);
+        let since = Instant::now();
+        let info = BrokerInfo {
+            liveness: BrokerLiveness::Alive,
+            ..fenced_at(0)
+        };
+        let within = since + session;
+        assert_eq!(
+            liveness_change(BrokerId(2), &info, None, since, within, session),
+            None,
+            "a new leader counts everyone as heard when it took over"
+        );
+        let after = within + Duration::from_millis(1);
+        assert!(matches!(
+            liveness_change(BrokerId(2), &info, None, since, after, session),
+            Some(ClusterCommand::FenceBroker { .. })
+        ));
+    }
 }

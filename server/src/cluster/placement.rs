@@ -208,6 +208,7 @@ mod tests {
                 liveness: BrokerLiveness::Alive,
                 broker_epoch: 1,
                 last_heartbeat_ms: 0,
+                fenced_at_revision: 0,
             };
             state.brokers.insert(id, info);
         }

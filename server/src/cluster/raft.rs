@@ -355,6 +355,7 @@ enum Request {
     Heartbeat {
         broker: BrokerId,
         broker_epoch: u64,
+        applied_revision: u64,
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
     Shutdown,
@@ -488,10 +489,12 @@ async fn dispatch(node: Arc<NodeShared>, mut requests: mpsc::Receiver<Request>) 
             Request::Heartbeat {
                 broker,
                 broker_epoch,
+                applied_revision,
                 reply,
             } => {
                 tokio::spawn(async move {
-                    let _ = reply.send(shared.heartbeat(broker, broker_epoch).await);
+                    let heartbeat = shared.heartbeat(broker, broker_epoch, applied_revision);
+                    let _ = reply.send(heartbeat.await);
                     drop(permit);
                 });
             }
@@ -623,7 +626,10 @@ impl NodeShared {
             RpcRequest::Heartbeat {
                 broker,
                 broker_epoch,
-            } => RpcReply::Heartbeat(self.heartbeat_received(broker, broker_epoch)),
+                applied_revision,
+            } => {
+                RpcReply::Heartbeat(self.heartbeat_received(broker, broker_epoch, applied_revision))
+            }
         };
         Ok(rpc::encode(&reply))
     }
@@ -693,16 +699,23 @@ impl ClusterHandle {
     }
 
     /// Tells the controller this broker's incarnation `broker_epoch` is
-    /// alive; kept in the controller's memory, never logged. Forwarded once
-    /// when this node does not lead.
+    /// alive and has applied metadata up to `applied_revision`; kept in the
+    /// controller's memory, never logged. Forwarded once when this node
+    /// does not lead.
     ///
     /// # Errors
     /// [`ProposeError`]: no leader, an unreachable one, a shut-down node.
-    pub async fn heartbeat(&self, broker: BrokerId, broker_epoch: u64) -> Result<(), ProposeError> {
+    pub async fn heartbeat(
+        &self,
+        broker: BrokerId,
+        broker_epoch: u64,
+        applied_revision: u64,
+    ) -> Result<(), ProposeError> {
         let (reply, answer) = oneshot::channel();
         let request = Request::Heartbeat {
             broker,
             broker_epoch,
+            applied_revision,
             reply,
         };
         if self.shared.requests.send(request).await.is_err() {

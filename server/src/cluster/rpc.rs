@@ -57,6 +57,9 @@ pub enum RpcRequest {
         broker: BrokerId,
         /// Its incarnation.
         broker_epoch: u64,
+        /// The last revision every shard of the broker has applied.
+        #[serde(default)]
+        applied_revision: u64,
     },
 }
 

@@ -118,6 +118,11 @@ pub struct BrokerInfo {
     pub broker_epoch: u64,
     /// The controller's clock at its last registration or heartbeat.
     pub last_heartbeat_ms: u64,
+    /// The revision that last fenced it (its registration, or a missed
+    /// session): it is unfenced only once it has applied this revision,
+    /// that is, caught up with the metadata it missed.
+    #[serde(default)]
+    pub fenced_at_revision: u64,
 }
 
 /// One topic.
@@ -666,6 +671,7 @@ impl ClusterState {
             liveness: BrokerLiveness::Fenced,
             broker_epoch,
             last_heartbeat_ms: now_ms,
+            fenced_at_revision: broker_epoch,
         };
         self.brokers.insert(broker, info);
         Applied::changed(CommandOutput::BrokerRegistered { broker_epoch })
@@ -710,11 +716,15 @@ impl ClusterState {
             BrokerLiveness::Alive => CommandOutput::BrokerUnfenced,
             BrokerLiveness::Fenced => CommandOutput::BrokerFenced,
         };
+        let revision = self.revision + 1;
         match self.broker_at_epoch(broker, broker_epoch) {
             Err(error) => Applied::unchanged(Err(error)),
             Ok(info) if info.liveness == to => Applied::unchanged(Ok(output)),
             Ok(info) => {
                 info.liveness = to;
+                if to == BrokerLiveness::Fenced {
+                    info.fenced_at_revision = revision;
+                }
                 Applied::changed(output)
             }
         }

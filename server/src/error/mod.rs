@@ -39,12 +39,14 @@ pub enum Error {
         reason: String,
     },
     /// The data directory was written in an on-disk format this build cannot read.
-    #[error("data directory {path} holds {found}, which this build cannot read (it stores Kafka RecordBatch v2, data format {version}); there is no converter: move or delete the directory, or pick another --data-dir", version = crate::metadata::DATA_FORMAT_VERSION)]
+    #[error("data directory {path} holds {found}, which this build cannot read (it stores Kafka RecordBatch v2, data format {supported}); there is no converter: move or delete the directory, or pick another --data-dir")]
     DataFormat {
         /// The data directory.
         path: PathBuf,
         /// What was found.
         found: String,
+        /// The data format this build reads and writes.
+        supported: u32,
     },
     /// The storage engine failed.
     #[error(transparent)]

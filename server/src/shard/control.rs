@@ -5,8 +5,8 @@
 //!                                                                              │ record the cluster id (node.json)
 //!                                                                              │ ClusterMetadata::from_cluster
 //!                                                                              └─► ApplyMetadata ──mesh──► every shard
-//!  shard 0: register ── propose RegisterBroker, then UnfenceBroker ──► ClusterHandle (forwarded to the controller)
-//!           then heartbeat ── ClusterHandle::heartbeat, 3 per session ──► the controller's memory
+//!  shard 0: register ── propose RegisterBroker; once every shard applied it, UnfenceBroker ──► ClusterHandle
+//!           then heartbeat (with the revision every shard applied), 3 per session ──► the controller's memory
 //!  shard 0, while this node leads: create __offsets once every voter is registered and alive
 //! ```
 //!
@@ -33,6 +33,8 @@ use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
 
 /// Pause between attempts to register while the group has no leader.
 const REGISTER_RETRY_MS: u64 = 250;
+/// Pause between looks at whether every shard applied the registration.
+const CAUGHT_UP_POLL_MS: u64 = 5;
 
 /// Starts the control tasks on shard 0 of a clustered broker.
 pub fn start(shard: &Rc<ShardState>, identity: NodeIdentity, cluster_id: Arc<OnceLock<String>>) {
@@ -41,15 +43,17 @@ pub fn start(shard: &Rc<ShardState>, identity: NodeIdentity, cluster_id: Arc<Onc
         unreachable!("control tasks run only on a clustered broker");
     };
     let offsets_proposed = Rc::new(Cell::new(false));
+    let published = Rc::new(Cell::new(0));
     glommio::spawn_local(publish_loop(
         shard.clone(),
         cluster.clone(),
         identity,
         cluster_id,
         offsets_proposed,
+        published.clone(),
     ))
     .detach();
-    glommio::spawn_local(register(shard.clone(), cluster)).detach();
+    glommio::spawn_local(register(shard.clone(), cluster, published)).detach();
 }
 
 /// Publishes every applied state to every shard, until the node or the shard stops.
@@ -59,6 +63,7 @@ async fn publish_loop(
     mut identity: NodeIdentity,
     cluster_id: Arc<OnceLock<String>>,
     offsets_proposed: Rc<Cell<bool>>,
+    published: Rc<Cell<u64>>,
 ) {
     let broker = shard.partitions.broker_id().unwrap_or_default();
     let mut states = cluster.subscribe();
@@ -84,6 +89,7 @@ async fn publish_loop(
         }
         let metadata = Arc::new(ClusterMetadata::from_cluster(&state, broker));
         publish(&shard, metadata).await;
+        published.set(published.get().max(state.revision));
         if cluster.metrics().leader == Some(cluster.node_id()) && !offsets_proposed.get() {
             if let Some(command) = offsets_topic_command(&state, &shard) {
                 offsets_proposed.set(true);
@@ -143,8 +149,10 @@ fn offsets_topic_command(state: &ClusterState, shard: &ShardState) -> Option<Clu
     })
 }
 
-/// Registers this broker (a new incarnation, fenced), then unfences it.
-async fn register(shard: Rc<ShardState>, cluster: ClusterHandle) {
+/// Registers this broker (a new incarnation, fenced), then, once every
+/// shard has applied the revision of its registration (caught up with the
+/// metadata before it), unfences it.
+async fn register(shard: Rc<ShardState>, cluster: ClusterHandle, published: Rc<Cell<u64>>) {
     let config = &shard.config;
     let broker = shard.partitions.broker_id().unwrap_or_default();
     let host = config
@@ -164,6 +172,12 @@ async fn register(shard: Rc<ShardState>, cluster: ClusterHandle) {
     else {
         return;
     };
+    while published.get() < broker_epoch {
+        if shard.shutdown.is_started() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(CAUGHT_UP_POLL_MS)).await;
+    }
     let unfence = ClusterCommand::UnfenceBroker {
         broker,
         broker_epoch,
@@ -175,7 +189,7 @@ async fn register(shard: Rc<ShardState>, cluster: ClusterHandle) {
         return;
     }
     tracing::info!(broker = %broker, broker_epoch, "registered with the controller");
-    heartbeat_loop(&shard, &cluster, broker, broker_epoch).await;
+    heartbeat_loop(&shard, &cluster, broker, broker_epoch, &published).await;
 }
 
 /// Heartbeats three times per session until the broker stops; a missed one is only logged.
@@ -184,10 +198,12 @@ async fn heartbeat_loop(
     cluster: &ClusterHandle,
     broker: BrokerId,
     broker_epoch: u64,
+    published: &Cell<u64>,
 ) {
     let interval = Duration::from_millis(shard.config.broker_session_timeout_ms / 3);
     while !shard.shutdown.is_started() {
-        if let Err(error) = cluster.heartbeat(broker, broker_epoch).await {
+        let heartbeat = cluster.heartbeat(broker, broker_epoch, published.get());
+        if let Err(error) = heartbeat.await {
             tracing::debug!(%error, "a heartbeat did not reach the controller");
         }
         futures_lite::future::or(glommio::timer::sleep(interval), shard.shutdown.wait()).await;
