@@ -31,6 +31,7 @@ use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::budget::MemoryCharge;
 use crate::shard::messages::{ReadLimit, RemoteFetch};
+use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// How often a fetch that found no free memory looks again.
@@ -181,7 +182,14 @@ async fn read_partition(
         whole_first,
     };
     if owner == shard.id {
-        let slice = read_local(shard, topic, fetch.partition, fetch.offset, limit).await?;
+        let slice = read_local(
+            &shard.partitions,
+            topic,
+            fetch.partition,
+            fetch.offset,
+            limit,
+        )
+        .await?;
         let (high_watermark, log_start_offset) = (slice.high_watermark, slice.log_start_offset);
         let data = (!slice.is_empty()).then_some(Data::Local(slice));
         return Ok(Fetched {
@@ -211,14 +219,13 @@ async fn read_partition(
 }
 
 async fn read_local(
-    shard: &ShardState,
+    partitions: &Partitions,
     topic: &str,
     partition: u32,
     offset: u64,
     limit: ReadLimit,
 ) -> Result<ReadSlice, WireError> {
-    let state = shard
-        .partitions
+    let state = partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     if limit.max_bytes == 0 {
@@ -238,13 +245,13 @@ async fn read_local(
 
 /// On the owner, for another shard: the read, copied into `Bytes` to cross cores.
 pub async fn read_for_remote(
-    shard: &Rc<ShardState>,
+    partitions: &Partitions,
     topic: &str,
     partition: u32,
     offset: u64,
     limit: ReadLimit,
 ) -> Result<RemoteFetch, WireError> {
-    let slice = read_local(shard, topic, partition, offset, limit).await?;
+    let slice = read_local(partitions, topic, partition, offset, limit).await?;
     let mut parts = Vec::with_capacity(slice.parts.len());
     for part in &slice.parts {
         parts.push(match part {

@@ -11,6 +11,7 @@ use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::messages::OffsetsOutcome;
+use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// One partition's query: (partition, spec, timestamp for `Timestamp`).
@@ -89,14 +90,13 @@ pub(crate) async fn lookup(
 
 /// On the owner: answers one partition's query.
 pub async fn lookup_local(
-    shard: &ShardState,
+    partitions: &Partitions,
     topic: &str,
     partition: u32,
     spec: fb::OffsetSpec,
     timestamp_ms: i64,
 ) -> Result<OffsetsOutcome, WireError> {
-    let state = shard
-        .partitions
+    let state = partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     let (log_start_offset, high_watermark) =

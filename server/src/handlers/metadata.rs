@@ -1,16 +1,18 @@
 //! ApiVersions, Metadata and InitProducer: answered by the shard that got them.
 
-use std::rc::Rc;
+use std::cell::RefCell;
 
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use shardlog_wire::protocol::{self, fb};
 
 use super::Outgoing;
 use super::{error_parts, finish};
+use crate::cluster::raft::ClusterHandle;
 use crate::cluster::state::BrokerLiveness;
+use crate::config::ServerConfig;
 use crate::error::WireError;
 use crate::metadata::{ClusterMetadata, TopicMetadata};
-use crate::shard::ShardState;
+use crate::shard::ProducerIds;
 
 pub fn api_versions(correlation_id: u32) -> Outgoing {
     let mut fbb = FlatBufferBuilder::new();
@@ -39,14 +41,17 @@ pub fn api_versions(correlation_id: u32) -> Outgoing {
     }
 }
 
+/// Takes the broker's configuration, its metadata group (when clustered)
+/// and the shard's metadata copy: nothing else of the shard.
 pub fn metadata(
-    shard: &Rc<ShardState>,
+    config: &ServerConfig,
+    cluster: Option<&ClusterHandle>,
+    snapshot: &ClusterMetadata,
     correlation_id: u32,
     topics: Option<Vec<String>>,
 ) -> Outgoing {
-    let snapshot = shard.partitions.metadata();
     let mut fbb = FlatBufferBuilder::new();
-    let brokers = encode_brokers(&mut fbb, shard, &snapshot);
+    let brokers = encode_brokers(&mut fbb, config, snapshot);
     let brokers = fbb.create_vector(&brokers);
     // Listing every topic leaves out internal ones (`__offsets`); asking by name still shows them.
     let names: Vec<String> = topics.unwrap_or_else(|| {
@@ -61,7 +66,7 @@ pub fn metadata(
     for name in &names {
         let topic = snapshot.topics.get(name);
         let partitions =
-            topic.map_or_else(Vec::new, |topic| encode_partitions(&mut fbb, shard, topic));
+            topic.map_or_else(Vec::new, |topic| encode_partitions(&mut fbb, config, topic));
         let error = topic.is_none().then(|| {
             WireError::new(
                 fb::ErrorCode::UnknownTopicOrPartition,
@@ -84,7 +89,7 @@ pub fn metadata(
         topic_offsets.push(fb::TopicInfo::create(&mut fbb, &args));
     }
     let topics = fbb.create_vector(&topic_offsets);
-    let group = shard.cluster.as_ref().map(|cluster| cluster.metrics());
+    let group = cluster.map(ClusterHandle::metrics);
     let cluster_id = snapshot
         .cluster
         .as_ref()
@@ -97,12 +102,12 @@ pub fn metadata(
             // A one-node broker is its own controller.
             controller_id: match &group {
                 Some(group) => group.leader.map_or(-1, |l| l as i64),
-                None => i64::from(shard.config.node_id as u32),
+                None => i64::from(config.node_id as u32),
             },
             raft_term: group.as_ref().map_or(0, |g| g.term),
             metadata_revision: snapshot.revision,
             cluster_id,
-            answered_by: shard.config.node_id as u32,
+            answered_by: config.node_id as u32,
         },
     );
     Outgoing {
@@ -119,12 +124,11 @@ pub fn metadata(
 /// Every registered broker of a cluster, or this one broker.
 fn encode_brokers<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
-    shard: &ShardState,
+    config: &ServerConfig,
     snapshot: &ClusterMetadata,
 ) -> Vec<WIPOffset<fb::BrokerInfo<'a>>> {
-    let config = &shard.config;
     let one_node = || {
-        let own_ports: Vec<u16> = (0..shard.count).map(|i| config.shard_port(i)).collect();
+        let own_ports: Vec<u16> = (0..config.shards).map(|i| config.shard_port(i)).collect();
         (
             config.node_id,
             config.listen.ip().to_string(),
@@ -170,13 +174,13 @@ fn encode_brokers<'a>(
 /// from the Raft state; on one broker, this broker and the owning shard.
 fn encode_partitions<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
-    shard: &ShardState,
+    config: &ServerConfig,
     topic: &TopicMetadata,
 ) -> Vec<WIPOffset<fb::PartitionInfo<'a>>> {
-    let own = shard.config.node_id as u32;
+    let own = config.node_id as u32;
     (0..topic.partition_count())
         .map(|partition| {
-            let leader_shard = topic.owner(partition, shard.count).unwrap_or(0) as u16;
+            let leader_shard = topic.owner(partition, config.shards).unwrap_or(0) as u16;
             let replication = topic.replication.get(partition as usize);
             let mut ids = |brokers: Vec<u32>| fbb.create_vector(&brokers);
             let (leader, replicas, isr, leader_epoch) = match replication {
@@ -204,7 +208,7 @@ fn encode_partitions<'a>(
 
 /// A new producer id with epoch 0, or the same id with its epoch bumped.
 pub fn init_producer(
-    shard: &Rc<ShardState>,
+    producer_ids: &RefCell<ProducerIds>,
     correlation_id: u32,
     producer_id: i64,
     producer_epoch: i16,
@@ -219,7 +223,7 @@ pub fn init_producer(
             Ok((producer_id, producer_epoch.max(-1) + 1))
         }
     } else {
-        let allocated = shard.producer_ids.borrow_mut().allocate();
+        let allocated = producer_ids.borrow_mut().allocate();
         allocated
             .map(|id| (id, 0))
             .map_err(|e| WireError::new(fb::ErrorCode::StorageError, e.to_string()))

@@ -1,6 +1,16 @@
 //! One module per API. Each parses its flatbuffer into plain owned values
 //! (so that no borrow of the receive buffer crosses an `.await`), does its
 //! work on the shards that own the partitions, and encodes its response.
+//!
+//! What a handler takes: one that answers from this shard alone takes only
+//! the services it reads (`metadata.rs`: the configuration, the metadata
+//! copy, the metadata group, the producer ids; `raft.rs`: the
+//! configuration and the group; the owner's side of produce, fetch, list
+//! offsets and recover: [`Partitions`](crate::shard::Partitions); the
+//! group calls: [`GroupService`](crate::groups::GroupService)). One that
+//! routes to other shards takes the shard, because
+//! [`ShardState::call`](crate::shard::ShardState::call) may serve the
+//! request right here.
 
 pub(crate) mod admin;
 mod cluster_admin;
@@ -145,7 +155,11 @@ pub async fn handle(
             .await
             .into(),
         Parsed::ApiVersions => metadata::api_versions(correlation_id).into(),
-        Parsed::Metadata(topics) => metadata::metadata(shard, correlation_id, topics).into(),
+        Parsed::Metadata(topics) => {
+            let snapshot = shard.partitions.metadata();
+            let cluster = shard.cluster.as_ref();
+            metadata::metadata(&shard.config, cluster, &snapshot, correlation_id, topics).into()
+        }
         Parsed::CreateTopics(topics) => admin::create_topics(shard, correlation_id, topics)
             .await
             .into(),
@@ -159,11 +173,19 @@ pub async fn handle(
         Parsed::RecoverPartitions(request) => {
             recover::handle(shard, correlation_id, request).await.into()
         }
-        Parsed::Raft(request) => raft::handle(shard, correlation_id, request).await.into(),
+        Parsed::Raft(request) => {
+            let cluster = shard.cluster.as_ref();
+            raft::handle(&shard.config, cluster, correlation_id, request)
+                .await
+                .into()
+        }
         Parsed::InitProducer {
             producer_id,
             producer_epoch,
-        } => metadata::init_producer(shard, correlation_id, producer_id, producer_epoch).into(),
+        } => {
+            let ids = &shard.producer_ids;
+            metadata::init_producer(ids, correlation_id, producer_id, producer_epoch).into()
+        }
     }
 }
 
@@ -192,7 +214,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             batches,
             acks,
         } => ShardResponse::Produce(
-            produce::append_local(shard, &topic, partition, batches, acks).await,
+            produce::append_local(&shard.partitions, &topic, partition, batches, acks).await,
         ),
         ShardRequest::Fetch {
             topic,
@@ -200,7 +222,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             offset,
             limit,
         } => ShardResponse::Fetch(
-            fetch::read_for_remote(shard, &topic, partition, offset, limit).await,
+            fetch::read_for_remote(&shard.partitions, &topic, partition, offset, limit).await,
         ),
         ShardRequest::Watch {
             topic,
@@ -221,7 +243,8 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             spec,
             timestamp_ms,
         } => ShardResponse::ListOffsets(
-            list_offsets::lookup_local(shard, &topic, partition, spec, timestamp_ms).await,
+            list_offsets::lookup_local(&shard.partitions, &topic, partition, spec, timestamp_ms)
+                .await,
         ),
         ShardRequest::CreateTopics(topics) => {
             ShardResponse::Topics(admin::create_on_controller(shard, topics).await)
@@ -237,9 +260,9 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             partitions: shard.partitions.local_partitions(),
         })),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
-        ShardRequest::RecoverPartition { topic, partition } => {
-            ShardResponse::Recovered(recover::recover_local(shard, &topic, partition).await)
-        }
+        ShardRequest::RecoverPartition { topic, partition } => ShardResponse::Recovered(
+            recover::recover_local(&shard.partitions, &topic, partition).await,
+        ),
         ShardRequest::ApplyMetadata(metadata) => {
             let applied = shard.apply_metadata(metadata).await;
             if let Err(error) = &applied {

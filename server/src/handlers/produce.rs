@@ -17,6 +17,7 @@ use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::messages::ProduceOutcome;
 use crate::shard::producers::SequenceCheck;
+use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// A partition and where its batches lie in the request buffer.
@@ -193,7 +194,8 @@ async fn produce_partition(
         // whether or not this handler still waits. A forwarded produce is
         // served the same way on its owner.
         let shard = shard.clone();
-        let append = async move { append_local(&shard, &topic, partition, batches, acks).await };
+        let append =
+            async move { append_local(&shard.partitions, &topic, partition, batches, acks).await };
         return glommio::spawn_local(append)
             .detach()
             .await
@@ -305,13 +307,13 @@ fn split_batches(
 
 /// On the owning shard: validates, deduplicates and appends a partition's batches.
 pub async fn append_local(
-    shard: &Rc<ShardState>,
+    partitions: &Partitions,
     topic: &str,
     partition: u32,
     data: BytesMut,
     acks: fb::Acks,
 ) -> ProduceOutcome {
-    let Some(state) = shard.partitions.partition(topic, partition) else {
+    let Some(state) = partitions.partition(topic, partition) else {
         return ProduceOutcome {
             result: Err(WireError::unknown_partition(topic, partition)),
             log_start_offset: -1,

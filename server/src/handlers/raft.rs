@@ -6,16 +6,15 @@
 //! them: that happens on the Raft thread, and bytes that do not decode come
 //! back as an error answer, never a panic.
 
-use std::rc::Rc;
-
 use flatbuffers::FlatBufferBuilder;
 use shardlog_wire::protocol::fb;
 
 use super::Outgoing;
 use super::{error_parts, finish};
+use crate::cluster::raft::ClusterHandle;
 use crate::cluster::ClusterError;
+use crate::config::ServerConfig;
 use crate::error::WireError;
-use crate::shard::ShardState;
 
 /// A RaftRequest, parsed into owned values.
 #[derive(Debug)]
@@ -38,8 +37,14 @@ pub fn parse(body: fb::RaftRequest<'_>) -> RaftParsed {
     }
 }
 
-pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: RaftParsed) -> Outgoing {
-    let outcome = match check_sender(shard, &request) {
+/// Takes the broker's configuration and its metadata group: nothing of the shard.
+pub async fn handle(
+    config: &ServerConfig,
+    cluster: Option<&ClusterHandle>,
+    correlation_id: u32,
+    request: RaftParsed,
+) -> Outgoing {
+    let outcome = match check_sender(config, cluster, &request) {
         Err(error) => Err(error),
         Ok(cluster) => cluster
             .handle_rpc(request.payload)
@@ -57,11 +62,12 @@ pub async fn handle(shard: &Rc<ShardState>, correlation_id: u32, request: RaftPa
 
 /// The cluster handle, if the sender is a voter of this broker's cluster.
 fn check_sender<'a>(
-    shard: &'a ShardState,
+    config: &ServerConfig,
+    cluster: Option<&'a ClusterHandle>,
     request: &RaftParsed,
-) -> Result<&'a crate::cluster::raft::ClusterHandle, WireError> {
+) -> Result<&'a ClusterHandle, WireError> {
     let invalid = |message: String| WireError::new(fb::ErrorCode::InvalidRequest, message);
-    let (Some(cluster), Some(peers)) = (&shard.cluster, &shard.config.peers) else {
+    let (Some(cluster), Some(peers)) = (cluster, &config.peers) else {
         return Err(invalid(
             "this broker is not a cluster member (it runs without --peers)".into(),
         ));

@@ -18,6 +18,7 @@ use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::messages::Recovered;
+use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
 /// A RecoverPartitions request in owned values.
@@ -98,12 +99,11 @@ async fn recover(
 
 /// On the owner: recovers one partition's log and its producer state.
 pub async fn recover_local(
-    shard: &ShardState,
+    partitions: &Partitions,
     topic: &str,
     partition: u32,
 ) -> Result<Recovered, WireError> {
-    let state = shard
-        .partitions
+    let state = partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
     let outcome = state.log.recover().await.map_err(|e| WireError::from(&e))?;
