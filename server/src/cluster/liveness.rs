@@ -16,55 +16,15 @@
 //! heartbeat from an old incarnation (another `broker_epoch`) is kept, but
 //! counts for nothing until the broker's registration of that epoch applies.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
+use super::node::{Heard, NodeShared};
 use super::propose_error::ProposeError;
-use super::raft::NodeShared;
 use super::rpc::{self, RpcReply, RpcRequest};
 use super::state::{BrokerId, BrokerInfo, BrokerLiveness, ClusterCommand};
-
-/// What the leader heard, since it leads.
-#[derive(Debug, Default)]
-pub(super) struct Liveness {
-    heard: Mutex<HashMap<BrokerId, Heard>>,
-}
-
-/// The last heartbeat of a broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Heard {
-    broker_epoch: u64,
-    at: Instant,
-    /// The last revision every shard of the broker had applied.
-    applied_revision: u64,
-}
-
-impl Liveness {
-    fn record(&self, broker: BrokerId, broker_epoch: u64, applied_revision: u64) {
-        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        let at = Instant::now();
-        let entry = Heard {
-            broker_epoch,
-            at,
-            applied_revision,
-        };
-        heard.insert(broker, entry);
-    }
-
-    /// The last heartbeat of `broker`'s incarnation `broker_epoch`.
-    fn heard(&self, broker: BrokerId, broker_epoch: u64) -> Option<Heard> {
-        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = heard.get(&broker)?;
-        (entry.broker_epoch == broker_epoch).then_some(*entry)
-    }
-
-    fn forget_all(&self) {
-        self.heard.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
 
 impl NodeShared {
     fn leader(&self) -> Option<super::NodeId> {

@@ -59,7 +59,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod identity;
+pub mod ids;
 mod liveness;
+mod node;
+pub mod node_config;
 pub mod placement;
 pub mod propose_error;
 pub mod raft;

@@ -2,7 +2,7 @@
 //!
 //! Runs inside [`ClusterState::apply`](super::state::ClusterState::apply), so it
 //! is deterministic (ordered maps, ties broken by id) and counts the state of
-//! the moment, existing topics included.
+//! the moment, existing topics included: the state hands it a [`Load`].
 //!
 //! Per partition, in order:
 //!
@@ -32,14 +32,30 @@
 
 use std::collections::BTreeMap;
 
-use super::state::{BrokerId, ClusterState, CommandError, Replica, ShardId};
+use super::ids::{BrokerId, Replica, ShardId};
+
+/// Why no placement exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementError {
+    /// A replication factor of 0.
+    InvalidReplicationFactor,
+    /// More replicas than alive brokers.
+    ReplicationFactorAboveAliveBrokers {
+        /// Requested.
+        replication_factor: u16,
+        /// Alive brokers.
+        alive_brokers: usize,
+    },
+}
 
 /// Replica and preferred-leader counts of the alive brokers and their shards.
-struct Load {
+#[derive(Debug)]
+pub struct Load {
     /// Per alive broker: replicas, preferred leaderships, and per shard the same two.
     brokers: BTreeMap<BrokerId, BrokerLoad>,
 }
 
+#[derive(Debug)]
 struct BrokerLoad {
     replicas_count: u64,
     leaders_count: u64,
@@ -48,11 +64,10 @@ struct BrokerLoad {
 }
 
 impl Load {
-    fn of(state: &ClusterState) -> Load {
-        let mut brokers: BTreeMap<BrokerId, BrokerLoad> = state
-            .alive_brokers()
-            .map(|b| {
-                let shards = b.shard_ports.len();
+    /// Alive brokers with their shard counts, holding nothing yet.
+    pub fn new(brokers: impl Iterator<Item = (BrokerId, usize)>) -> Load {
+        let brokers = brokers
+            .map(|(id, shards)| {
                 assert!(shards > 0, "registration refuses a broker without shards");
                 let load = BrokerLoad {
                     replicas_count: 0,
@@ -60,18 +75,18 @@ impl Load {
                     shard_replicas_count: vec![0; shards],
                     shard_leaders_count: vec![0; shards],
                 };
-                (b.id, load)
+                (id, load)
             })
             .collect();
-        let partitions = state.topics.values().flat_map(|t| t.partitions.iter());
-        for partition in partitions {
-            for (position, replica) in partition.replicas.iter().enumerate() {
-                if let Some(load) = brokers.get_mut(&replica.broker) {
-                    load.add(replica.shard, position == 0);
-                }
-            }
-        }
         Load { brokers }
+    }
+
+    /// Counts an existing replica (the preferred leader when `leader`); one
+    /// on a broker that is not a candidate (fenced) is not counted.
+    pub fn count(&mut self, replica: Replica, leader: bool) {
+        if let Some(load) = self.brokers.get_mut(&replica.broker) {
+            load.add(replica.shard, leader);
+        }
     }
 }
 
@@ -104,20 +119,19 @@ impl BrokerLoad {
 /// Places `partitions` partitions of `replication_factor` replicas each.
 ///
 /// # Errors
-/// [`CommandError::ReplicationFactorAboveAliveBrokers`] when fewer alive
-/// brokers than `replication_factor` exist, [`CommandError::InvalidReplicationFactor`] for 0.
+/// [`PlacementError::ReplicationFactorAboveAliveBrokers`] when fewer alive
+/// brokers than `replication_factor` exist, [`PlacementError::InvalidReplicationFactor`] for 0.
 pub fn place_partitions(
-    state: &ClusterState,
+    mut load: Load,
     partitions: u32,
     replication_factor: u16,
-) -> Result<Vec<Vec<Replica>>, CommandError> {
+) -> Result<Vec<Vec<Replica>>, PlacementError> {
     if replication_factor == 0 {
-        return Err(CommandError::InvalidReplicationFactor);
+        return Err(PlacementError::InvalidReplicationFactor);
     }
-    let mut load = Load::of(state);
     let alive_brokers = load.brokers.len();
     if usize::from(replication_factor) > alive_brokers {
-        return Err(CommandError::ReplicationFactorAboveAliveBrokers {
+        return Err(PlacementError::ReplicationFactorAboveAliveBrokers {
             replication_factor,
             alive_brokers,
         });
@@ -194,7 +208,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::cluster::state::{BrokerInfo, BrokerLiveness, PartitionState, TopicId, TopicState};
+    use crate::cluster::state::{
+        BrokerInfo, BrokerLiveness, ClusterState, PartitionState, TopicId, TopicState,
+    };
 
     fn cluster(shards_per_broker: &[usize]) -> ClusterState {
         let mut state = ClusterState::default();
@@ -248,7 +264,7 @@ mod tests {
 
     /// (replicas, leaders) per broker and replicas per shard of each broker, over alive brokers.
     fn counts(state: &ClusterState) -> (Vec<u64>, Vec<u64>, Vec<Vec<u64>>) {
-        let load = Load::of(state);
+        let load = state.load();
         let replicas = load.brokers.values().map(|l| l.replicas_count).collect();
         let leaders = load.brokers.values().map(|l| l.leaders_count).collect();
         let shards = load
@@ -264,28 +280,28 @@ mod tests {
         let mut state = cluster(&[2, 2, 2]);
         state.brokers.get_mut(&BrokerId(2)).unwrap().liveness = BrokerLiveness::Fenced;
         assert_eq!(
-            place_partitions(&state, 1, 3),
-            Err(CommandError::ReplicationFactorAboveAliveBrokers {
+            place_partitions(state.load(), 1, 3),
+            Err(PlacementError::ReplicationFactorAboveAliveBrokers {
                 replication_factor: 3,
                 alive_brokers: 2
             })
         );
-        let placed = place_partitions(&state, 4, 2).unwrap();
+        let placed = place_partitions(state.load(), 4, 2).unwrap();
         assert!(
             placed.iter().flatten().all(|r| r.broker != BrokerId(2)),
             "fenced brokers get no replicas"
         );
         assert_eq!(
-            place_partitions(&state, 1, 0),
-            Err(CommandError::InvalidReplicationFactor)
+            place_partitions(state.load(), 1, 0),
+            Err(PlacementError::InvalidReplicationFactor)
         );
     }
 
     #[test]
     fn placement_is_deterministic_and_spreads_a_small_topic() {
         let state = cluster(&[2, 2, 2]);
-        let placed = place_partitions(&state, 3, 2).unwrap();
-        assert_eq!(placed, place_partitions(&state, 3, 2).unwrap());
+        let placed = place_partitions(state.load(), 3, 2).unwrap();
+        assert_eq!(placed, place_partitions(state.load(), 3, 2).unwrap());
         let leaders: Vec<BrokerId> = placed.iter().map(|p| p[0].broker).collect();
         let mut sorted = leaders.clone();
         sorted.sort();
@@ -299,10 +315,10 @@ mod tests {
     #[test]
     fn existing_topics_are_counted() {
         let mut state = cluster(&[1, 1, 1]);
-        let first = place_partitions(&state, 1, 1).unwrap();
+        let first = place_partitions(state.load(), 1, 1).unwrap();
         assert_eq!(first[0][0].broker, BrokerId(1));
         add_topic(&mut state, "a", first);
-        let second = place_partitions(&state, 1, 1).unwrap();
+        let second = place_partitions(state.load(), 1, 1).unwrap();
         assert_eq!(
             second[0][0].broker,
             BrokerId(2),
@@ -322,7 +338,7 @@ mod tests {
             let mut state = cluster(&shards);
             for (i, (partitions, rf)) in topics.into_iter().enumerate() {
                 let rf = rf.min(shards.len() as u16);
-                let placed = place_partitions(&state, partitions, rf).unwrap();
+                let placed = place_partitions(state.load(), partitions, rf).unwrap();
                 prop_assert_eq!(placed.len(), partitions as usize);
                 for replicas in &placed {
                     prop_assert_eq!(replicas.len(), usize::from(rf));
@@ -354,7 +370,7 @@ mod tests {
             let rf = rf.min(brokers as u16);
             let mut state = cluster(&vec![2; brokers]);
             for (i, partitions) in topics.into_iter().enumerate() {
-                let placed = place_partitions(&state, partitions, rf).unwrap();
+                let placed = place_partitions(state.load(), partitions, rf).unwrap();
                 add_topic(&mut state, &format!("t{i}"), placed);
                 let (_, leaders, _) = counts(&state);
                 prop_assert!(spread(leaders.into_iter()) <= 1, "leaders per broker");

@@ -41,10 +41,7 @@
 //! reconciles. A one-voter cluster elects itself and never calls the
 //! transport.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,185 +53,20 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Raft, RaftMetrics, RaftNetwork, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use openraft::{Raft, RaftMetrics, RaftNetwork, RaftNetworkFactory, ServerState};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use super::liveness::Liveness;
+use super::node::Liveness;
+use super::node::NodeShared;
 use super::rpc::{self, RpcReply, RpcRequest};
 use super::state::{BrokerId, ClusterCommand, ClusterState, CommandResult};
 use super::store::log::LogStore;
 use super::store::state_machine::{StateMachineStore, StatePublisher, StateSubscriber};
 use super::{store, ClusterError, NodeAddr, NodeId, TypeConfig};
 
+pub use super::node_config::{ClusterNodeConfig, VOTERS_MAX};
 pub use super::propose_error::ProposeError;
-
-/// Most voters in the metadata group.
-pub const VOTERS_MAX: usize = 5;
-
-/// How a node runs. Build with [`ClusterNodeConfig::new`], which sets every default.
-#[derive(Debug, Clone)]
-pub struct ClusterNodeConfig {
-    /// This node (`--node-id`); one of `voters`.
-    pub node_id: NodeId,
-    /// Every voter and its address (`--peers`): 1, 3 or 5.
-    pub voters: BTreeMap<NodeId, NodeAddr>,
-    /// The broker's data directory; the Raft files go to `<data_dir>/raft/`.
-    pub data_dir: PathBuf,
-    /// How often the leader sends heartbeats [default: 100].
-    pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in
-    /// `election_timeout_min_ms..election_timeout_max_ms` starts an election [default: 1000..2000].
-    pub election_timeout_min_ms: u64,
-    /// See `election_timeout_min_ms`.
-    pub election_timeout_max_ms: u64,
-    /// Longest wait for a proposal's answer, forwarding included [default: 10000].
-    pub propose_timeout_ms: u64,
-    /// A snapshot is built after this many applied entries since the last [default: 1024].
-    pub snapshot_logs_since_last_count: u64,
-    /// Entries kept in the log behind the snapshot, for lagging followers [default: 256].
-    pub logs_kept_after_snapshot_count: u64,
-    /// Largest snapshot chunk in one install-snapshot RPC [default: 262144].
-    pub snapshot_chunk_bytes_max: u64,
-    /// Requests (proposals, RPCs) queued for the Raft thread [default: 1024].
-    pub requests_queued_max: usize,
-    /// Requests the Raft thread serves at once [default: 1024].
-    pub requests_in_flight_max: usize,
-    /// Applied states a subscriber may fall behind before it skips some [default: 1024].
-    pub subscriber_backlog_max: usize,
-    /// The controller fences a broker it has not heard a heartbeat from for this long [default: 6000].
-    pub broker_session_timeout_ms: u64,
-}
-
-impl ClusterNodeConfig {
-    /// A configuration with every default.
-    pub fn new(
-        node_id: NodeId,
-        voters: BTreeMap<NodeId, NodeAddr>,
-        data_dir: PathBuf,
-    ) -> ClusterNodeConfig {
-        ClusterNodeConfig {
-            node_id,
-            voters,
-            data_dir,
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
-            propose_timeout_ms: 10_000,
-            snapshot_logs_since_last_count: 1024,
-            logs_kept_after_snapshot_count: 256,
-            snapshot_chunk_bytes_max: 256 * 1024,
-            requests_queued_max: 1024,
-            requests_in_flight_max: 1024,
-            subscriber_backlog_max: 1024,
-            broker_session_timeout_ms: 6000,
-        }
-    }
-
-    /// Checks the limits against each other.
-    ///
-    /// # Errors
-    /// [`ClusterError::Config`] naming the setting.
-    pub fn validate(&self) -> Result<(), ClusterError> {
-        let bad = |message: String| Err(ClusterError::Config(message));
-        if !self.voters.contains_key(&self.node_id) {
-            return bad(format!(
-                "node {} is not one of the voters {:?}",
-                self.node_id,
-                self.voters.keys()
-            ));
-        }
-        if self.voters.len() > VOTERS_MAX || self.voters.len() % 2 == 0 {
-            return bad(format!(
-                "the cluster has 1, 3 or 5 voters, not {}",
-                self.voters.len()
-            ));
-        }
-        if self.heartbeat_interval_ms == 0
-            || self.election_timeout_min_ms <= self.heartbeat_interval_ms
-        {
-            return bad("the election timeout must be longer than the heartbeat interval".into());
-        }
-        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return bad("election-timeout-max-ms must be above election-timeout-min-ms".into());
-        }
-        let counts = [
-            ("propose-timeout-ms", self.propose_timeout_ms),
-            (
-                "snapshot-logs-since-last-count",
-                self.snapshot_logs_since_last_count,
-            ),
-            ("snapshot-chunk-bytes-max", self.snapshot_chunk_bytes_max),
-            ("requests-queued-max", self.requests_queued_max as u64),
-            ("requests-in-flight-max", self.requests_in_flight_max as u64),
-            ("subscriber-backlog-max", self.subscriber_backlog_max as u64),
-            ("broker-session-timeout-ms", self.broker_session_timeout_ms),
-        ];
-        if let Some((name, _)) = counts.iter().find(|(_, value)| *value == 0) {
-            return bad(format!("{name} must be above 0"));
-        }
-        Ok(())
-    }
-
-    fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
-        let config = openraft::Config {
-            cluster_name: "shardlog-metadata".into(),
-            heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last_count),
-            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot_count,
-            snapshot_max_chunk_size: self.snapshot_chunk_bytes_max,
-            ..Default::default()
-        };
-        config
-            .validate()
-            .map_err(|e| ClusterError::Config(e.to_string()))
-    }
-}
-
-/// Why a transport call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    /// No connection to the node, or it broke: the caller backs off and tries again.
-    #[error("node {target} is unreachable: {reason}")]
-    Unreachable {
-        /// The node.
-        target: NodeId,
-        /// Why.
-        reason: String,
-    },
-    /// The node answered with an error (it is stopping, or refused the bytes).
-    #[error("node {target} refused the request: {reason}")]
-    Refused {
-        /// The node.
-        target: NodeId,
-        /// What it said.
-        reason: String,
-    },
-}
-
-/// The future a transport call returns.
-pub type TransportFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send + 'a>>;
-
-/// Carries [`rpc`]-encoded requests to another node and brings its reply back.
-///
-/// This is `async fn call(&self, target, addr, request) -> Result<Vec<u8>, TransportError>`
-/// written out so that `Arc<dyn RaftTransport>` works. The future runs on the
-/// Raft thread's tokio runtime; an implementation over shard-held
-/// connections sends the bytes to a shard over a channel and awaits the
-/// reply. On the receiving node the bytes go to [`ClusterHandle::handle_rpc`]
-/// and its answer comes back as the reply. openraft bounds each call by its
-/// own RPC deadline.
-pub trait RaftTransport: Send + Sync + 'static {
-    /// Sends `request` to node `target` at `addr` and returns its reply.
-    fn call<'a>(
-        &'a self,
-        target: NodeId,
-        addr: &'a NodeAddr,
-        request: Vec<u8>,
-    ) -> TransportFuture<'a>;
-}
+pub use super::transport::{RaftTransport, TransportError, TransportFuture};
 
 /// A node's role in the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,17 +285,6 @@ async fn initialize_if_first(
             "initializing the metadata group: {e}"
         ))),
     }
-}
-
-/// What the Raft thread's tasks share.
-pub(super) struct NodeShared {
-    pub(super) raft: Raft<TypeConfig>,
-    pub(super) transport: Arc<dyn RaftTransport>,
-    pub(super) config: ClusterNodeConfig,
-    pub(super) publisher: Arc<StatePublisher>,
-    in_flight: Arc<Semaphore>,
-    /// Heartbeats heard while leading (`liveness.rs`).
-    pub(super) liveness: Liveness,
 }
 
 /// Serves handle requests until a shutdown or until every handle is gone.

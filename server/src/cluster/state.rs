@@ -41,31 +41,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::placement;
-
-/// A broker's id: the `--node-id` of the node, the same number as its Raft node id.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-pub struct BrokerId(pub u64);
-
-/// A shard's index within its broker (`0..shard_ports.len()`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-pub struct ShardId(pub u16);
+pub use super::ids::{BrokerId, Replica, ShardId};
+use super::placement::{self, Load, PlacementError};
 
 /// A topic's id, never reused, so a topic created again never meets its predecessor's files.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
 pub struct TopicId(pub u64);
-
-impl std::fmt::Display for BrokerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// Most partitions in one topic (the broker's `partitions-per-topic-max` may be lower).
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 100_000;
@@ -146,16 +129,6 @@ pub struct TopicState {
     pub internal: bool,
     /// Whether a replica outside the ISR may become leader when no ISR member is alive.
     pub unclean_leader_election: bool,
-}
-
-/// Where one replica lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Replica {
-    /// The broker.
-    pub broker: BrokerId,
-    /// Its shard, as placed. A broker restarted with fewer shards serves it on
-    /// `shard % shard_count`, as one-broker placement does today.
-    pub shard: ShardId,
 }
 
 /// One partition's replicas and leadership.
@@ -517,6 +490,21 @@ pub enum CommandError {
     },
 }
 
+impl From<PlacementError> for CommandError {
+    fn from(error: PlacementError) -> CommandError {
+        match error {
+            PlacementError::InvalidReplicationFactor => CommandError::InvalidReplicationFactor,
+            PlacementError::ReplicationFactorAboveAliveBrokers {
+                replication_factor,
+                alive_brokers,
+            } => CommandError::ReplicationFactorAboveAliveBrokers {
+                replication_factor,
+                alive_brokers,
+            },
+        }
+    }
+}
+
 impl CommandError {
     /// True when the same command may succeed later without change (brokers come back).
     pub fn is_retriable(&self) -> bool {
@@ -595,6 +583,19 @@ impl ClusterState {
             revision: self.revision,
             outcome: applied.outcome,
         }
+    }
+
+    /// What placement counts: the alive brokers and their shards, with the
+    /// replicas and preferred leaderships they hold now.
+    pub(super) fn load(&self) -> Load {
+        let mut load = Load::new(self.alive_brokers().map(|b| (b.id, b.shard_ports.len())));
+        let partitions = self.topics.values().flat_map(|t| t.partitions.iter());
+        for partition in partitions {
+            for (position, replica) in partition.replicas.iter().enumerate() {
+                load.count(*replica, position == 0);
+            }
+        }
+        load
     }
 
     /// Brokers that may hold new replicas, lead and join ISRs, by id.
@@ -753,7 +754,7 @@ impl ClusterState {
     fn create_topic(&mut self, topic: NewTopic) -> Result<TopicId, CommandError> {
         self.check_new_topic(&topic)?;
         let replicas =
-            placement::place_partitions(self, topic.partitions, topic.replication_factor)?;
+            placement::place_partitions(self.load(), topic.partitions, topic.replication_factor)?;
         let partitions: Vec<PartitionState> = replicas
             .into_iter()
             .map(|replicas| {

@@ -19,6 +19,8 @@
 //! bounded by [`CALL_TIMEOUT_MS`] on top of openraft's own RPC deadline.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -28,8 +30,51 @@ use shardlog_wire::protocol::{self, fb, ProtocolLimits, FRAME_PREFIX_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::raft::{RaftTransport, TransportError, TransportFuture};
 use super::{NodeAddr, NodeId};
+
+/// Why a transport call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No connection to the node, or it broke: the caller backs off and tries again.
+    #[error("node {target} is unreachable: {reason}")]
+    Unreachable {
+        /// The node.
+        target: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The node answered with an error (it is stopping, or refused the bytes).
+    #[error("node {target} refused the request: {reason}")]
+    Refused {
+        /// The node.
+        target: NodeId,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// The future a transport call returns.
+pub type TransportFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, TransportError>> + Send + 'a>>;
+
+/// Carries [`rpc`](super::rpc)-encoded requests to another node and brings its reply back.
+///
+/// This is `async fn call(&self, target, addr, request) -> Result<Vec<u8>, TransportError>`
+/// written out so that `Arc<dyn RaftTransport>` works. The future runs on the
+/// Raft thread's tokio runtime; an implementation over shard-held
+/// connections sends the bytes to a shard over a channel and awaits the
+/// reply. On the receiving node the bytes go to [`ClusterHandle::handle_rpc`](super::raft::ClusterHandle::handle_rpc)
+/// and its answer comes back as the reply. openraft bounds each call by its
+/// own RPC deadline.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Sends `request` to node `target` at `addr` and returns its reply.
+    fn call<'a>(
+        &'a self,
+        target: NodeId,
+        addr: &'a NodeAddr,
+        request: Vec<u8>,
+    ) -> TransportFuture<'a>;
+}
 
 /// Idle connections kept to one peer.
 pub const IDLE_CONNECTIONS_PER_PEER_MAX: usize = 4;

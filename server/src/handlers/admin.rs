@@ -15,7 +15,7 @@ use super::{error_parts, finish};
 use crate::cluster::topic_name::validate_topic_name;
 use crate::error::WireError;
 use crate::metadata::{ClusterMetadata, TopicMetadata};
-use crate::shard::messages::TopicRequest;
+use crate::shard::messages::{ControllerCall, TopicRequest};
 use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
 
 /// Most topics in one request.
@@ -70,7 +70,8 @@ pub async fn create_topics(
         Some(cluster) => super::cluster_admin::create(shard, cluster, topics).await,
         None => {
             let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
-            ask_controller(shard, ShardRequest::CreateTopics(topics), names).await
+            let call = ControllerCall::CreateTopics(topics);
+            ask_controller(shard, ShardRequest::Controller(call), names).await
         }
     };
     topic_results(correlation_id, &results, true)
@@ -83,7 +84,10 @@ pub async fn delete_topics(
 ) -> Outgoing {
     let results = match &shard.cluster {
         Some(cluster) => super::cluster_admin::delete(shard, cluster, names).await,
-        None => ask_controller(shard, ShardRequest::DeleteTopics(names.clone()), names).await,
+        None => {
+            let call = ControllerCall::DeleteTopics(names.clone());
+            ask_controller(shard, ShardRequest::Controller(call), names).await
+        }
     };
     topic_results(correlation_id, &results, false)
 }

@@ -30,7 +30,7 @@ use super::{Answer, ConnectionContext, Outgoing, PayloadPart};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::budget::MemoryCharge;
-use crate::shard::messages::{ReadLimit, RemoteFetch};
+use crate::shard::messages::{PartitionCall, PartitionReply, ReadLimit, RemoteFetch};
 use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -198,14 +198,14 @@ async fn read_partition(
             log_start_offset,
         });
     }
-    let request = ShardRequest::Fetch {
+    let request = ShardRequest::Partition(PartitionCall::Fetch {
         topic: topic.to_string(),
         partition: fetch.partition,
         offset: fetch.offset,
         limit,
-    };
+    });
     match shard.call(owner, request).await {
-        ShardResponse::Fetch(Ok(remote)) => {
+        ShardResponse::Partition(PartitionReply::Fetch(Ok(remote))) => {
             let data = (!remote.parts.is_empty()).then_some(Data::Remote(remote.parts));
             Ok(Fetched {
                 data,
@@ -213,7 +213,7 @@ async fn read_partition(
                 log_start_offset: remote.log_start_offset,
             })
         }
-        ShardResponse::Fetch(Err(error)) => Err(error),
+        ShardResponse::Partition(PartitionReply::Fetch(Err(error))) => Err(error),
         _ => Err(WireError::unavailable()),
     }
 }
@@ -305,12 +305,12 @@ async fn wait_for_more(
                 ));
             }
         } else {
-            let watch = ShardRequest::Watch {
+            let watch = ShardRequest::Partition(PartitionCall::Watch {
                 topic: topic.clone(),
                 partition: fetch.partition,
                 offset: from,
                 wait_ms: wait.as_millis() as u64,
-            };
+            });
             waits.push(Box::pin(async move {
                 let _ = shard.call(owner, watch).await;
             }));

@@ -10,7 +10,7 @@ use super::Outgoing;
 use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::shard::messages::OffsetsOutcome;
+use crate::shard::messages::{OffsetsOutcome, PartitionCall, PartitionReply};
 use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -76,14 +76,14 @@ pub(crate) async fn lookup(
     timestamp_ms: i64,
 ) -> Result<OffsetsOutcome, WireError> {
     let owner = shard.partitions.leader_owner_of(topic, partition)?;
-    let request = ShardRequest::ListOffsets {
+    let request = ShardRequest::Partition(PartitionCall::ListOffsets {
         topic: topic.to_string(),
         partition,
         spec,
         timestamp_ms,
-    };
+    });
     match shard.call(owner, request).await {
-        ShardResponse::ListOffsets(outcome) => outcome,
+        ShardResponse::Partition(PartitionReply::ListOffsets(outcome)) => outcome,
         _ => Err(WireError::unavailable()),
     }
 }

@@ -6,7 +6,7 @@
 //! the services it reads (`metadata.rs`: the configuration, the metadata
 //! copy, the metadata group, the producer ids; `raft.rs`: the
 //! configuration and the group; the owner's side of produce, fetch, list
-//! offsets and recover: [`Partitions`](crate::shard::Partitions); the
+//! offsets and recover: [`Partitions`]; the
 //! group calls: [`GroupService`](crate::groups::GroupService)). One that
 //! routes to other shards takes the shard, because
 //! [`ShardState::call`](crate::shard::ShardState::call) may serve the
@@ -34,7 +34,8 @@ use shardlog_wire::protocol::{self, fb};
 use crate::error::WireError;
 use crate::metrics::ShardGauges;
 
-use crate::shard::{ShardRequest, ShardResponse, ShardState};
+use crate::shard::messages::{ControllerCall, PartitionCall, PartitionReply};
+use crate::shard::{Partitions, ShardRequest, ShardResponse, ShardState};
 
 /// A request, parsed into owned values.
 #[derive(Debug)]
@@ -189,7 +190,6 @@ pub async fn handle(
     }
 }
 
-/// Serves work another shard (or this one) asked of this shard.
 /// [`serve_shard_request`] as the shard's [`crate::shard::Serve`].
 pub fn serve_boxed(
     shard: Rc<ShardState>,
@@ -198,6 +198,7 @@ pub fn serve_boxed(
     Box::pin(async move { serve_shard_request(&shard, request).await })
 }
 
+/// Serves work another shard (or this one) asked of this shard.
 pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) -> ShardResponse {
     if shard.shutdown.is_started()
         && !matches!(
@@ -208,48 +209,13 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         return ShardResponse::Unavailable;
     }
     match request {
-        ShardRequest::Produce {
-            topic,
-            partition,
-            batches,
-            acks,
-        } => ShardResponse::Produce(
-            produce::append_local(&shard.partitions, &topic, partition, batches, acks).await,
-        ),
-        ShardRequest::Fetch {
-            topic,
-            partition,
-            offset,
-            limit,
-        } => ShardResponse::Fetch(
-            fetch::read_for_remote(&shard.partitions, &topic, partition, offset, limit).await,
-        ),
-        ShardRequest::Watch {
-            topic,
-            partition,
-            offset,
-            wait_ms,
-        } => {
-            if let Some(state) = shard.partitions.partition(&topic, partition) {
-                state
-                    .wait_for_data(offset, std::time::Duration::from_millis(wait_ms))
-                    .await;
-            }
-            ShardResponse::Watched
+        ShardRequest::Partition(call) => {
+            ShardResponse::Partition(serve_partition(&shard.partitions, call).await)
         }
-        ShardRequest::ListOffsets {
-            topic,
-            partition,
-            spec,
-            timestamp_ms,
-        } => ShardResponse::ListOffsets(
-            list_offsets::lookup_local(&shard.partitions, &topic, partition, spec, timestamp_ms)
-                .await,
-        ),
-        ShardRequest::CreateTopics(topics) => {
+        ShardRequest::Controller(ControllerCall::CreateTopics(topics)) => {
             ShardResponse::Topics(admin::create_on_controller(shard, topics).await)
         }
-        ShardRequest::DeleteTopics(names) => {
+        ShardRequest::Controller(ControllerCall::DeleteTopics(names)) => {
             ShardResponse::Topics(admin::delete_on_controller(shard, names).await)
         }
         ShardRequest::Metrics => ShardResponse::Metrics(shard.metrics.render(ShardGauges {
@@ -260,15 +226,59 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
             partitions: shard.partitions.local_partitions(),
         })),
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
-        ShardRequest::RecoverPartition { topic, partition } => ShardResponse::Recovered(
-            recover::recover_local(&shard.partitions, &topic, partition).await,
-        ),
         ShardRequest::ApplyMetadata(metadata) => {
             let applied = shard.apply_metadata(metadata).await;
             if let Err(error) = &applied {
                 tracing::error!(shard = shard.id, %error, "applying metadata failed");
             }
             ShardResponse::Applied(applied.map_err(|e| format!("shard {}: {e}", shard.id)))
+        }
+    }
+}
+
+/// The partitions service's side of a [`PartitionCall`]: it takes only the
+/// shard's partitions.
+async fn serve_partition(partitions: &Partitions, call: PartitionCall) -> PartitionReply {
+    match call {
+        PartitionCall::Produce {
+            topic,
+            partition,
+            batches,
+            acks,
+        } => PartitionReply::Produce(
+            produce::append_local(partitions, &topic, partition, batches, acks).await,
+        ),
+        PartitionCall::Fetch {
+            topic,
+            partition,
+            offset,
+            limit,
+        } => PartitionReply::Fetch(
+            fetch::read_for_remote(partitions, &topic, partition, offset, limit).await,
+        ),
+        PartitionCall::Watch {
+            topic,
+            partition,
+            offset,
+            wait_ms,
+        } => {
+            if let Some(state) = partitions.partition(&topic, partition) {
+                state
+                    .wait_for_data(offset, std::time::Duration::from_millis(wait_ms))
+                    .await;
+            }
+            PartitionReply::Watched
+        }
+        PartitionCall::ListOffsets {
+            topic,
+            partition,
+            spec,
+            timestamp_ms,
+        } => PartitionReply::ListOffsets(
+            list_offsets::lookup_local(partitions, &topic, partition, spec, timestamp_ms).await,
+        ),
+        PartitionCall::Recover { topic, partition } => {
+            PartitionReply::Recovered(recover::recover_local(partitions, &topic, partition).await)
         }
     }
 }

@@ -15,7 +15,7 @@ use super::Outgoing;
 use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::shard::messages::ProduceOutcome;
+use crate::shard::messages::{PartitionCall, PartitionReply, ProduceOutcome};
 use crate::shard::producers::SequenceCheck;
 use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
@@ -207,16 +207,16 @@ async fn produce_partition(
     match shard
         .call(
             owner,
-            ShardRequest::Produce {
+            ShardRequest::Partition(PartitionCall::Produce {
                 topic,
                 partition,
                 batches,
                 acks,
-            },
+            }),
         )
         .await
     {
-        ShardResponse::Produce(outcome) => outcome,
+        ShardResponse::Partition(PartitionReply::Produce(outcome)) => outcome,
         _ => ProduceOutcome {
             result: Err(WireError::unavailable()),
             log_start_offset: -1,

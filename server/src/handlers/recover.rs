@@ -17,7 +17,7 @@ use super::Outgoing;
 use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
-use crate::shard::messages::Recovered;
+use crate::shard::messages::{PartitionCall, PartitionReply, Recovered};
 use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
 
@@ -87,12 +87,12 @@ async fn recover(
         .partitions
         .owner_of(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
-    let request = ShardRequest::RecoverPartition {
+    let request = ShardRequest::Partition(PartitionCall::Recover {
         topic: topic.to_string(),
         partition,
-    };
+    });
     match shard.call(owner, request).await {
-        ShardResponse::Recovered(outcome) => outcome,
+        ShardResponse::Partition(PartitionReply::Recovered(outcome)) => outcome,
         _ => Err(WireError::unavailable()),
     }
 }

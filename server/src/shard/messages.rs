@@ -37,17 +37,48 @@ pub enum ShardMessage {
     },
 }
 
-/// Work one shard asks of the owner of a partition, or of the controller.
+/// Work one shard asks of another (or of itself), by the service that serves it.
 #[derive(Debug)]
 pub enum ShardRequest {
-    /// Append batches to a partition the receiver owns.
+    /// For the partitions service of the shard owning the partition.
+    Partition(PartitionCall),
+    /// For the controller shard of a one-node broker: topic admin.
+    Controller(ControllerCall),
+    /// For every shard's partitions service: adopt this metadata snapshot
+    /// (sent by the controller).
+    ApplyMetadata(Arc<ClusterMetadata>),
+    /// For every shard: render its metrics (sent by shard 0 for a scrape).
+    Metrics,
+    /// For the coordinator of a group (or, for `List` and `Commits`, every shard).
+    Group(GroupCall),
+}
+
+impl ShardRequest {
+    /// Produce, fetch and list offsets: the requests a client's traffic
+    /// forwards, which never wait on the mesh while served.
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            ShardRequest::Partition(
+                PartitionCall::Produce { .. }
+                    | PartitionCall::Fetch { .. }
+                    | PartitionCall::ListOffsets { .. }
+            )
+        )
+    }
+}
+
+/// Work for the partitions service of the shard that owns the partition.
+#[derive(Debug)]
+pub enum PartitionCall {
+    /// Append batches.
     Produce {
         topic: String,
         partition: u32,
         batches: BytesMut,
         acks: fb::Acks,
     },
-    /// Read from a partition the receiver owns.
+    /// Read.
     Fetch {
         topic: String,
         partition: u32,
@@ -61,38 +92,33 @@ pub enum ShardRequest {
         offset: u64,
         wait_ms: u64,
     },
-    /// Look up an offset of a partition the receiver owns.
+    /// Look up an offset.
     ListOffsets {
         topic: String,
         partition: u32,
         spec: fb::OffsetSpec,
         timestamp_ms: i64,
     },
-    /// Create topics (sent to the controller).
-    CreateTopics(Vec<TopicRequest>),
-    /// Delete topics (sent to the controller).
-    DeleteTopics(Vec<String>),
-    /// Adopt this metadata snapshot (sent by the controller).
-    ApplyMetadata(Arc<ClusterMetadata>),
-    /// Render this shard's metrics (sent by shard 0 for a scrape).
-    Metrics,
-    /// Work for the coordinator of a group (or, for `List` and `Commits`, every shard).
-    Group(GroupCall),
-    /// Recover a poisoned partition the receiver owns.
-    RecoverPartition { topic: String, partition: u32 },
+    /// Recover a poisoned partition.
+    Recover { topic: String, partition: u32 },
 }
 
-impl ShardRequest {
-    /// Produce, fetch and list offsets: the requests a client's traffic
-    /// forwards, which never wait on the mesh while served.
-    pub fn is_data(&self) -> bool {
-        matches!(
-            self,
-            ShardRequest::Produce { .. }
-                | ShardRequest::Fetch { .. }
-                | ShardRequest::ListOffsets { .. }
-        )
-    }
+/// The partitions service's answer to a [`PartitionCall`].
+#[derive(Debug)]
+pub enum PartitionReply {
+    Produce(ProduceOutcome),
+    Fetch(Result<RemoteFetch, WireError>),
+    Watched,
+    ListOffsets(Result<OffsetsOutcome, WireError>),
+    Recovered(Result<Recovered, WireError>),
+}
+
+/// Topic admin for the controller shard of a one-node broker (a clustered
+/// broker proposes to the metadata group instead).
+#[derive(Debug)]
+pub enum ControllerCall {
+    CreateTopics(Vec<TopicRequest>),
+    DeleteTopics(Vec<String>),
 }
 
 /// Work for a group coordinator.
@@ -227,19 +253,16 @@ impl TopicRequest {
     }
 }
 
-/// The answer to a [`ShardRequest`].
+/// The answer to a [`ShardRequest`], by the service that served it.
 #[derive(Debug)]
 pub enum ShardResponse {
-    Produce(ProduceOutcome),
-    Fetch(Result<RemoteFetch, WireError>),
-    Watched,
-    ListOffsets(Result<OffsetsOutcome, WireError>),
+    Partition(PartitionReply),
+    /// To a [`ControllerCall`]: each topic's outcome.
     Topics(Vec<(String, Option<WireError>)>),
     /// The metadata was adopted, or why the shard could not open what it places there.
     Applied(Result<(), String>),
     Metrics(String),
     Group(GroupReply),
-    Recovered(Result<Recovered, WireError>),
     /// The receiving shard is stopping.
     Unavailable,
 }
