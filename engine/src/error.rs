@@ -43,6 +43,19 @@ pub enum Error {
         /// One past the last readable offset.
         high_watermark: u64,
     },
+    /// A replicated batch does not continue the log: its base offset is not
+    /// the log end offset, or its leader epoch is older than the log's.
+    #[error("a replicated batch at offset {base_offset}, leader epoch {leader_epoch}, does not continue this log (end offset {log_end_offset}, leader epoch {log_leader_epoch}); fetch from the end offset, or truncate to where the logs agree")]
+    NotContinuous {
+        /// The batch's base offset.
+        base_offset: u64,
+        /// The batch's leader epoch.
+        leader_epoch: u32,
+        /// Where the log ends.
+        log_end_offset: u64,
+        /// The newest leader epoch in the log.
+        log_leader_epoch: u32,
+    },
     /// Stored bytes are damaged beyond what recovery may repair by truncation.
     #[error("log corrupted at {path} position {position}: {reason}; restore the partition from a replica or backup")]
     Corrupt {

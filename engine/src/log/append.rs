@@ -900,6 +900,17 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::TooManyOpenFiles { limit } => Error::TooManyOpenFiles { limit: *limit },
+            Error::NotContinuous {
+                base_offset,
+                leader_epoch,
+                log_end_offset,
+                log_leader_epoch,
+            } => Error::NotContinuous {
+                base_offset: *base_offset,
+                leader_epoch: *leader_epoch,
+                log_end_offset: *log_end_offset,
+                log_leader_epoch: *log_leader_epoch,
+            },
             Error::Config(message) => Error::Config(message.clone()),
             Error::Poisoned { path, reason } => Error::Poisoned {
                 path: path.clone(),

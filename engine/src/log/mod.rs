@@ -240,6 +240,24 @@ impl PartitionLog {
     /// # Errors
     /// As [`PartitionLog::append`].
     pub async fn append_valid(&self, batch: ValidBatch) -> Result<AppendInfo> {
+        self.append_stamped(batch, Stamp::Leader).await
+    }
+
+    /// Appends a batch a follower fetched from its leader, verbatim: its
+    /// base offset and leader epoch stay as the leader stamped them, so the
+    /// follower's log is the leader's byte for byte. The batch must
+    /// continue the log (its base offset is the log end offset, its leader
+    /// epoch no older than the log's newest); the log's leader epoch moves
+    /// up to the batch's. Resolves as [`PartitionLog::append`] does: once
+    /// the batch is durable under this log's own flush policy.
+    ///
+    /// # Errors
+    /// [`Error::NotContinuous`] (nothing stored), and as [`PartitionLog::append`].
+    pub async fn append_replica(&self, batch: ValidBatch) -> Result<AppendInfo> {
+        self.append_stamped(batch, Stamp::Replica).await
+    }
+
+    async fn append_stamped(&self, batch: ValidBatch, stamp: Stamp) -> Result<AppendInfo> {
         let (header, mut batch) = batch.into_parts();
         check_limits(&header, &self.inner.config.batch_limits)?;
         let size_bytes = batch.len() as u64;
@@ -250,14 +268,29 @@ impl PartitionLog {
             .map_err(|_| Error::Closed)?;
         let (info, rx) = {
             let mut state = self.inner.state.borrow_mut();
-            if let Err(error) = self.inner.check_writable(&state) {
+            let checked = self
+                .inner
+                .check_writable(&state)
+                .and_then(|()| match stamp {
+                    Stamp::Leader => Ok(()),
+                    Stamp::Replica => check_continues(&state, &header),
+                });
+            if let Err(error) = checked {
                 drop(state);
                 self.inner.pending_permits.signal(size_bytes);
                 return Err(error);
             }
             let base_offset = state.next_offset;
-            set_base_offset(&mut batch, base_offset);
-            set_leader_epoch(&mut batch, state.leader_epoch);
+            match stamp {
+                Stamp::Leader => {
+                    set_base_offset(&mut batch, base_offset);
+                    set_leader_epoch(&mut batch, state.leader_epoch);
+                }
+                Stamp::Replica => {
+                    assert!(header.base_offset == base_offset);
+                    state.leader_epoch = state.leader_epoch.max(header.leader_epoch);
+                }
+            }
             let next_offset = base_offset + u64::from(header.record_count);
             state.next_offset = next_offset;
             state.pending_bytes += size_bytes;
@@ -456,6 +489,28 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The limits of a batch that was validated against limits of its holder's choosing.
+/// Who set a batch's base offset and leader epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// This log, as the partition's leader: the next offset, its epoch.
+    Leader,
+    /// The leader, whose bytes a follower stores as they are.
+    Replica,
+}
+
+/// A replicated batch continues the log: at its end offset, in an epoch no older.
+fn check_continues(state: &LogState, header: &BatchHeader) -> Result<()> {
+    if header.base_offset == state.next_offset && header.leader_epoch >= state.leader_epoch {
+        return Ok(());
+    }
+    Err(Error::NotContinuous {
+        base_offset: header.base_offset,
+        leader_epoch: header.leader_epoch,
+        log_end_offset: state.next_offset,
+        log_leader_epoch: state.leader_epoch,
+    })
+}
+
 fn check_limits(header: &BatchHeader, limits: &BatchLimits) -> Result<()> {
     if header.length_bytes > limits.batch_bytes_max {
         return Err(Error::InvalidBatch(shardlog_wire::Error::TooLarge {
@@ -472,5 +527,7 @@ fn check_limits(header: &BatchHeader, limits: &BatchLimits) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;
