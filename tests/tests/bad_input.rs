@@ -35,12 +35,22 @@ fn raw_request(body_type: fb::RequestBody, api_version: u16) -> Vec<u8> {
             client_software: None,
         },
     );
+    finish_request(fbb, body_type, body.as_union_value(), api_version)
+}
+
+/// Wraps `body` in a `Request` (correlation id 77) and a frame.
+fn finish_request(
+    mut fbb: FlatBufferBuilder<'_>,
+    body_type: fb::RequestBody,
+    body: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+    api_version: u16,
+) -> Vec<u8> {
     let args = fb::RequestArgs {
         correlation_id: 77,
         api_version,
         client_id: None,
         body_type,
-        body: Some(body.as_union_value()),
+        body: Some(body),
     };
     let root = fb::Request::create(&mut fbb, &args);
     fbb.finish(root, None);
@@ -98,16 +108,12 @@ fn create_topics_frame(name: &str, replication_factor: i16, min_insync_replicas:
             topics: Some(topics),
         },
     );
-    let args = fb::RequestArgs {
-        correlation_id: 78,
-        api_version: 0,
-        client_id: None,
-        body_type: fb::RequestBody::CreateTopicsRequest,
-        body: Some(body.as_union_value()),
-    };
-    let root = fb::Request::create(&mut fbb, &args);
-    fbb.finish(root, None);
-    frame(fbb.finished_data())
+    finish_request(
+        fbb,
+        fb::RequestBody::CreateTopicsRequest,
+        body.as_union_value(),
+        0,
+    )
 }
 
 #[test]
