@@ -412,6 +412,64 @@ const CONNECTION_MEMORY_BYTES: u64 = 64 * MIB;
 /// connections and random frames, all at once: the steady clients go on,
 /// every bad connection is dealt with by its limit, and the broker stays
 /// within the memory its settings allow.
+/// A client that asks for one big fetch and then neither reads nor sends:
+/// the broker's write gives up after `--response-write-timeout-ms` and the
+/// connection closes then, although its reader has slots free and sits
+/// waiting for a frame (before the fix it stayed open until the idle
+/// timeout, ten minutes).
+#[test]
+fn a_client_that_stops_reading_and_sending_is_closed_at_the_write_timeout() {
+    let broker = Broker::start(
+        2,
+        &[
+            "--response-write-timeout-ms",
+            "1000",
+            "--fetch-partition-bytes-max",
+            "41943040",
+        ],
+    );
+    let mut setup = broker.connect();
+    create_topic(&mut setup, "big", 1);
+    // 40 MB: more than the two sockets' buffers hold, so the write blocks.
+    let chunk: Vec<String> = (0..16).map(|i| format!("{i:0>62500}")).collect();
+    for _ in 0..40 {
+        produce(&mut setup, "big", 0, &chunk);
+    }
+    let fetch = encode_request(
+        5,
+        &Request::Fetch {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 50 << 20,
+            partitions: vec![shardlog_client::protocol::FetchPartition {
+                topic: "big".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 40 << 20,
+            }],
+        },
+    );
+    let mut deaf = TcpStream::connect(broker.addr).unwrap();
+    deaf.write_all(&fetch).unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        closed_by_broker(&mut deaf),
+        "closed {:?} after the request",
+        started.elapsed()
+    );
+    let metrics = broker.scrape_metrics();
+    assert!(
+        metric(
+            &metrics,
+            "shardlog_connections_closed_total",
+            "reason=\"write_timeout\""
+        ) >= 1,
+        "counted as a write timeout"
+    );
+    still_serves(&broker);
+}
+
 #[test]
 fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
     let descriptors = shardlog_tests::raise_file_limit();

@@ -401,6 +401,14 @@ async fn write_loop(
         };
         if let Err(error) = written {
             tracing::debug!(%error, "writing a response failed; closing the connection");
+            // The reader may be waiting on the socket for a frame that never
+            // comes (a client that stopped reading may also stop sending):
+            // shutting the socket down wakes it, so the connection ends now,
+            // not at the idle timeout.
+            // SAFETY: `socket` is the descriptor of the stream whose halves
+            // this task and the reader still hold, so it is open; shutdown
+            // changes the connection's state and frees nothing.
+            unsafe { libc::shutdown(socket, libc::SHUT_RDWR) };
             break;
         }
     }
