@@ -258,24 +258,14 @@ impl PartitionLog {
         let _ = std::fs::remove_file(index_path(&inner.dir, cut.segment_base));
         let rebuilt = rebuilt_active(&inner.dir, cut.segment_base, file, found, &inner.config);
         let rebuilt = rebuilt.await?;
-        // Epochs that began in the cut tail go with it (a crash before this
-        // is written down is mended at open the same way).
-        let epochs_cut = {
-            let mut state = inner.state.borrow_mut();
-            state
-                .sealed
-                .retain(|s| s.meta.base_offset < cut.segment_base);
-            let _old_file = state.active.reset_to(rebuilt);
-            state.next_offset = cut.new_end;
-            state.written_offset = cut.new_end;
-            state.durable_offset = cut.new_end;
-            state.epochs.truncate_from_end(cut.new_end)
-        };
-        if epochs_cut {
-            let _permit = inner.epoch_lock.acquire_permit(1).await;
-            let epochs = inner.state.borrow().epochs.clone();
-            super::epochs::store(&inner.dir, &epochs).await?;
-        }
+        let mut state = inner.state.borrow_mut();
+        state
+            .sealed
+            .retain(|s| s.meta.base_offset < cut.segment_base);
+        let _old_file = state.active.reset_to(rebuilt);
+        state.next_offset = cut.new_end;
+        state.written_offset = cut.new_end;
+        state.durable_offset = cut.new_end;
         tracing::info!(dir = %inner.dir.display(), new_end = cut.new_end, "truncated log");
         Ok(cut.new_end)
     }

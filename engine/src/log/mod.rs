@@ -19,7 +19,6 @@
 
 mod append;
 mod checkpoint;
-pub mod epochs;
 mod maintenance;
 mod open;
 mod read;
@@ -79,8 +78,6 @@ struct LogInner {
     /// One unit: held while a checkpoint is written, and by a truncation
     /// while it removes the checkpoints and changes synced bytes.
     checkpoint_lock: Semaphore,
-    /// One unit: held while a new leader epoch's entry is made durable.
-    epoch_lock: Semaphore,
 }
 
 #[derive(Debug)]
@@ -109,11 +106,7 @@ struct LogState {
     corrupt_reads_count: u64,
     last_corruption: Option<String>,
     closed: bool,
-    /// The epoch stamped into batches this log leads; never below the
-    /// newest epoch in `epochs`.
     leader_epoch: u32,
-    /// The first offset of each leader epoch that holds a batch (`epochs.rs`).
-    epochs: epochs::EpochCache,
     checkpoint: checkpoint::CheckpointState,
 }
 
@@ -273,25 +266,20 @@ impl PartitionLog {
             .acquire(size_bytes)
             .await
             .map_err(|_| Error::Closed)?;
-        // The first batch of an epoch: its entry is durable before the batch
-        // is written. No append is queued meanwhile (each waits here for the
-        // same entry), so the epoch starts where this one goes.
-        loop {
-            let new_epoch = match self.inner.check_append(&header, stamp) {
-                Ok(new_epoch) => new_epoch,
-                Err(error) => {
-                    self.inner.pending_permits.signal(size_bytes);
-                    return Err(error);
-                }
-            };
-            let Some(epoch) = new_epoch else { break };
-            if let Err(error) = self.inner.begin_epoch(epoch).await {
+        let (info, rx) = {
+            let mut state = self.inner.state.borrow_mut();
+            let checked = self
+                .inner
+                .check_writable(&state)
+                .and_then(|()| match stamp {
+                    Stamp::Leader => Ok(()),
+                    Stamp::Replica => check_continues(&state, &header),
+                });
+            if let Err(error) = checked {
+                drop(state);
                 self.inner.pending_permits.signal(size_bytes);
                 return Err(error);
             }
-        }
-        let (info, rx) = {
-            let mut state = self.inner.state.borrow_mut();
             let base_offset = state.next_offset;
             match stamp {
                 Stamp::Leader => {
@@ -419,22 +407,7 @@ impl PartitionLog {
         &self.inner.dir
     }
 
-    /// For a follower whose newest leader epoch is `epoch`: the largest
-    /// epoch of this log not above it, and where that epoch ends here
-    /// (KIP-279); `None` when every epoch here is newer (or the log has no
-    /// batch yet).
-    pub fn end_offset_for_epoch(&self, epoch: u32) -> Option<(u32, u64)> {
-        let state = self.inner.state.borrow();
-        state.epochs.end_offset_for(epoch, state.next_offset)
-    }
-
-    /// The first offset of each leader epoch that holds a batch, oldest first.
-    pub fn leader_epochs(&self) -> Vec<epochs::EpochStart> {
-        self.inner.state.borrow().epochs.entries().to_vec()
-    }
-
-    /// Sets the leader epoch stamped into batches appended from now on (the
-    /// epoch is written down with its first batch).
+    /// Sets the leader epoch stamped into batches appended from now on.
     pub fn set_leader_epoch(&self, leader_epoch: u32) {
         let mut state = self.inner.state.borrow_mut();
         assert!(
@@ -516,53 +489,6 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The limits of a batch that was validated against limits of its holder's choosing.
-impl LogInner {
-    /// Whether a batch may be appended now; `Some(epoch)` when it would be
-    /// the first of `epoch`, whose entry must be durable first.
-    fn check_append(&self, header: &BatchHeader, stamp: Stamp) -> Result<Option<u32>> {
-        let state = self.state.borrow();
-        self.check_writable(&state)?;
-        let epoch = match stamp {
-            Stamp::Leader => state.leader_epoch,
-            Stamp::Replica => {
-                check_continues(&state, header)?;
-                header.leader_epoch
-            }
-        };
-        Ok(state.epochs.is_new(epoch).then_some(epoch))
-    }
-
-    /// Makes `epoch`'s entry durable, starting at the next offset, unless
-    /// another append did while this one waited.
-    async fn begin_epoch(&self, epoch: u32) -> Result<()> {
-        let _permit = self
-            .epoch_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| Error::Closed)?;
-        let (base, start_offset) = {
-            let state = self.state.borrow();
-            if !state.epochs.is_new(epoch) {
-                return Ok(());
-            }
-            (state.epochs.clone(), state.next_offset)
-        };
-        let mut next = base.clone();
-        next.assign(epoch, start_offset);
-        epochs::store(&self.dir, &next).await?;
-        let mut state = self.state.borrow_mut();
-        // No append was queued meanwhile (see `append_stamped`), but a
-        // truncation may have moved the end: then the caller asks again, and
-        // the next file written replaces this one.
-        if state.epochs != base || state.next_offset != start_offset {
-            return Ok(());
-        }
-        state.leader_epoch = state.leader_epoch.max(epoch);
-        state.epochs = next;
-        Ok(())
-    }
-}
-
 /// Who set a batch's base offset and leader epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stamp {

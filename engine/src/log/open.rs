@@ -60,10 +60,6 @@ pub(super) async fn open(
         },
     };
     let next_offset = active.next_offset;
-    // A crash may have kept an epoch whose first batch never reached the disk.
-    let mut epochs = super::epochs::load(dir)?;
-    epochs.truncate_from_end(next_offset);
-    let leader_epoch = epochs.latest().map_or(0, |e| e.epoch);
     let state = LogState {
         sealed,
         active: active.active,
@@ -82,8 +78,7 @@ pub(super) async fn open(
         corrupt_reads_count: 0,
         last_corruption: None,
         closed: false,
-        leader_epoch,
-        epochs,
+        leader_epoch: 0,
         checkpoint: Default::default(),
     };
     let inner = LogInner {
@@ -95,7 +90,6 @@ pub(super) async fn open(
         state: RefCell::new(state),
         role_waiters: RefCell::new(Vec::new()),
         checkpoint_lock: Semaphore::new(1),
-        epoch_lock: Semaphore::new(1),
     };
     tracing::debug!(dir = %dir.display(), next_offset, "opened log");
     Ok(PartitionLog {
