@@ -12,7 +12,6 @@ use shardlog_wire::protocol::fb;
 
 use super::Outgoing;
 use super::{error_parts, finish};
-use crate::cluster::topic_name::validate_topic_name;
 use crate::error::WireError;
 use crate::metadata::{ClusterMetadata, TopicMetadata};
 use crate::shard::messages::{ControllerCall, TopicRequest};
@@ -239,11 +238,8 @@ fn check_new_topic(
     metadata: &ClusterMetadata,
     topic: &TopicRequest,
 ) -> Option<WireError> {
-    if let Err(reason) = validate_topic_name(&topic.name) {
-        return Some(WireError::new(
-            fb::ErrorCode::InvalidTopic,
-            format!("topic {:?}: {reason}", topic.name),
-        ));
+    if let Err(error) = topic.check_name() {
+        return Some(error);
     }
     if metadata.topics.contains_key(&topic.name) {
         return Some(WireError::new(
@@ -251,25 +247,7 @@ fn check_new_topic(
             format!("topic {:?} already exists", topic.name),
         ));
     }
-    let max = shard.config.limits.partitions_per_topic_max;
-    if topic.partitions == 0 || topic.partitions > max {
-        return Some(WireError::new(
-            fb::ErrorCode::InvalidPartitions,
-            format!(
-                "a topic has 1 to {max} partitions, not {}",
-                topic.partitions
-            ),
-        ));
-    }
-    if let Some(segment_bytes) = topic.segment_bytes {
-        if let Err(error) = shard.config.log_config(segment_bytes).validate() {
-            return Some(WireError::new(
-                fb::ErrorCode::InvalidConfig,
-                error.to_string(),
-            ));
-        }
-    }
-    match topic.replication() {
+    match topic.check_settings(&shard.config) {
         Err(error) => Some(error),
         Ok((factor, _)) if factor > 1 => Some(WireError::new(
             fb::ErrorCode::InvalidReplicationFactor,

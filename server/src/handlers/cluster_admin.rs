@@ -21,7 +21,6 @@ use crate::cluster::state::{
     BrokerLiveness, ClusterCommand, CommandError, CommandOutput, CommandResult, NewTopic,
     TopicOutcome,
 };
-use crate::cluster::topic_name::validate_topic_name;
 use crate::error::WireError;
 use crate::shard::messages::TopicRequest;
 use crate::shard::ShardState;
@@ -98,27 +97,8 @@ fn drop_id<T>(outcome: TopicOutcome<T>) -> TopicOutcome<()> {
 /// What this broker can refuse before asking the group (the group checks
 /// the rest, such as replicas against alive brokers); the replication asked for.
 fn check(shard: &ShardState, topic: &TopicRequest) -> Result<(u16, u16), WireError> {
-    if let Err(reason) = validate_topic_name(&topic.name) {
-        let message = format!("topic {:?}: {reason}", topic.name);
-        return Err(WireError::new(fb::ErrorCode::InvalidTopic, message));
-    }
-    let max = shard.config.limits.partitions_per_topic_max;
-    if topic.partitions == 0 || topic.partitions > max {
-        let message = format!(
-            "a topic has 1 to {max} partitions, not {}",
-            topic.partitions
-        );
-        return Err(WireError::new(fb::ErrorCode::InvalidPartitions, message));
-    }
-    if let Some(segment_bytes) = topic.segment_bytes {
-        if let Err(error) = shard.config.log_config(segment_bytes).validate() {
-            return Err(WireError::new(
-                fb::ErrorCode::InvalidConfig,
-                error.to_string(),
-            ));
-        }
-    }
-    topic.replication()
+    topic.check_name()?;
+    topic.check_settings(&shard.config)
 }
 
 /// Proposes `command` and waits until this shard applied what it made.

@@ -7,6 +7,8 @@ use bytes::{Bytes, BytesMut};
 use shardlog_wire::protocol::fb;
 
 pub use super::partition::PartitionHealth;
+use crate::cluster::topic_name::validate_topic_name;
+use crate::config::ServerConfig;
 use crate::error::WireError;
 use crate::groups::TopicPartition;
 use crate::metadata::ClusterMetadata;
@@ -226,6 +228,33 @@ pub struct TopicRequest {
 impl TopicRequest {
     /// The replication factor of a topic created without one (Kafka's `default.replication.factor`).
     pub const DEFAULT_REPLICATION: u16 = 1;
+
+    /// Refuses a name outside the topic rules.
+    pub fn check_name(&self) -> Result<(), WireError> {
+        validate_topic_name(&self.name).map_err(|reason| {
+            let message = format!("topic {:?}: {reason}", self.name);
+            WireError::new(fb::ErrorCode::InvalidTopic, message)
+        })
+    }
+
+    /// Checks the partition count and segment size against the broker's
+    /// limits; the replication factor and min-insync-replicas asked for.
+    pub fn check_settings(&self, config: &ServerConfig) -> Result<(u16, u16), WireError> {
+        let max = config.limits.partitions_per_topic_max;
+        if self.partitions == 0 || self.partitions > max {
+            let message = format!("a topic has 1 to {max} partitions, not {}", self.partitions);
+            return Err(WireError::new(fb::ErrorCode::InvalidPartitions, message));
+        }
+        if let Some(segment_bytes) = self.segment_bytes {
+            if let Err(error) = config.log_config(segment_bytes).validate() {
+                return Err(WireError::new(
+                    fb::ErrorCode::InvalidConfig,
+                    error.to_string(),
+                ));
+            }
+        }
+        self.replication()
+    }
 
     /// The replication factor and min-insync-replicas asked for, defaults filled in.
     pub fn replication(&self) -> Result<(u16, u16), WireError> {
