@@ -412,6 +412,24 @@ const CONNECTION_MEMORY_BYTES: u64 = 64 * MIB;
 /// connections and random frames, all at once: the steady clients go on,
 /// every bad connection is dealt with by its limit, and the broker stays
 /// within the memory its settings allow.
+/// A fetch frame for all of partition 0 of "big", up to `partition_bytes` of it.
+fn big_fetch(partition_bytes: u32) -> bytes::Bytes {
+    encode_request(
+        5,
+        &Request::Fetch {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 50 << 20,
+            partitions: vec![shardlog_client::protocol::FetchPartition {
+                topic: "big".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: partition_bytes,
+            }],
+        },
+    )
+}
+
 /// A client that asks for one big fetch and then neither reads nor sends:
 /// the broker's write gives up after `--response-write-timeout-ms` and the
 /// connection closes then, although its reader has slots free and sits
@@ -435,20 +453,7 @@ fn a_client_that_stops_reading_and_sending_is_closed_at_the_write_timeout() {
     for _ in 0..40 {
         produce(&mut setup, "big", 0, &chunk);
     }
-    let fetch = encode_request(
-        5,
-        &Request::Fetch {
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 50 << 20,
-            partitions: vec![shardlog_client::protocol::FetchPartition {
-                topic: "big".into(),
-                partition: 0,
-                offset: 0,
-                max_bytes: 40 << 20,
-            }],
-        },
-    );
+    let fetch = big_fetch(40 << 20);
     let mut deaf = TcpStream::connect(broker.addr).unwrap();
     deaf.write_all(&fetch).unwrap();
     let started = std::time::Instant::now();
@@ -528,20 +533,7 @@ fn a_hostile_crowd_cannot_starve_others_or_grow_the_broker() {
     // 2. Fetchers that pipeline big fetches and never read an answer: two,
     // whose connection budgets add up to the shard's (a third would only get
     // watermark-only answers, small enough to sit in its socket buffer).
-    let fetch = encode_request(
-        5,
-        &Request::Fetch {
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 50 << 20,
-            partitions: vec![shardlog_client::protocol::FetchPartition {
-                topic: "big".into(),
-                partition: 0,
-                offset: 0,
-                max_bytes: 10 << 20,
-            }],
-        },
-    );
+    let fetch = big_fetch(10 << 20);
     let mut deaf: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut stream = TcpStream::connect(broker.addr).unwrap();
