@@ -172,13 +172,7 @@ async fn produce_partition(
     }
     let checked = shard
         .partitions
-        .leader_owner_of(&topic, partition)
-        .and_then(|owner| {
-            if acks == fb::Acks::All {
-                shard.partitions.check_insync(&topic, partition)?;
-            }
-            Ok(owner)
-        });
+        .produce_owner_of(&topic, partition, acks == fb::Acks::All);
     let owner = match checked {
         Ok(owner) => owner,
         Err(error) => {

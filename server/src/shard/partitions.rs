@@ -94,6 +94,21 @@ impl Partitions {
     /// reached another broker gets the retriable `NotLeader`, and the client
     /// refreshes its metadata.
     pub fn leader_owner_of(&self, topic: &str, partition: u32) -> Result<usize, WireError> {
+        self.leader_owner(topic, partition, false)
+    }
+
+    /// As [`Partitions::leader_owner_of`], for a produce: with `acks_all`,
+    /// min-insync-replicas brokers must also be in the partition's ISR.
+    pub fn produce_owner_of(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks_all: bool,
+    ) -> Result<usize, WireError> {
+        self.leader_owner(topic, partition, acks_all)
+    }
+
+    fn leader_owner(&self, topic: &str, partition: u32, insync: bool) -> Result<usize, WireError> {
         let metadata = self.metadata.borrow();
         let known = metadata
             .topics
@@ -106,18 +121,13 @@ impl Partitions {
         if let Some(refusal) = topic_metadata.not_leader(topic, partition, broker) {
             return Err(refusal);
         }
-        topic_metadata
+        let owner = topic_metadata
             .local_owner(partition, self.count, broker)
-            .ok_or_else(|| WireError::unknown_partition(topic, partition))
-    }
-
-    /// `acks=all` needs min-insync-replicas brokers in the partition's ISR.
-    pub fn check_insync(&self, topic: &str, partition: u32) -> Result<(), WireError> {
-        let metadata = self.metadata.borrow();
-        match metadata.topics.get(topic) {
-            Some(t) => t.check_insync(topic, partition),
-            None => Err(WireError::unknown_partition(topic, partition)),
+            .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
+        if insync {
+            topic_metadata.check_insync(topic, partition)?;
         }
+        Ok(owner)
     }
 
     /// This broker's id when it is a cluster member; `None` on a one-node broker.
