@@ -130,6 +130,11 @@ impl LogInner {
         loop {
             // Issue rounds while the pipeline has room and nothing blocks them.
             while pipe.in_flight.len() < IN_FLIGHT_MAX {
+                // A queued batch may be the first of a new leader epoch: its
+                // entry is durable before any round that could hold it.
+                if let Err(error) = self.store_epochs().await {
+                    self.step_failed("storing the leader epochs", error);
+                }
                 match self.plan_round(&mut pipe) {
                     Step::Idle => {
                         self.wake_role_waiters();
@@ -138,7 +143,7 @@ impl LogInner {
                     Step::Wait => break,
                     Step::Roll => {
                         if let Err(error) = self.roll().await {
-                            self.roll_failed(error);
+                            self.step_failed("rolling the segment", error);
                         }
                         pipe.plan_end = self.state.borrow().active.written_bytes;
                     }
@@ -623,6 +628,8 @@ impl LogInner {
         state.pending_bytes = 0;
         self.pending_permits.signal(unwritten_bytes);
         state.next_offset = state.written_offset;
+        let written_offset = state.written_offset;
+        LogInner::cut_epochs(&mut state, written_offset);
         while state
             .waiters
             .back()
@@ -656,10 +663,11 @@ impl LogInner {
         }
     }
 
-    /// A roll failed: a full disk fails the unwritten appends (the next
-    /// append tries again), anything else poisons the log.
-    pub(super) fn roll_failed(&self, error: Error) {
-        tracing::warn!(dir = %self.dir.display(), %error, "rolling the segment failed");
+    /// A step of the writer other than a write round (rolling the segment,
+    /// storing the leader epochs) failed: a full disk fails the unwritten
+    /// appends (the next append tries again), anything else poisons the log.
+    pub(super) fn step_failed(&self, step: &str, error: Error) {
+        tracing::warn!(dir = %self.dir.display(), %error, "{step} failed");
         match error {
             Error::StorageFull { .. } => self.fail_unwritten(&error),
             _ => self.poison(&mut self.state.borrow_mut(), error),

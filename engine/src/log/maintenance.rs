@@ -258,14 +258,21 @@ impl PartitionLog {
         let _ = std::fs::remove_file(index_path(&inner.dir, cut.segment_base));
         let rebuilt = rebuilt_active(&inner.dir, cut.segment_base, file, found, &inner.config);
         let rebuilt = rebuilt.await?;
-        let mut state = inner.state.borrow_mut();
-        state
-            .sealed
-            .retain(|s| s.meta.base_offset < cut.segment_base);
-        let _old_file = state.active.reset_to(rebuilt);
-        state.next_offset = cut.new_end;
-        state.written_offset = cut.new_end;
-        state.durable_offset = cut.new_end;
+        // Epochs that began in the cut tail go with it (a crash before this
+        // is written down is mended at open the same way).
+        {
+            let mut state = inner.state.borrow_mut();
+            state
+                .sealed
+                .retain(|s| s.meta.base_offset < cut.segment_base);
+            let _old_file = state.active.reset_to(rebuilt);
+            state.next_offset = cut.new_end;
+            state.written_offset = cut.new_end;
+            state.durable_offset = cut.new_end;
+            LogInner::cut_epochs(&mut state, cut.new_end);
+        }
+        // This holds the writer role, so no writer stores the file meanwhile.
+        inner.store_epochs().await?;
         tracing::info!(dir = %inner.dir.display(), new_end = cut.new_end, "truncated log");
         Ok(cut.new_end)
     }

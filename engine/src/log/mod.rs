@@ -19,6 +19,7 @@
 
 mod append;
 mod checkpoint;
+pub mod epochs;
 mod maintenance;
 mod open;
 mod read;
@@ -106,7 +107,16 @@ struct LogState {
     corrupt_reads_count: u64,
     last_corruption: Option<String>,
     closed: bool,
+    /// The epoch stamped into batches this log leads; never below the
+    /// newest epoch in `epochs`.
     leader_epoch: u32,
+    /// The first offset of each leader epoch that holds a batch (`epochs.rs`).
+    epochs: epochs::EpochCache,
+    /// Changes made to `epochs` (a counter), and how many of them the
+    /// `leader-epochs` file holds: the writer stores the file before it
+    /// writes a round whenever the two differ.
+    epochs_changes: u64,
+    epochs_stored_changes: u64,
     checkpoint: checkpoint::CheckpointState,
 }
 
@@ -281,15 +291,23 @@ impl PartitionLog {
                 return Err(error);
             }
             let base_offset = state.next_offset;
-            match stamp {
+            let epoch = match stamp {
                 Stamp::Leader => {
                     set_base_offset(&mut batch, base_offset);
                     set_leader_epoch(&mut batch, state.leader_epoch);
+                    state.leader_epoch
                 }
                 Stamp::Replica => {
                     assert!(header.base_offset == base_offset);
                     state.leader_epoch = state.leader_epoch.max(header.leader_epoch);
+                    header.leader_epoch
                 }
+            };
+            // The first batch of an epoch: its entry is made durable by the
+            // writer before it writes the round holding this batch.
+            if state.epochs.is_new(epoch) {
+                state.epochs.assign(epoch, base_offset);
+                state.epochs_changes += 1;
             }
             let next_offset = base_offset + u64::from(header.record_count);
             state.next_offset = next_offset;
@@ -407,7 +425,27 @@ impl PartitionLog {
         &self.inner.dir
     }
 
-    /// Sets the leader epoch stamped into batches appended from now on.
+    /// For a follower whose newest leader epoch is `epoch`: the largest
+    /// epoch of this log not above it, and where that epoch ends here
+    /// (KIP-279); `None` when every epoch here is newer (or the log has no
+    /// batch yet).
+    pub fn end_offset_for_epoch(&self, epoch: u32) -> Option<(u32, u64)> {
+        let state = self.inner.state.borrow();
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// The first offset of each leader epoch that holds a batch, oldest first.
+    pub fn leader_epochs(&self) -> Vec<epochs::EpochStart> {
+        self.inner.state.borrow().epochs.entries().to_vec()
+    }
+
+    /// The epoch stamped into batches this log appends as leader.
+    pub fn leader_epoch(&self) -> u32 {
+        self.inner.state.borrow().leader_epoch
+    }
+
+    /// Sets the leader epoch stamped into batches appended from now on (the
+    /// epoch is written down with its first batch).
     pub fn set_leader_epoch(&self, leader_epoch: u32) {
         let mut state = self.inner.state.borrow_mut();
         assert!(
@@ -452,6 +490,29 @@ impl Drop for LogInner {
 }
 
 impl LogInner {
+    /// Drops the epochs of offsets the log no longer holds (at or past `end_offset`).
+    fn cut_epochs(state: &mut LogState, end_offset: u64) {
+        if state.epochs.truncate_from_end(end_offset) {
+            state.epochs_changes += 1;
+        }
+    }
+
+    /// Makes the `leader-epochs` file hold every change made to the cache so
+    /// far. Called only by the writer role's holder, so never twice at once.
+    async fn store_epochs(&self) -> Result<()> {
+        let (cache, changes) = {
+            let state = self.state.borrow();
+            if state.epochs_changes == state.epochs_stored_changes {
+                return Ok(());
+            }
+            (state.epochs.clone(), state.epochs_changes)
+        };
+        epochs::store(&self.dir, &cache).await?;
+        let mut state = self.state.borrow_mut();
+        state.epochs_stored_changes = state.epochs_stored_changes.max(changes);
+        Ok(())
+    }
+
     fn check_writable(&self, state: &LogState) -> Result<()> {
         if let Some(error) = self.poisoned_error(state) {
             return Err(error);

@@ -60,6 +60,18 @@ pub(super) async fn open(
         },
     };
     let next_offset = active.next_offset;
+    let log_start_offset = sealed
+        .front()
+        .map_or(active.active.base_offset, |s| s.meta.base_offset);
+    // A crash may have kept an epoch whose first batch never reached the disk.
+    let mut epochs = super::epochs::load(dir)?;
+    let mut epochs_changes = u64::from(epochs.truncate_from_end(next_offset));
+    if epochs.latest().is_none() && next_offset > log_start_offset {
+        // A log written before the cache existed: every batch is in epoch 0.
+        epochs.assign(0, log_start_offset);
+        epochs_changes += 1;
+    }
+    let leader_epoch = epochs.latest().map_or(0, |e| e.epoch);
     let state = LogState {
         sealed,
         active: active.active,
@@ -78,7 +90,10 @@ pub(super) async fn open(
         corrupt_reads_count: 0,
         last_corruption: None,
         closed: false,
-        leader_epoch: 0,
+        leader_epoch,
+        epochs,
+        epochs_changes,
+        epochs_stored_changes: 0,
         checkpoint: Default::default(),
     };
     let inner = LogInner {

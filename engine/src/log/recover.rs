@@ -144,6 +144,7 @@ impl PartitionLog {
             state.next_offset = outcome.next_offset;
             state.written_offset = outcome.next_offset;
             state.durable_offset = outcome.next_offset;
+            LogInner::cut_epochs(&mut state, outcome.next_offset);
             state.poison = None;
             old_file
         };

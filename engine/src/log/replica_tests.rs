@@ -55,10 +55,16 @@ async fn replicate(dir: &std::path::Path, batches: &[(u64, u32)]) {
     }
     assert_eq!(follower.log_end_offset(), leader.log_end_offset());
     assert_eq!(batches_of(&follower).await, leader_batches, "byte for byte");
+    assert_eq!(
+        follower.leader_epochs(),
+        leader.leader_epochs(),
+        "the same epochs"
+    );
     follower.close().await.unwrap();
     // And after a restart, read back from its own files.
     let reopened = open_log(&dir.join("follower")).await;
     assert_eq!(batches_of(&reopened).await, leader_batches);
+    assert_eq!(reopened.leader_epochs(), leader.leader_epochs());
 }
 
 #[test]
@@ -154,4 +160,130 @@ proptest! {
             .collect();
         run(|dir| async move { replicate(&dir, &batches).await });
     }
+}
+
+fn starts(log: &PartitionLog) -> Vec<(u32, u64)> {
+    log.leader_epochs()
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect()
+}
+
+#[test]
+fn epochs_are_written_down_with_their_first_batch_and_answer_a_follower() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        assert_eq!(log.end_offset_for_epoch(0), None, "no batch yet");
+        log.append(batch(0, 3, 40, 1_000)).await.unwrap();
+        log.set_leader_epoch(2);
+        log.set_leader_epoch(3); // epoch 3 gets no batch: no entry
+        log.set_leader_epoch(4);
+        log.append(batch(3, 2, 40, 1_000)).await.unwrap();
+        log.append(batch(5, 1, 40, 1_000)).await.unwrap();
+        log.set_leader_epoch(7);
+        log.append(batch(6, 4, 40, 1_000)).await.unwrap();
+        assert_eq!(starts(&log), [(0, 0), (4, 3), (7, 6)]);
+        assert_eq!(log.end_offset_for_epoch(0), Some((0, 3)));
+        assert_eq!(log.end_offset_for_epoch(3), Some((0, 3)));
+        assert_eq!(log.end_offset_for_epoch(4), Some((4, 6)));
+        assert_eq!(log.end_offset_for_epoch(9), Some((7, 10)));
+        log.close().await.unwrap();
+
+        let reopened = open_log(&dir).await;
+        assert_eq!(starts(&reopened), [(0, 0), (4, 3), (7, 6)], "durable");
+        // The epoch to stamp comes back too: a new batch is in epoch 7.
+        reopened.append(batch(10, 1, 40, 1_000)).await.unwrap();
+        let last = batches_of(&reopened).await.pop().unwrap();
+        assert_eq!(valid(last).header().leader_epoch, 7);
+    });
+}
+
+#[test]
+fn a_truncation_takes_the_epochs_of_the_cut_tail_with_it() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        log.append(batch(0, 3, 40, 1_000)).await.unwrap();
+        log.set_leader_epoch(1);
+        log.append(batch(3, 3, 40, 1_000)).await.unwrap();
+        log.set_leader_epoch(2);
+        log.append(batch(6, 3, 40, 1_000)).await.unwrap();
+        assert_eq!(log.truncate_to(3).await.unwrap(), 3);
+        assert_eq!(starts(&log), [(0, 0)]);
+        assert_eq!(log.end_offset_for_epoch(2), Some((0, 3)));
+        // The next leader's epoch starts where the log now ends.
+        log.set_leader_epoch(3);
+        log.append(batch(3, 2, 40, 1_000)).await.unwrap();
+        assert_eq!(starts(&log), [(0, 0), (3, 3)]);
+        log.close().await.unwrap();
+        assert_eq!(starts(&open_log(&dir).await), [(0, 0), (3, 3)]);
+    });
+}
+
+#[test]
+fn an_epoch_whose_batch_a_crash_lost_is_dropped_at_open_and_damage_is_an_error() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        log.append(batch(0, 3, 40, 1_000)).await.unwrap();
+        log.close().await.unwrap();
+        drop(log);
+        // As if the entry of epoch 6 was written and the crash came before its batch.
+        let file = dir.join(epochs::EPOCHS_FILE);
+        let mut cache =
+            epochs::EpochCache::decode(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        cache.assign(6, 3);
+        std::fs::write(&file, cache.encode()).unwrap();
+        let reopened = open_log(&dir).await;
+        assert_eq!(starts(&reopened), [(0, 0)]);
+        reopened.set_leader_epoch(6);
+        reopened.append(batch(3, 1, 40, 1_000)).await.unwrap();
+        assert_eq!(starts(&reopened), [(0, 0), (6, 3)]);
+        reopened.close().await.unwrap();
+        drop(reopened);
+
+        std::fs::write(&file, "shardlog-leader-epochs 1\n2\n0 0\n").unwrap();
+        let shard = StorageShard::new(ShardConfig::default());
+        let damaged = PartitionLog::open(&dir, small_segments(), &shard).await;
+        assert!(matches!(damaged, Err(Error::Corrupt { .. })), "{damaged:?}");
+    });
+}
+
+#[test]
+fn appends_in_flight_when_an_epoch_begins_keep_their_order() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        log.append(batch(0, 1, 40, 1_000)).await.unwrap();
+        log.set_leader_epoch(3);
+        // Many appends queued at once, the first of them the epoch's first
+        // batch: the entry is stored by the writer, so none waits for it and
+        // offsets follow the order of the calls.
+        let appends: Vec<_> = (0..40u64)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(batch(i, 2, 40, 1_000)).await })
+            })
+            .collect();
+        let mut bases = Vec::new();
+        for task in appends {
+            bases.push(task.await.unwrap().base_offset);
+        }
+        let expected: Vec<u64> = (0..40u64).map(|i| 1 + 2 * i).collect();
+        assert_eq!(bases, expected);
+        assert_eq!(starts(&log), [(0, 0), (3, 1)]);
+        log.close().await.unwrap();
+        assert_eq!(starts(&open_log(&dir).await), [(0, 0), (3, 1)]);
+    });
+}
+
+#[test]
+fn a_log_written_before_the_epoch_file_existed_is_all_epoch_zero() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        log.append(batch(0, 3, 40, 1_000)).await.unwrap();
+        log.close().await.unwrap();
+        drop(log);
+        std::fs::remove_file(dir.join(epochs::EPOCHS_FILE)).unwrap();
+        let reopened = open_log(&dir).await;
+        assert_eq!(starts(&reopened), [(0, 0)]);
+        assert_eq!(reopened.end_offset_for_epoch(2), Some((0, 3)));
+    });
 }
