@@ -330,7 +330,13 @@ impl Consumer {
                     offset: position,
                     reason: error.clone(),
                 },
-                (ErrorCode::UnknownTopicOrPartition | ErrorCode::NotLeader, _) => {
+                (ErrorCode::NotLeader, _) => {
+                    // Leadership moved (a failover): the next poll fetches
+                    // from the new leader at the same position.
+                    self.cluster.forget(&partition.topic);
+                    continue;
+                }
+                (ErrorCode::UnknownTopicOrPartition, _) => {
                     self.cluster.forget(&partition.topic);
                     Error::Broker(error.clone())
                 }
@@ -405,6 +411,10 @@ async fn fetch(
         };
         by_addr.entry(addr).or_default().push(entry);
     }
+    let topics_by_call: Vec<Vec<String>> = by_addr
+        .values()
+        .map(|partitions| partitions.iter().map(|p| p.topic.clone()).collect())
+        .collect();
     let calls = by_addr.into_iter().map(|(addr, partitions)| {
         let cluster = cluster.clone();
         let request = Request::Fetch {
@@ -416,13 +426,35 @@ async fn fetch(
         async move { cluster.connection(addr).await?.call(request).await }
     });
     let mut fetched = Vec::new();
-    for response in futures_util::future::join_all(calls).await {
-        match response? {
-            Response::Fetch(partitions) => fetched.extend(partitions),
-            other => return Err(crate::admin::unexpected(other)),
+    let mut unreachable: Option<Error> = None;
+    let mut answered = false;
+    for (response, topics) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .zip(topics_by_call)
+    {
+        match response {
+            Ok(Response::Fetch(partitions)) => {
+                answered = true;
+                fetched.extend(partitions);
+            }
+            Ok(other) => return Err(crate::admin::unexpected(other)),
+            // One broker unreachable (it may have failed over): its
+            // partitions are looked up afresh at the next poll, and the
+            // others' records still come back.
+            Err(error @ Error::Io(_)) => {
+                for topic in &topics {
+                    cluster.forget(topic);
+                }
+                unreachable.get_or_insert(error);
+            }
+            Err(error) => return Err(error),
         }
     }
-    Ok(fetched)
+    match unreachable {
+        Some(error) if !answered => Err(error),
+        _ => Ok(fetched),
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ settings! {
     peers: String,
     /// The controller fences a broker it has not heard a heartbeat from for this long; brokers heartbeat three times per session [default: 6000].
     broker_session_timeout_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves the partition's ISR; it rejoins once caught up [default: 30000].
+    replica_lag_time_max_ms: u64,
 }
 
 /// Command-line flags: every setting, plus `--config`.
@@ -173,6 +175,8 @@ pub struct ServerConfig {
     pub peers: Option<BTreeMap<NodeId, NodeAddr>>,
     /// A broker silent this long is fenced by the controller.
     pub broker_session_timeout_ms: u64,
+    /// A follower behind its leader this long leaves the ISR (`--replica-lag-time-max-ms`).
+    pub replica_lag_time_max_ms: u64,
 }
 
 /// The broker's limits. Each is a setting of the same name (see [`Settings`]).
@@ -226,6 +230,8 @@ pub struct Limits {
     pub group_retention_ms: u64,
 }
 
+/// Allowed `--replica-lag-time-max-ms`: half a second to an hour.
+pub const REPLICA_LAG_TIME_MAX_MS_RANGE: std::ops::RangeInclusive<u64> = 500..=3_600_000;
 /// Bounds of `broker-session-timeout-ms`: 300 ms (three heartbeats of 100 ms) to 10 minutes.
 pub const BROKER_SESSION_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 300..=600_000;
 /// Bounds of `groups-per-shard-max`.
@@ -309,6 +315,7 @@ impl ServerConfig {
             node_id: s.node_id.unwrap_or(0),
             peers,
             broker_session_timeout_ms: s.broker_session_timeout_ms.unwrap_or(6000),
+            replica_lag_time_max_ms: s.replica_lag_time_max_ms.unwrap_or(30_000),
         };
         config.validate(descriptors_max)?;
         Ok(config)
@@ -325,6 +332,11 @@ impl ServerConfig {
             "--broker-session-timeout-ms",
             self.broker_session_timeout_ms,
             &BROKER_SESSION_TIMEOUT_MS_RANGE,
+        )?;
+        check_range(
+            "--replica-lag-time-max-ms",
+            self.replica_lag_time_max_ms,
+            &REPLICA_LAG_TIME_MAX_MS_RANGE,
         )?;
         check_range(
             "--retention-check-interval-ms",

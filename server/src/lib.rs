@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod metrics;
 #[allow(missing_docs)]
 pub mod net;
+pub mod replication;
 pub mod server;
 #[allow(missing_docs)]
 pub mod shard;

@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use crate::shard::partition::PartitionState;
 
 /// The APIs requests are counted by, in `RequestBody` tag order.
-pub const API_NAMES: [&str; 18] = [
+pub const API_NAMES: [&str; 19] = [
     "none",
     "api_versions",
     "metadata",
@@ -42,6 +42,7 @@ pub const API_NAMES: [&str; 18] = [
     "reset_offsets",
     "recover_partitions",
     "raft",
+    "replica_fetch",
 ];
 
 /// Histogram bucket bounds, in microseconds.
@@ -207,7 +208,7 @@ impl ShardMetrics {
             let _ = writeln!(
                 out,
                 "shardlog_partition_high_watermark{{{labels}}} {}",
-                state.log.high_watermark()
+                state.high_watermark()
             );
             let _ = writeln!(
                 out,

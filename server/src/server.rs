@@ -313,6 +313,8 @@ async fn shard_main(
     );
     shard.mesh.handshake().await;
     shard.apply_metadata(metadata).await?;
+    crate::replication::after_metadata(&shard);
+    crate::replication::start(&shard);
     match cluster {
         // A clustered broker is ready before its group has a quorum: the
         // topics, `__offsets` included, arrive as the group applies them.

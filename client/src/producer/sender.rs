@@ -201,10 +201,18 @@ impl PartitionSender {
     async fn after_failure(&mut self, queue: &mut VecDeque<Queued>, error: Error) {
         let config = &self.context.config;
         let retriable = error.is_retriable();
+        if let Error::Io(_) = &error {
+            // The leader may be gone: the next batch asks where the partition is now.
+            self.context.cluster.forget(&self.topic);
+            self.connection = None;
+        }
         if let Error::Broker(broker) = &error {
             if matches!(
                 broker.code,
-                crate::ErrorCode::UnknownTopicOrPartition | crate::ErrorCode::NotLeader
+                crate::ErrorCode::UnknownTopicOrPartition
+                    | crate::ErrorCode::NotLeader
+                    | crate::ErrorCode::FencedLeaderEpoch
+                    | crate::ErrorCode::UnknownLeaderEpoch
             ) {
                 self.context.cluster.forget(&self.topic);
                 // The partition may have moved, or its leader: route afresh.

@@ -29,10 +29,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 32;
+pub const ENUM_MAX_ERROR_CODE: i16 = 34;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::MalformedFrame,
@@ -66,6 +66,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::InvalidReplicationFactor,
   ErrorCode::NotEnoughReplicas,
   ErrorCode::NotLeader,
+  ErrorCode::FencedLeaderEpoch,
+  ErrorCode::UnknownLeaderEpoch,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -106,9 +108,11 @@ impl ErrorCode {
   pub const InvalidReplicationFactor: Self = Self(30);
   pub const NotEnoughReplicas: Self = Self(31);
   pub const NotLeader: Self = Self(32);
+  pub const FencedLeaderEpoch: Self = Self(33);
+  pub const UnknownLeaderEpoch: Self = Self(34);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 32;
+  pub const ENUM_MAX: i16 = 34;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -143,6 +147,8 @@ impl ErrorCode {
     Self::InvalidReplicationFactor,
     Self::NotEnoughReplicas,
     Self::NotLeader,
+    Self::FencedLeaderEpoch,
+    Self::UnknownLeaderEpoch,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -180,6 +186,8 @@ impl ErrorCode {
       Self::InvalidReplicationFactor => Some("InvalidReplicationFactor"),
       Self::NotEnoughReplicas => Some("NotEnoughReplicas"),
       Self::NotLeader => Some("NotLeader"),
+      Self::FencedLeaderEpoch => Some("FencedLeaderEpoch"),
+      Self::UnknownLeaderEpoch => Some("UnknownLeaderEpoch"),
       _ => None,
     }
   }
@@ -590,10 +598,10 @@ impl flatbuffers::SimpleToVerifyInSlice for OffsetSpec {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 17;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 19] = [
   RequestBody::NONE,
   RequestBody::ApiVersionsRequest,
   RequestBody::MetadataRequest,
@@ -612,6 +620,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 18] = [
   RequestBody::ResetOffsetsRequest,
   RequestBody::RecoverPartitionsRequest,
   RequestBody::RaftRequest,
+  RequestBody::ReplicaFetchRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -637,9 +646,10 @@ impl RequestBody {
   pub const ResetOffsetsRequest: Self = Self(15);
   pub const RecoverPartitionsRequest: Self = Self(16);
   pub const RaftRequest: Self = Self(17);
+  pub const ReplicaFetchRequest: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -659,6 +669,7 @@ impl RequestBody {
     Self::ResetOffsetsRequest,
     Self::RecoverPartitionsRequest,
     Self::RaftRequest,
+    Self::ReplicaFetchRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -681,6 +692,7 @@ impl RequestBody {
       Self::ResetOffsetsRequest => Some("ResetOffsetsRequest"),
       Self::RecoverPartitionsRequest => Some("RecoverPartitionsRequest"),
       Self::RaftRequest => Some("RaftRequest"),
+      Self::ReplicaFetchRequest => Some("ReplicaFetchRequest"),
       _ => None,
     }
   }
@@ -741,10 +753,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 18;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 19] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
   ResponseBody::NONE,
   ResponseBody::ApiVersionsResponse,
   ResponseBody::MetadataResponse,
@@ -764,6 +776,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 19] = [
   ResponseBody::ResetOffsetsResponse,
   ResponseBody::RecoverPartitionsResponse,
   ResponseBody::RaftResponse,
+  ResponseBody::ReplicaFetchResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -790,9 +803,10 @@ impl ResponseBody {
   pub const ResetOffsetsResponse: Self = Self(16);
   pub const RecoverPartitionsResponse: Self = Self(17);
   pub const RaftResponse: Self = Self(18);
+  pub const ReplicaFetchResponse: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -813,6 +827,7 @@ impl ResponseBody {
     Self::ResetOffsetsResponse,
     Self::RecoverPartitionsResponse,
     Self::RaftResponse,
+    Self::ReplicaFetchResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -836,6 +851,7 @@ impl ResponseBody {
       Self::ResetOffsetsResponse => Some("ResetOffsetsResponse"),
       Self::RecoverPartitionsResponse => Some("RecoverPartitionsResponse"),
       Self::RaftResponse => Some("RaftResponse"),
+      Self::ReplicaFetchResponse => Some("ReplicaFetchResponse"),
       _ => None,
     }
   }
@@ -9044,6 +9060,751 @@ impl core::fmt::Debug for RaftResponse<'_> {
       ds.finish()
   }
 }
+pub enum ReplicaFetchPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchPartition<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaFetchPartition<'a> {
+  type Inner = ReplicaFetchPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaFetchPartition<'a> {
+  pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 6;
+  pub const VT_CURRENT_LEADER_EPOCH: flatbuffers::VOffsetT = 8;
+  pub const VT_FETCH_OFFSET: flatbuffers::VOffsetT = 10;
+  pub const VT_LAST_FETCHED_EPOCH: flatbuffers::VOffsetT = 12;
+  pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaFetchPartitionArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicaFetchPartition<'bldr>> {
+    let mut builder = ReplicaFetchPartitionBuilder::new(_fbb);
+    builder.add_last_fetched_epoch(args.last_fetched_epoch);
+    builder.add_fetch_offset(args.fetch_offset);
+    builder.add_current_leader_epoch(args.current_leader_epoch);
+    builder.add_max_bytes(args.max_bytes);
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchPartition::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn current_leader_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaFetchPartition::VT_CURRENT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn fetch_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaFetchPartition::VT_FETCH_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last_fetched_epoch(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartition::VT_LAST_FETCHED_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn max_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchPartition::VT_MAX_BYTES, Some(1048576)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaFetchPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<u64>("current_leader_epoch", Self::VT_CURRENT_LEADER_EPOCH, false)?
+     .visit_field::<u64>("fetch_offset", Self::VT_FETCH_OFFSET, false)?
+     .visit_field::<i64>("last_fetched_epoch", Self::VT_LAST_FETCHED_EPOCH, false)?
+     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchPartitionArgs<'a> {
+    pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partition: u32,
+    pub current_leader_epoch: u64,
+    pub fetch_offset: u64,
+    pub last_fetched_epoch: i64,
+    pub max_bytes: u32,
+}
+impl<'a> Default for ReplicaFetchPartitionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchPartitionArgs {
+      topic: None,
+      partition: 0,
+      current_leader_epoch: 0,
+      fetch_offset: 0,
+      last_fetched_epoch: -1,
+      max_bytes: 1048576,
+    }
+  }
+}
+
+pub struct ReplicaFetchPartitionBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaFetchPartitionBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchPartition::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_current_leader_epoch(&mut self, current_leader_epoch: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaFetchPartition::VT_CURRENT_LEADER_EPOCH, current_leader_epoch, 0);
+  }
+  #[inline]
+  pub fn add_fetch_offset(&mut self, fetch_offset: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaFetchPartition::VT_FETCH_OFFSET, fetch_offset, 0);
+  }
+  #[inline]
+  pub fn add_last_fetched_epoch(&mut self, last_fetched_epoch: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartition::VT_LAST_FETCHED_EPOCH, last_fetched_epoch, -1);
+  }
+  #[inline]
+  pub fn add_max_bytes(&mut self, max_bytes: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchPartition::VT_MAX_BYTES, max_bytes, 1048576);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaFetchPartitionBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaFetchPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaFetchPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaFetchPartition<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchPartition");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("current_leader_epoch", &self.current_leader_epoch());
+      ds.field("fetch_offset", &self.fetch_offset());
+      ds.field("last_fetched_epoch", &self.last_fetched_epoch());
+      ds.field("max_bytes", &self.max_bytes());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchRequest<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaFetchRequest<'a> {
+  type Inner = ReplicaFetchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaFetchRequest<'a> {
+  pub const VT_FROM_BROKER: flatbuffers::VOffsetT = 4;
+  pub const VT_BROKER_EPOCH: flatbuffers::VOffsetT = 6;
+  pub const VT_CLUSTER_ID: flatbuffers::VOffsetT = 8;
+  pub const VT_MAX_WAIT_MS: flatbuffers::VOffsetT = 10;
+  pub const VT_MAX_BYTES: flatbuffers::VOffsetT = 12;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaFetchRequestArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicaFetchRequest<'bldr>> {
+    let mut builder = ReplicaFetchRequestBuilder::new(_fbb);
+    builder.add_broker_epoch(args.broker_epoch);
+    builder.add_from_broker(args.from_broker);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    builder.add_max_bytes(args.max_bytes);
+    builder.add_max_wait_ms(args.max_wait_ms);
+    if let Some(x) = args.cluster_id { builder.add_cluster_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_broker(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaFetchRequest::VT_FROM_BROKER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn broker_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaFetchRequest::VT_BROKER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cluster_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchRequest::VT_CLUSTER_ID, None)}
+  }
+  #[inline]
+  pub fn max_wait_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchRequest::VT_MAX_WAIT_MS, Some(500)).unwrap()}
+  }
+  #[inline]
+  pub fn max_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchRequest::VT_MAX_BYTES, Some(8388608)).unwrap()}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartition>>>>(ReplicaFetchRequest::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaFetchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u64>("from_broker", Self::VT_FROM_BROKER, false)?
+     .visit_field::<u64>("broker_epoch", Self::VT_BROKER_EPOCH, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("cluster_id", Self::VT_CLUSTER_ID, false)?
+     .visit_field::<u32>("max_wait_ms", Self::VT_MAX_WAIT_MS, false)?
+     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ReplicaFetchPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchRequestArgs<'a> {
+    pub from_broker: u64,
+    pub broker_epoch: u64,
+    pub cluster_id: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub max_wait_ms: u32,
+    pub max_bytes: u32,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'a>>>>>,
+}
+impl<'a> Default for ReplicaFetchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchRequestArgs {
+      from_broker: 0,
+      broker_epoch: 0,
+      cluster_id: None,
+      max_wait_ms: 500,
+      max_bytes: 8388608,
+      partitions: None,
+    }
+  }
+}
+
+pub struct ReplicaFetchRequestBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaFetchRequestBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_from_broker(&mut self, from_broker: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaFetchRequest::VT_FROM_BROKER, from_broker, 0);
+  }
+  #[inline]
+  pub fn add_broker_epoch(&mut self, broker_epoch: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaFetchRequest::VT_BROKER_EPOCH, broker_epoch, 0);
+  }
+  #[inline]
+  pub fn add_cluster_id(&mut self, cluster_id: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchRequest::VT_CLUSTER_ID, cluster_id);
+  }
+  #[inline]
+  pub fn add_max_wait_ms(&mut self, max_wait_ms: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchRequest::VT_MAX_WAIT_MS, max_wait_ms, 500);
+  }
+  #[inline]
+  pub fn add_max_bytes(&mut self, max_bytes: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchRequest::VT_MAX_BYTES, max_bytes, 8388608);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ReplicaFetchPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchRequest::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaFetchRequestBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaFetchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaFetchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaFetchRequest<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchRequest");
+      ds.field("from_broker", &self.from_broker());
+      ds.field("broker_epoch", &self.broker_epoch());
+      ds.field("cluster_id", &self.cluster_id());
+      ds.field("max_wait_ms", &self.max_wait_ms());
+      ds.field("max_bytes", &self.max_bytes());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchPartitionResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchPartitionResult<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaFetchPartitionResult<'a> {
+  type Inner = ReplicaFetchPartitionResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaFetchPartitionResult<'a> {
+  pub const VT_TOPIC: flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: flatbuffers::VOffsetT = 6;
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 8;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 10;
+  pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 12;
+  pub const VT_LOG_START_OFFSET: flatbuffers::VOffsetT = 14;
+  pub const VT_LOG_END_OFFSET: flatbuffers::VOffsetT = 16;
+  pub const VT_DIVERGING_EPOCH: flatbuffers::VOffsetT = 18;
+  pub const VT_DIVERGING_END_OFFSET: flatbuffers::VOffsetT = 20;
+  pub const VT_RECORDS_BYTES: flatbuffers::VOffsetT = 22;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchPartitionResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaFetchPartitionResultArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicaFetchPartitionResult<'bldr>> {
+    let mut builder = ReplicaFetchPartitionResultBuilder::new(_fbb);
+    builder.add_diverging_end_offset(args.diverging_end_offset);
+    builder.add_diverging_epoch(args.diverging_epoch);
+    builder.add_log_end_offset(args.log_end_offset);
+    builder.add_log_start_offset(args.log_start_offset);
+    builder.add_high_watermark(args.high_watermark);
+    builder.add_records_bytes(args.records_bytes);
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchPartitionResult::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchPartitionResult::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error_code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(ReplicaFetchPartitionResult::VT_ERROR_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchPartitionResult::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn high_watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartitionResult::VT_HIGH_WATERMARK, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn log_start_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartitionResult::VT_LOG_START_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn log_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartitionResult::VT_LOG_END_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn diverging_epoch(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartitionResult::VT_DIVERGING_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn diverging_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ReplicaFetchPartitionResult::VT_DIVERGING_END_OFFSET, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn records_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaFetchPartitionResult::VT_RECORDS_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaFetchPartitionResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
+     .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i64>("diverging_epoch", Self::VT_DIVERGING_EPOCH, false)?
+     .visit_field::<i64>("diverging_end_offset", Self::VT_DIVERGING_END_OFFSET, false)?
+     .visit_field::<u32>("records_bytes", Self::VT_RECORDS_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchPartitionResultArgs<'a> {
+    pub topic: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partition: u32,
+    pub error_code: ErrorCode,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    pub diverging_epoch: i64,
+    pub diverging_end_offset: i64,
+    pub records_bytes: u32,
+}
+impl<'a> Default for ReplicaFetchPartitionResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchPartitionResultArgs {
+      topic: None,
+      partition: 0,
+      error_code: ErrorCode::None,
+      error_message: None,
+      high_watermark: -1,
+      log_start_offset: -1,
+      log_end_offset: -1,
+      diverging_epoch: -1,
+      diverging_end_offset: -1,
+      records_bytes: 0,
+    }
+  }
+}
+
+pub struct ReplicaFetchPartitionResultBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaFetchPartitionResultBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchPartitionResult::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchPartitionResult::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(ReplicaFetchPartitionResult::VT_ERROR_CODE, error_code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchPartitionResult::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_high_watermark(&mut self, high_watermark: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartitionResult::VT_HIGH_WATERMARK, high_watermark, -1);
+  }
+  #[inline]
+  pub fn add_log_start_offset(&mut self, log_start_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartitionResult::VT_LOG_START_OFFSET, log_start_offset, -1);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartitionResult::VT_LOG_END_OFFSET, log_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_diverging_epoch(&mut self, diverging_epoch: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartitionResult::VT_DIVERGING_EPOCH, diverging_epoch, -1);
+  }
+  #[inline]
+  pub fn add_diverging_end_offset(&mut self, diverging_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(ReplicaFetchPartitionResult::VT_DIVERGING_END_OFFSET, diverging_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_records_bytes(&mut self, records_bytes: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaFetchPartitionResult::VT_RECORDS_BYTES, records_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaFetchPartitionResultBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaFetchPartitionResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaFetchPartitionResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaFetchPartitionResult<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchPartitionResult");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("high_watermark", &self.high_watermark());
+      ds.field("log_start_offset", &self.log_start_offset());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("diverging_epoch", &self.diverging_epoch());
+      ds.field("diverging_end_offset", &self.diverging_end_offset());
+      ds.field("records_bytes", &self.records_bytes());
+      ds.finish()
+  }
+}
+pub enum ReplicaFetchResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaFetchResponse<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaFetchResponse<'a> {
+  type Inner = ReplicaFetchResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaFetchResponse<'a> {
+  pub const VT_ERROR_CODE: flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR_MESSAGE: flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaFetchResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaFetchResponseArgs<'args>
+  ) -> flatbuffers::WIPOffset<ReplicaFetchResponse<'bldr>> {
+    let mut builder = ReplicaFetchResponseBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.error_message { builder.add_error_message(x); }
+    builder.add_error_code(args.error_code);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error_code(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(ReplicaFetchResponse::VT_ERROR_CODE, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn error_message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ReplicaFetchResponse::VT_ERROR_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartitionResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartitionResult>>>>(ReplicaFetchResponse::VT_PARTITIONS, None)}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaFetchResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<&str>>("error_message", Self::VT_ERROR_MESSAGE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ReplicaFetchPartitionResult>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaFetchResponseArgs<'a> {
+    pub error_code: ErrorCode,
+    pub error_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaFetchPartitionResult<'a>>>>>,
+}
+impl<'a> Default for ReplicaFetchResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaFetchResponseArgs {
+      error_code: ErrorCode::None,
+      error_message: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct ReplicaFetchResponseBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaFetchResponseBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_error_code(&mut self, error_code: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(ReplicaFetchResponse::VT_ERROR_CODE, error_code, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_error_message(&mut self, error_message: flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchResponse::VT_ERROR_MESSAGE, error_message);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ReplicaFetchPartitionResult<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ReplicaFetchResponse::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaFetchResponseBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaFetchResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaFetchResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaFetchResponse<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaFetchResponse");
+      ds.field("error_code", &self.error_code());
+      ds.field("error_message", &self.error_message());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -9489,6 +10250,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replica_fetch_request(&self) -> Option<ReplicaFetchRequest<'a>> {
+    if self.body_type() == RequestBody::ReplicaFetchRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReplicaFetchRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Request<'_> {
@@ -9520,6 +10296,7 @@ impl flatbuffers::Verifiable for Request<'_> {
           RequestBody::ResetOffsetsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsRequest>>("RequestBody::ResetOffsetsRequest", pos),
           RequestBody::RecoverPartitionsRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsRequest>>("RequestBody::RecoverPartitionsRequest", pos),
           RequestBody::RaftRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RaftRequest>>("RequestBody::RaftRequest", pos),
+          RequestBody::ReplicaFetchRequest => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ReplicaFetchRequest>>("RequestBody::ReplicaFetchRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -9709,6 +10486,13 @@ impl core::fmt::Debug for Request<'_> {
         },
         RequestBody::RaftRequest => {
           if let Some(x) = self.body_as_raft_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::ReplicaFetchRequest => {
+          if let Some(x) = self.body_as_replica_fetch_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -10050,6 +10834,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_replica_fetch_response(&self) -> Option<ReplicaFetchResponse<'a>> {
+    if self.body_type() == ResponseBody::ReplicaFetchResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReplicaFetchResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl flatbuffers::Verifiable for Response<'_> {
@@ -10080,6 +10879,7 @@ impl flatbuffers::Verifiable for Response<'_> {
           ResponseBody::ResetOffsetsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ResetOffsetsResponse>>("ResponseBody::ResetOffsetsResponse", pos),
           ResponseBody::RecoverPartitionsResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RecoverPartitionsResponse>>("ResponseBody::RecoverPartitionsResponse", pos),
           ResponseBody::RaftResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<RaftResponse>>("ResponseBody::RaftResponse", pos),
+          ResponseBody::ReplicaFetchResponse => v.verify_union_variant::<flatbuffers::ForwardsUOffset<ReplicaFetchResponse>>("ResponseBody::ReplicaFetchResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -10262,6 +11062,13 @@ impl core::fmt::Debug for Response<'_> {
         },
         ResponseBody::RaftResponse => {
           if let Some(x) = self.body_as_raft_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::ReplicaFetchResponse => {
+          if let Some(x) = self.body_as_replica_fetch_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -6,9 +6,9 @@
 //!          └─ bytes after it ┘                                               └ frame_len - 4 - message_len
 //! ```
 //!
-//! The payload is empty except in a fetch response, where it carries the
-//! record batches of each partition back to back, in the order the header
-//! lists them (`FetchPartitionResult.records_bytes` says how many each).
+//! The payload is empty except in a fetch or replica fetch response, where
+//! it carries the record batches of each partition back to back, in the
+//! order the header lists them (`records_bytes` says how many each).
 //! Every flatbuffer from the network is verified (`root_with_opts`) before
 //! use; the batch CRC32C protects the bytes inside `[ubyte]` payloads.
 
@@ -42,6 +42,7 @@ pub const API_VERSIONS: &[(fb::RequestBody, u16, u16)] = &[
     (fb::RequestBody::ResetOffsetsRequest, 0, 0),
     (fb::RequestBody::RecoverPartitionsRequest, 0, 0),
     (fb::RequestBody::RaftRequest, 0, 0),
+    (fb::RequestBody::ReplicaFetchRequest, 0, 0),
 ];
 
 /// The highest version of `api` this build serves, if it serves it at all.
@@ -65,6 +66,8 @@ impl fb::ErrorCode {
                 | fb::ErrorCode::ControllerUnavailable
                 | fb::ErrorCode::NotEnoughReplicas
                 | fb::ErrorCode::NotLeader
+                | fb::ErrorCode::FencedLeaderEpoch
+                | fb::ErrorCode::UnknownLeaderEpoch
         )
     }
 }

@@ -24,7 +24,9 @@ use openraft::ServerState;
 use super::node::{Heard, NodeShared};
 use super::propose_error::ProposeError;
 use super::rpc::{self, RpcReply, RpcRequest};
-use super::state::{BrokerId, BrokerInfo, BrokerLiveness, ClusterCommand};
+use super::state::{
+    BrokerId, BrokerInfo, BrokerLiveness, ClusterCommand, ElectionKind, ElectionScope,
+};
 
 impl NodeShared {
     fn leader(&self) -> Option<super::NodeId> {
@@ -111,6 +113,17 @@ pub(super) async fn fence_loop(node: Arc<NodeShared>) {
         for command in liveness_changes(&node, since, session) {
             if let Err(error) = node.propose(command.clone()).await {
                 tracing::info!(%error, ?command, "a liveness change did not commit; tried again at the next check");
+            }
+        }
+        // Leaders off fenced brokers (and back onto returning ones when no
+        // one else could lead); fenced followers out of the ISR.
+        if node.publisher.current().elections_needed() {
+            let command = ClusterCommand::ElectLeaders {
+                scope: ElectionScope::All,
+                kind: ElectionKind::Unavailable,
+            };
+            if let Err(error) = node.propose(command).await {
+                tracing::info!(%error, "electing leaders did not commit; tried again at the next check");
             }
         }
     }

@@ -42,8 +42,8 @@
 //! (`shard/control.rs`); topic admin proposes through
 //! [`raft::ClusterHandle::propose`] (`handlers/cluster_admin.rs`); brokers
 //! heartbeat through [`raft::ClusterHandle::heartbeat`] into the leader's
-//! memory, and the leader fences the silent (`liveness.rs`). Not yet:
-//! leader elections after a fence (`ElectLeaders`).
+//! memory, and the leader fences the silent and then elects leaders where
+//! a fence left a partition without one (`liveness.rs`, `ElectLeaders`).
 //!
 //! Architecture Invariant: nothing here runs on a shard. The only things that
 //! cross to a shard are `Send` messages and `Arc<ClusterState>` snapshots,

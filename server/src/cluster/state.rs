@@ -759,12 +759,13 @@ impl ClusterState {
             .into_iter()
             .map(|replicas| {
                 assert!(replicas.len() == usize::from(topic.replication_factor));
-                // Only the leader holds the partition's data until a
-                // follower has caught up and the leader adds it (AlterIsr).
+                // Every replica is empty, so every one is in sync (as in
+                // Kafka); the leader's high watermark counts each only
+                // once it has fetched, so acks=all waits for them.
                 PartitionState {
                     leader: Some(replicas[0].broker),
                     leader_epoch: 0,
-                    isr: vec![replicas[0].broker],
+                    isr: replicas.iter().map(|r| r.broker).collect(),
                     replicas,
                 }
             })
@@ -979,8 +980,12 @@ impl ClusterState {
                 .get_mut(&target.topic)
                 .and_then(|t| t.partitions.get_mut(target.partition as usize))
                 .expect("looked up above");
+            // The epoch counts leaders: an ISR that only lost fenced
+            // followers keeps it, so the leader's fetchers stay valid.
+            if state.leader != leader {
+                state.leader_epoch += 1;
+            }
             state.leader = leader;
-            state.leader_epoch += 1;
             state.isr = isr;
             let leader_epoch = state.leader_epoch;
             elections.push(Election {
@@ -998,6 +1003,21 @@ impl ClusterState {
     }
 
     /// The partition's next (leader, ISR, unclean), or `None` to leave it be.
+    /// True when `ElectLeaders` of unavailable partitions would change
+    /// something: a leader missing or fenced, or a fenced broker in an ISR.
+    pub fn elections_needed(&self) -> bool {
+        self.topics.values().any(|topic| {
+            topic.partitions.iter().any(|state| {
+                self.choose_leader(
+                    state,
+                    ElectionKind::Unavailable,
+                    topic.unclean_leader_election,
+                )
+                .is_some()
+            })
+        })
+    }
+
     fn choose_leader(
         &self,
         state: &PartitionState,
@@ -1016,8 +1036,12 @@ impl ClusterState {
             let move_to_preferred = kind == ElectionKind::Preferred
                 && preferred != state.leader
                 && preferred.is_some_and(|p| alive_isr.contains(&p));
-            // Leadership moves within the ISR: nobody leaves it.
-            return move_to_preferred.then(|| (preferred, state.isr.clone(), false));
+            if move_to_preferred {
+                return Some((preferred, alive_isr, false));
+            }
+            // A fenced follower leaves the ISR at once (as in KRaft), so the
+            // leader's high watermark does not wait a whole lag time for it.
+            return (alive_isr.len() < state.isr.len()).then_some((state.leader, alive_isr, false));
         }
         // First alive ISR member in replica order (the ISR is kept in that order).
         if let Some(leader) = alive_isr.first().copied() {

@@ -242,11 +242,8 @@ fn topics_are_created_one_by_one_and_one_revision_for_all() {
     let a = &state.topics["a"];
     for partition in &a.partitions {
         assert_eq!(partition.leader, Some(partition.replicas[0].broker));
-        assert_eq!(
-            partition.isr,
-            vec![partition.replicas[0].broker],
-            "followers join the ISR once they catch up"
-        );
+        let replicas: Vec<BrokerId> = partition.replicas.iter().map(|r| r.broker).collect();
+        assert_eq!(partition.isr, replicas, "empty replicas are all in sync");
         assert_eq!(partition.leader_epoch, 0);
     }
     assert!(matches!(
@@ -411,6 +408,42 @@ fn alter_isr_checks_leader_epoch_and_members() {
         ),
         "{deposed:?}"
     );
+}
+
+#[test]
+fn a_fenced_follower_leaves_the_isr_and_the_leader_keeps_its_epoch() {
+    let mut state = alive_cluster(3);
+    create(&mut state, vec![topic("a", 1, 3)]);
+    assert!(!state.elections_needed(), "all alive, all lead");
+    let a = state.topics["a"].partitions[0].clone();
+    let leader = a.leader.unwrap();
+    let follower = a
+        .replicas
+        .iter()
+        .map(|r| r.broker)
+        .find(|b| *b != leader)
+        .unwrap();
+    fence(&mut state, follower.0);
+    assert!(state.elections_needed(), "a fenced broker in an ISR");
+    let elections = elect(&mut state, ElectionKind::Unavailable);
+    assert_eq!(elections.len(), 1, "{elections:?}");
+    let after = &state.topics["a"].partitions[0];
+    assert_eq!(after.leader, Some(leader), "the leader stays");
+    assert_eq!(
+        after.leader_epoch, a.leader_epoch,
+        "no new leader, no new epoch"
+    );
+    assert!(!after.isr.contains(&follower), "{after:?}");
+    assert_eq!(after.isr.len(), 2);
+    assert!(!state.elections_needed());
+    // The leader goes too: the last ISR member leads, at a new epoch.
+    fence(&mut state, leader.0);
+    assert!(state.elections_needed());
+    elect(&mut state, ElectionKind::Unavailable);
+    let after = &state.topics["a"].partitions[0];
+    assert_ne!(after.leader, Some(leader));
+    assert_eq!(after.leader_epoch, a.leader_epoch + 1);
+    assert_eq!(after.isr, vec![after.leader.unwrap()]);
 }
 
 #[test]

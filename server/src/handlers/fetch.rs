@@ -232,15 +232,20 @@ async fn read_local(
         return Ok(ReadSlice {
             parts: Vec::new(),
             next_offset: offset,
-            high_watermark: state.log.high_watermark(),
+            high_watermark: state.high_watermark(),
             log_start_offset: state.log.log_start_offset(),
         });
     }
+    // Consumers read below the high watermark only: what every ISR member has.
+    let high_watermark = state.high_watermark();
+    let end = Some(high_watermark);
     let read = match limit.whole_first {
-        true => state.log.read(offset, limit.max_bytes, None).await,
-        false => state.log.read_within(offset, limit.max_bytes, None).await,
+        true => state.log.read(offset, limit.max_bytes, end).await,
+        false => state.log.read_within(offset, limit.max_bytes, end).await,
     };
-    read.map_err(|e| WireError::from(&e))
+    let mut slice = read.map_err(|e| WireError::from(&e))?;
+    slice.high_watermark = high_watermark;
+    Ok(slice)
 }
 
 /// On the owner, for another shard: the read, copied into `Bytes` to cross cores.
@@ -411,10 +416,17 @@ fn round_file_bytes(round: &Round) -> u64 {
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .filter_map(|f| match &f.data {
-            Some(Data::Local(slice)) => Some(slice),
+            Some(Data::Local(slice)) => Some(slice_file_bytes(slice)),
             _ => None,
         })
-        .flat_map(|slice| slice.parts.iter())
+        .sum()
+}
+
+/// Bytes of `slice` that are sealed-file ranges.
+pub(crate) fn slice_file_bytes(slice: &ReadSlice) -> u64 {
+    slice
+        .parts
+        .iter()
         .filter_map(|part| match part {
             ReadPart::File { length, .. } => Some(*length),
             _ => None,
@@ -422,7 +434,7 @@ fn round_file_bytes(round: &Round) -> u64 {
         .sum()
 }
 
-fn local_part(part: ReadPart) -> PayloadPart {
+pub(crate) fn local_part(part: ReadPart) -> PayloadPart {
     match part {
         ReadPart::Memory(bytes) => PayloadPart::Bytes(bytes),
         ReadPart::Direct(result) => PayloadPart::Direct(result),

@@ -99,8 +99,7 @@ pub async fn lookup_local(
     let state = partitions
         .partition(topic, partition)
         .ok_or_else(|| WireError::unknown_partition(topic, partition))?;
-    let (log_start_offset, high_watermark) =
-        (state.log.log_start_offset(), state.log.high_watermark());
+    let (log_start_offset, high_watermark) = (state.log.log_start_offset(), state.high_watermark());
     let offset = match spec {
         fb::OffsetSpec::Earliest => log_start_offset as i64,
         fb::OffsetSpec::Latest => high_watermark as i64,

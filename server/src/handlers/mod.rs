@@ -21,6 +21,7 @@ mod metadata;
 mod produce;
 mod raft;
 mod recover;
+mod replica_fetch;
 mod reply;
 
 pub use reply::{Answer, ConnectionContext, Outgoing, PayloadPart};
@@ -54,6 +55,7 @@ pub enum Parsed {
     Group(groups::GroupParsed),
     RecoverPartitions(recover::RecoverParsed),
     Raft(raft::RaftParsed),
+    ReplicaFetch(replica_fetch::ReplicaFetchParsed),
 }
 
 /// Parses a verified request. Errors carry the correlation id to answer with.
@@ -138,6 +140,11 @@ fn parse_body(request: &fb::Request<'_>, message_bytes: usize) -> Result<Parsed,
         fb::RequestBody::RaftRequest => Parsed::Raft(raft::parse(
             request.body_as_raft_request().ok_or_else(missing)?,
         )),
+        fb::RequestBody::ReplicaFetchRequest => Parsed::ReplicaFetch(replica_fetch::parse(
+            request
+                .body_as_replica_fetch_request()
+                .ok_or_else(missing)?,
+        )?),
         _ => Parsed::Group(groups::parse(request)?),
     })
 }
@@ -152,6 +159,9 @@ pub async fn handle(
 ) -> Answer {
     match request {
         Parsed::Fetch(fetch) => fetch::handle(shard, context, correlation_id, fetch).await,
+        Parsed::ReplicaFetch(fetch) => {
+            replica_fetch::handle(shard, context, correlation_id, fetch).await
+        }
         Parsed::Produce(produce) => produce::handle(shard, correlation_id, produce, frame)
             .await
             .into(),
@@ -228,6 +238,7 @@ pub async fn serve_shard_request(shard: &Rc<ShardState>, request: ShardRequest) 
         ShardRequest::Group(call) => ShardResponse::Group(groups::serve(shard, call).await),
         ShardRequest::ApplyMetadata(metadata) => {
             let applied = shard.apply_metadata(metadata).await;
+            crate::replication::after_metadata(shard);
             if let Err(error) = &applied {
                 tracing::error!(shard = shard.id, %error, "applying metadata failed");
             }

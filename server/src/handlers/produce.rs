@@ -16,6 +16,7 @@ use super::{error_parts, finish};
 use crate::config::PARTITIONS_PER_REQUEST_MAX;
 use crate::error::WireError;
 use crate::shard::messages::{PartitionCall, PartitionReply, ProduceOutcome};
+use crate::shard::partition::WaitError;
 use crate::shard::producers::SequenceCheck;
 use crate::shard::Partitions;
 use crate::shard::{ShardRequest, ShardResponse, ShardState};
@@ -389,6 +390,15 @@ pub async fn append_local(
     // waits for its appends: so it stays in flight, charged to the memory
     // budget, and a producer that ignores answers is bounded like any other.
     let result = append_checked(state.clone(), to_append, duplicate_base).await;
+    let result = match (result, acks) {
+        (Ok((base, end)), fb::Acks::All) => {
+            let wait = Duration::from_millis(partitions.config().limits.produce_timeout_ms_max);
+            wait_insync(&state, topic, partition, end, wait)
+                .await
+                .map(|()| base)
+        }
+        (result, _) => result.map(|(base, _)| base),
+    };
     let result = match acks {
         fb::Acks::None => result.map(|_| -1),
         _ => result,
@@ -399,19 +409,52 @@ pub async fn append_local(
     }
 }
 
-/// Appends batches that passed the checks; the result is the base offset of the first.
+/// For `acks=all`: waits until every ISR member has the offsets below `end`.
+async fn wait_insync(
+    state: &crate::shard::PartitionState,
+    topic: &str,
+    partition: u32,
+    end: u64,
+    wait: Duration,
+) -> Result<(), WireError> {
+    match state.wait_replicated(end, wait).await {
+        Ok(()) => Ok(()),
+        Err(WaitError::NotLeader) => Err(WireError::new(
+            fb::ErrorCode::NotLeader,
+            format!(
+                "{topic}/{partition}: leadership moved before the ISR had the batch;                  refresh metadata and retry (an idempotent producer's retry is not stored twice)"
+            ),
+        )),
+        Err(WaitError::TimedOut) => Err(WireError::new(
+            fb::ErrorCode::RequestTimedOut,
+            format!(
+                "{topic}/{partition}: the ISR did not catch up with the batch in time; retry                  (an idempotent producer's retry is not stored twice)"
+            ),
+        )),
+    }
+}
+
+/// Appends batches that passed the checks; the result is the base offset of
+/// the first and the end (one past the last offset) of every batch stored
+/// or found stored.
 async fn append_checked(
     state: Rc<crate::shard::PartitionState>,
     batches: Vec<ValidBatch>,
     duplicate_base: Option<u64>,
-) -> Result<i64, WireError> {
+) -> Result<(i64, u64), WireError> {
     let headers: Vec<BatchHeader> = batches.iter().map(|b| *b.header()).collect();
     let appends = batches
         .into_iter()
         .map(|batch| state.log.append_valid(batch));
     let results = futures_util::future::join_all(appends).await;
     let mut first: Option<Result<i64, WireError>> = duplicate_base.map(|b| Ok(b as i64));
+    // A duplicate's batch ends past its base offset: the high watermark
+    // moves by whole batches, so passing the base means having the batch.
+    let mut end = duplicate_base.map_or(0, |b| b + 1);
     for (header, result) in headers.iter().zip(results) {
+        if let Ok(info) = &result {
+            end = end.max(info.last_offset + 1);
+        }
         match &result {
             Ok(info) if header.producer_id >= 0 => state.producers.borrow_mut().complete(
                 header.producer_id,
@@ -433,7 +476,7 @@ async fn append_checked(
         }
     }
     state.notify_appended();
-    first.unwrap_or(Ok(-1))
+    first.unwrap_or(Ok(-1)).map(|base| (base, end))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod messages;
 pub mod partition;
 pub mod partitions;
 pub mod producers;
+pub mod replica;
 pub mod shutdown;
 
 use std::cell::{Cell, RefCell};

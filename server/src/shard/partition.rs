@@ -9,6 +9,7 @@ use shardlog_engine::{LogHealth, PartitionLog};
 use shardlog_wire::protocol::fb;
 
 use super::producers::ProducerTable;
+use super::replica::ReplicaState;
 
 /// Offsets back from the high watermark scanned at open to rebuild producer state.
 pub const PRODUCER_STATE_RECOVERY_OFFSETS: u64 = 4096;
@@ -43,6 +44,8 @@ async fn restore_producers(log: &PartitionLog) -> shardlog_engine::Result<Produc
 pub struct PartitionState {
     pub log: PartitionLog,
     pub producers: RefCell<ProducerTable>,
+    /// Role, high watermark and followers' progress (`replica.rs`).
+    pub replica: ReplicaState,
     watchers: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
@@ -53,9 +56,11 @@ impl PartitionState {
     /// I/O errors reading the tail.
     pub async fn new(log: PartitionLog) -> shardlog_engine::Result<PartitionState> {
         let producers = restore_producers(&log).await?;
+        let replica = ReplicaState::new(log.high_watermark());
         Ok(PartitionState {
             log,
             producers: RefCell::new(producers),
+            replica,
             watchers: RefCell::new(Vec::new()),
         })
     }
@@ -100,11 +105,51 @@ impl PartitionState {
         }
     }
 
+    /// The high watermark: offsets below it are on every ISR member (on a
+    /// single replica: durable), and consumers may read them.
+    pub fn high_watermark(&self) -> u64 {
+        self.replica.high_watermark(self.log.high_watermark())
+    }
+
     /// Resolves once the high watermark passes `offset`, or after `wait`.
     pub async fn wait_for_data(&self, offset: u64, wait: Duration) {
+        if self.high_watermark() > offset || wait.is_zero() {
+            return;
+        }
+        self.wait_change(wait).await;
+    }
+
+    /// Resolves once the log's durable end passes `offset` (what a follower
+    /// may fetch), or after `wait`.
+    pub async fn wait_for_durable(&self, offset: u64, wait: Duration) {
         if self.log.high_watermark() > offset || wait.is_zero() {
             return;
         }
+        self.wait_change(wait).await;
+    }
+
+    /// For an `acks=all` produce: resolves once the high watermark reaches
+    /// `end` (every ISR member has the batches below it), or fails when
+    /// this broker stops leading or `wait` passes.
+    pub async fn wait_replicated(&self, end: u64, wait: Duration) -> Result<(), WaitError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if self.high_watermark() >= end {
+                return Ok(());
+            }
+            if !self.replica.leads() {
+                return Err(WaitError::NotLeader);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(WaitError::TimedOut);
+            }
+            self.wait_change(left).await;
+        }
+    }
+
+    /// Resolves at the next `notify_appended`, or after `wait`.
+    async fn wait_change(&self, wait: Duration) {
         let rx = {
             let mut watchers = self.watchers.borrow_mut();
             watchers.retain(|w| !w.is_canceled());
@@ -130,6 +175,15 @@ impl PartitionState {
             None => sleep.await,
         }
     }
+}
+
+/// Why [`PartitionState::wait_replicated`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitError {
+    /// Leadership moved away: the produce may or may not survive.
+    NotLeader,
+    /// The ISR did not catch up in time.
+    TimedOut,
 }
 
 /// How a partition's log is doing, for ListOffsets and metrics.

@@ -7,7 +7,7 @@
 //! `__offsets`, replayed by the caller's `on_open`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use glommio::sync::Semaphore;
 use shardlog_engine::{LogConfig, PartitionLog, StorageShard};
 
 use super::partition::PartitionState;
+use super::replica::Role;
 use crate::cluster::state::BrokerId;
 use crate::config::ServerConfig;
 use crate::error::WireError;
@@ -40,6 +41,8 @@ pub struct Partitions {
     apply_lock: Semaphore,
     /// The revision of the last metadata this shard finished applying.
     applied_revision: Cell<u64>,
+    /// The leader shards (broker, shard) this shard runs a replica fetcher for.
+    fetching_from: RefCell<BTreeSet<(BrokerId, usize)>>,
 }
 
 impl std::fmt::Debug for Partitions {
@@ -72,7 +75,23 @@ impl Partitions {
             by_topic: RefCell::new(HashMap::new()),
             apply_lock: Semaphore::new(1),
             applied_revision: Cell::new(0),
+            fetching_from: RefCell::new(BTreeSet::new()),
         }
+    }
+
+    /// Notes that a replica fetcher for `leader` runs; false if one did already.
+    pub fn start_fetching_from(&self, leader: (BrokerId, usize)) -> bool {
+        self.fetching_from.borrow_mut().insert(leader)
+    }
+
+    /// The replica fetcher for `leader` stopped.
+    pub fn stop_fetching_from(&self, leader: (BrokerId, usize)) {
+        self.fetching_from.borrow_mut().remove(&leader);
+    }
+
+    /// The broker's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// The latest metadata snapshot this shard has.
@@ -202,6 +221,7 @@ impl Partitions {
                 }
             }
         }
+        self.adopt_roles(&metadata);
         let gone: Vec<String> = {
             let partitions = self.by_topic.borrow();
             let names = partitions
@@ -231,6 +251,29 @@ impl Partitions {
         self.applied_revision
             .set(self.applied_revision.get().max(metadata.revision));
         Ok(())
+    }
+
+    /// Gives every open partition the role `metadata` names for it; a new
+    /// leader stamps its epoch into the batches it appends from now on.
+    fn adopt_roles(&self, metadata: &ClusterMetadata) {
+        let broker = self.broker_id();
+        for ((name, partition), state) in self.local_partitions() {
+            let Some(topic) = metadata.topics.get(&name) else {
+                continue;
+            };
+            let role = role_of(topic, partition, broker);
+            if let Role::Leader { leader_epoch, .. } = &role {
+                let epoch = u32::try_from(*leader_epoch).unwrap_or(u32::MAX);
+                if epoch > state.log.leader_epoch() {
+                    state.log.set_leader_epoch(epoch);
+                }
+            }
+            if role != state.replica.role() {
+                state.replica.set_role(role);
+                // Waiting acks=all produces and fetches look again.
+                state.notify_appended();
+            }
+        }
     }
 
     async fn open_partition(
@@ -271,5 +314,27 @@ impl Partitions {
                 tracing::warn!(topic, partition, %error, "closing a partition failed");
             }
         }
+    }
+}
+
+/// The role of `partition` of `topic` on `broker` (`None`: a one-node broker).
+pub fn role_of(topic: &TopicMetadata, partition: u32, broker: Option<BrokerId>) -> Role {
+    let (Some(me), Some(state)) = (broker, topic.replication.get(partition as usize)) else {
+        return Role::Single;
+    };
+    if state.replicas.len() <= 1 {
+        return Role::Single;
+    }
+    if state.leader == Some(me) {
+        return Role::Leader {
+            me,
+            leader_epoch: state.leader_epoch,
+            isr: state.isr.clone(),
+            replicas: state.replicas.iter().map(|r| r.broker).collect(),
+        };
+    }
+    Role::Follower {
+        leader: state.leader,
+        leader_epoch: state.leader_epoch,
     }
 }
