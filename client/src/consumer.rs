@@ -286,14 +286,25 @@ impl Consumer {
                 }
             }
         }
-        self.seeks.clear();
         if queries.is_empty() {
+            self.seeks.clear();
             return Ok(());
         }
-        for result in self.cluster.list_offsets(queries).await? {
-            if let Some(error) = result.error {
-                return Err(Error::Broker(error));
+        // A failed lookup keeps the seeks: the next poll tries them again.
+        let results = self.cluster.list_offsets(queries).await?;
+        if let Some(error) = results.iter().find_map(|r| r.error.clone()) {
+            if error.code == ErrorCode::NotLeader {
+                for result in &results {
+                    self.cluster.forget(&result.topic);
+                }
             }
+            if !error.is_retriable() {
+                self.seeks.clear();
+            }
+            return Err(Error::Broker(error));
+        }
+        self.seeks.clear();
+        for result in results {
             // No record at or after a timestamp: start at the end.
             let offset = if result.offset >= 0 {
                 result.offset
