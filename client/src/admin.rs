@@ -269,7 +269,10 @@ impl Admin {
     ) -> Result<crate::protocol::GroupDescription, Error> {
         match self
             .cluster
-            .call(Request::DescribeGroups(vec![group_id.to_string()]))
+            .call_coordinator(
+                group_id,
+                Request::DescribeGroups(vec![group_id.to_string()]),
+            )
             .await?
         {
             Response::GroupDescriptions(mut groups) if !groups.is_empty() => {
@@ -306,7 +309,7 @@ impl Admin {
             timestamp_ms,
             to_offset,
         };
-        match self.cluster.call(request).await? {
+        match self.cluster.call_coordinator(group_id, request).await? {
             Response::Offsets(offsets) => Ok(offsets),
             other => Err(unexpected(other)),
         }
@@ -319,7 +322,7 @@ impl Admin {
     pub async fn delete_group(&self, group_id: &str) -> Result<(), Error> {
         match self
             .cluster
-            .call(Request::DeleteGroup(group_id.to_string()))
+            .call_coordinator(group_id, Request::DeleteGroup(group_id.to_string()))
             .await?
         {
             Response::Done => Ok(()),

@@ -9,6 +9,10 @@ use std::time::Duration;
 use crate::connection::Connection;
 use crate::protocol::{OffsetSpec, PartitionResult, Request, Response};
 use crate::{BrokerError, Error, ErrorCode};
+use shardlog_wire::offsets::{offsets_partition, OFFSETS_TOPIC};
+
+/// Pause between tries of a group request while its coordinator moves.
+pub const COORDINATOR_RETRY_BACKOFF_MS: u64 = 100;
 
 /// Settings shared by producers, consumers and admins.
 #[derive(Debug, Clone)]
@@ -159,6 +163,58 @@ impl Cluster {
             self.lock().bootstrap = None;
         }
         match answer? {
+            Response::Error(error) => Err(Error::Broker(error)),
+            response => Ok(response),
+        }
+    }
+
+    /// Sends a group request to the group's coordinator: the leader (its
+    /// owning shard) of the group's `__offsets` partition, computed from the
+    /// group id as the broker does. While the coordinator moves (a
+    /// failover) or is not ready, the request is tried again, with fresh
+    /// metadata, for up to `request_timeout`.
+    ///
+    /// # Errors
+    /// As [`Cluster::call`], once retrying ran out or for a final error.
+    pub async fn call_coordinator(
+        &self,
+        group_id: &str,
+        request: Request,
+    ) -> Result<Response, Error> {
+        let deadline = std::time::Instant::now() + self.config.request_timeout;
+        loop {
+            let answer = self.call_coordinator_once(group_id, request.clone()).await;
+            let retry = match &answer {
+                Err(Error::Io(_)) => true,
+                Err(Error::Broker(error)) => matches!(
+                    error.code,
+                    ErrorCode::NotLeader
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::NotEnoughReplicas
+                        | ErrorCode::RequestTimedOut
+                        | ErrorCode::ControllerUnavailable
+                ),
+                _ => false,
+            };
+            let backoff = std::time::Duration::from_millis(COORDINATOR_RETRY_BACKOFF_MS);
+            if !retry || std::time::Instant::now() + backoff >= deadline {
+                return answer;
+            }
+            self.forget(OFFSETS_TOPIC);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn call_coordinator_once(
+        &self,
+        group_id: &str,
+        request: Request,
+    ) -> Result<Response, Error> {
+        let Ok(addr) = self.route(OFFSETS_TOPIC, offsets_partition(group_id)).await else {
+            // No `__offsets` placement known (yet): any broker answers, or says to retry.
+            return self.call(request).await;
+        };
+        match self.connection(addr).await?.call(request).await? {
             Response::Error(error) => Err(Error::Broker(error)),
             response => Ok(response),
         }

@@ -189,7 +189,11 @@ impl GroupConsumer {
             session_timeout_ms: self.config.session_timeout.as_millis() as u32,
             assignor: self.config.assignor.clone(),
         };
-        let response = match self.cluster.call(request).await {
+        let response = match self
+            .cluster
+            .call_coordinator(&self.config.group_id, request)
+            .await
+        {
             Err(Error::Broker(error)) if error.code == ErrorCode::UnknownMemberId => {
                 // Dropped by the group (session expired): give everything up and rejoin.
                 let lost = self.assignment();
@@ -235,7 +239,11 @@ impl GroupConsumer {
                 group_id: self.config.group_id.clone(),
                 partitions: Some(granted.clone()),
             };
-            let Response::Offsets(committed) = self.cluster.call(request).await? else {
+            let Response::Offsets(committed) = self
+                .cluster
+                .call_coordinator(&self.config.group_id, request)
+                .await?
+            else {
                 return Err(Error::Protocol(
                     "offset fetch answered with another response".into(),
                 ));
@@ -293,9 +301,13 @@ impl GroupConsumer {
     pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<(), Error>> {
         let request = self.commit_request(&self.assignment());
         let cluster = self.cluster.clone();
+        let group_id = self.config.group_id.clone();
         tokio::spawn(async move {
             match request {
-                Some(request) => cluster.call(request).await.map(|_| ()),
+                Some(request) => cluster
+                    .call_coordinator(&group_id, request)
+                    .await
+                    .map(|_| ()),
                 None => Ok(()),
             }
         })
@@ -318,9 +330,35 @@ impl GroupConsumer {
     }
 
     async fn commit_partitions(&mut self, partitions: &[(String, u32)]) -> Result<(), Error> {
-        match self.commit_request(partitions) {
-            Some(request) => self.cluster.call(request).await.map(|_| ()),
-            None => Ok(()),
+        let Some(request) = self.commit_request(partitions) else {
+            return Ok(());
+        };
+        let group_id = self.config.group_id.clone();
+        match self.cluster.call_coordinator(&group_id, request).await {
+            Err(Error::Broker(error))
+                if error.code == ErrorCode::UnknownMemberId && self.member_epoch > 0 =>
+            {
+                // The coordinator does not know this member: it moved to
+                // another broker (membership lives in its memory), or the
+                // session expired. Join again, keeping what is still
+                // assigned, and commit that.
+                self.member_epoch = 0;
+                Box::pin(self.heartbeat()).await?;
+                let still_ours: Vec<(String, u32)> = partitions
+                    .iter()
+                    .filter(|p| self.assigned.contains(*p))
+                    .cloned()
+                    .collect();
+                match self.commit_request(&still_ours) {
+                    Some(request) => self
+                        .cluster
+                        .call_coordinator(&group_id, request)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            }
+            other => other.map(|_| ()),
         }
     }
 
@@ -340,7 +378,9 @@ impl GroupConsumer {
                 session_timeout_ms: self.config.session_timeout.as_millis() as u32,
                 assignor: String::new(),
             };
-            self.cluster.call(request).await?;
+            self.cluster
+                .call_coordinator(&self.config.group_id, request)
+                .await?;
         }
         Ok(())
     }

@@ -40,6 +40,7 @@ mod error;
 #[path = "generated/shardlog_generated.rs"]
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused_imports, dead_code, deprecated, non_camel_case_types, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes)]
 mod generated;
+pub mod offsets;
 pub mod protocol;
 pub mod varint;
 

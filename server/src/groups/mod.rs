@@ -43,10 +43,7 @@ pub use state::{Group, Heartbeat, HeartbeatOutcome, PartitionCounts};
 
 use crate::error::WireError;
 
-/// The internal topic holding committed offsets.
-pub const OFFSETS_TOPIC: &str = "__offsets";
-/// Partitions of [`OFFSETS_TOPIC`].
-pub const OFFSETS_PARTITIONS: u32 = 16;
+pub use shardlog_wire::offsets::{offsets_partition, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 /// Longest group id.
 pub const GROUP_ID_BYTES_MAX: usize = 200;
 /// Longest member id a client may send (members are held in memory, not stored).
@@ -66,11 +63,6 @@ const _: () = assert!(GROUP_ID_BYTES_MAX + 1 + 10 + 1 + 20 <= MEMBER_ID_BYTES_MA
 // One tick's deletions of one `__offsets` partition fit in one batch.
 const _: () =
     assert!(GROUPS_EXPIRED_PER_TICK_MAX * (GROUP_ID_BYTES_MAX + 32) < COMMIT_BATCH_BYTES_MAX);
-
-/// The `__offsets` partition of a group.
-pub fn offsets_partition(group_id: &str) -> u32 {
-    crc32c::crc32c(group_id.as_bytes()) % OFFSETS_PARTITIONS
-}
 
 /// Checks a group id.
 ///

@@ -89,11 +89,7 @@ impl GroupService<'_> {
             );
             return Err(WireError::new(ErrorCode::BatchTooLarge, message));
         }
-        partition
-            .log
-            .append(batch)
-            .await
-            .map_err(|e| WireError::from(&e))?;
+        append_replicated(&partition, batch).await?;
         persisting.finish(commits, now_ms);
         Ok(())
     }
@@ -124,23 +120,23 @@ impl GroupService<'_> {
             "one batch per __offsets partition"
         );
         let partition = self.offsets_partition(first)?;
-        partition
-            .log
-            .append(store::encode_deletes(group_ids, now_ms()))
-            .await
-            .map_err(|e| WireError::from(&e))?;
-        Ok(())
+        append_replicated(&partition, store::encode_deletes(group_ids, now_ms())).await
     }
 
+    /// The group's `__offsets` partition, if this shard leads it (only a
+    /// leader appends; a follower's log takes only its leader's bytes) and
+    /// enough replicas are in sync to keep a commit.
     fn offsets_partition(&self, group_id: &str) -> Result<Rc<PartitionState>, WireError> {
+        let partition = offsets_partition(group_id);
         self.partitions
-            .partition(OFFSETS_TOPIC, offsets_partition(group_id))
-            .ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::ShuttingDown,
-                    format!("this shard does not coordinate group {group_id:?} (yet); retry"),
-                )
-            })
+            .produce_owner_of(OFFSETS_TOPIC, partition, true)?;
+        let state = self.partitions.partition(OFFSETS_TOPIC, partition);
+        state.filter(|s| s.replica.leads()).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::NotLeader,
+                format!("this shard does not coordinate group {group_id:?} now; refresh metadata and retry"),
+            )
+        })
     }
 
     /// Deletes the groups whose retention passed: one append per `__offsets`
@@ -283,5 +279,34 @@ impl Coordinator {
             offset = slice.next_offset;
         }
         Ok(())
+    }
+}
+
+/// Longest a commit or deletion waits for the `__offsets` ISR to have it.
+pub const COMMIT_REPLICATION_WAIT_MS: u64 = 30_000;
+
+/// Appends `batch` to the `__offsets` partition and waits until every ISR
+/// member has it: a commit is answered only once it survives the loss of
+/// the coordinator's broker.
+async fn append_replicated(
+    partition: &PartitionState,
+    batch: bytes::BytesMut,
+) -> Result<(), WireError> {
+    let info = partition
+        .log
+        .append(batch)
+        .await
+        .map_err(|e| WireError::from(&e))?;
+    let wait = std::time::Duration::from_millis(COMMIT_REPLICATION_WAIT_MS);
+    match partition.wait_replicated(info.last_offset + 1, wait).await {
+        Ok(()) => Ok(()),
+        Err(crate::shard::partition::WaitError::NotLeader) => Err(WireError::new(
+            ErrorCode::NotLeader,
+            "the group's coordinator moved before the commit was replicated; retry at the new one",
+        )),
+        Err(crate::shard::partition::WaitError::TimedOut) => Err(WireError::new(
+            ErrorCode::RequestTimedOut,
+            "the commit was not replicated in time; retry",
+        )),
     }
 }

@@ -228,16 +228,18 @@ pub fn parse(request: &fb::Request<'_>) -> Result<GroupParsed, WireError> {
     })
 }
 
+/// The shard coordinating `group`: the owner of its `__offsets` partition
+/// on that partition's leader. Another broker answers `NotLeader`, and the
+/// SDK asks the leader (it computes the partition the same way).
 fn coordinator_of(shard: &ShardState, group: &str) -> Result<usize, WireError> {
-    shard
-        .partitions
-        .owner_of(OFFSETS_TOPIC, groups::offsets_partition(group))
-        .ok_or_else(|| {
-            WireError::new(
-                fb::ErrorCode::ShuttingDown,
-                "the offsets topic is not ready yet; retry",
-            )
-        })
+    let partition = groups::offsets_partition(group);
+    match shard.partitions.leader_owner_of(OFFSETS_TOPIC, partition) {
+        Err(error) if error.code == fb::ErrorCode::UnknownTopicOrPartition => Err(WireError::new(
+            fb::ErrorCode::ShuttingDown,
+            "the offsets topic is not ready yet; retry",
+        )),
+        other => other,
+    }
 }
 
 async fn ask(

@@ -122,6 +122,9 @@ async fn publish(shard: &Rc<ShardState>, metadata: Arc<ClusterMetadata>) {
     tracing::debug!(revision = metadata.revision, "metadata applied");
 }
 
+/// Replicas of each `__offsets` partition, at most.
+pub const OFFSETS_REPLICATION_FACTOR_MAX: usize = 3;
+
 /// The command that creates `__offsets`, when it is missing and every voter is registered and alive.
 fn offsets_topic_command(state: &ClusterState, shard: &ShardState) -> Option<ClusterCommand> {
     if state.topics.contains_key(crate::groups::OFFSETS_TOPIC) {
@@ -134,12 +137,16 @@ fn offsets_topic_command(state: &ClusterState, shard: &ShardState) -> Option<Clu
             .get(&crate::cluster::state::BrokerId(*id))
             .is_some_and(|b| b.liveness == BrokerLiveness::Alive)
     });
+    // Replicated like Kafka's offsets.topic.replication.factor (3, or
+    // every broker of a smaller cluster), so a group's commits outlive
+    // its coordinator's broker.
+    let replication_factor = peers.len().min(OFFSETS_REPLICATION_FACTOR_MAX) as u16;
     all_alive.then(|| ClusterCommand::CreateTopics {
         topics: vec![NewTopic {
             name: crate::groups::OFFSETS_TOPIC.to_string(),
             partitions: crate::groups::OFFSETS_PARTITIONS,
-            replication_factor: 1,
-            min_insync_replicas: 1,
+            replication_factor,
+            min_insync_replicas: replication_factor.min(2),
             retention_bytes: None,
             retention_ms: Some(u64::MAX / 2),
             segment_bytes: Some(64 * 1024 * 1024),

@@ -171,14 +171,27 @@ impl ShardState {
     /// Opening or replaying a partition log failed.
     pub async fn apply_metadata(&self, metadata: Arc<ClusterMetadata>) -> Result<()> {
         let coordinator = &self.coordinator;
-        self.partitions
+        let promoted = self
+            .partitions
             .apply(metadata, async |name: &str, state: &PartitionState| {
                 if name == crate::groups::OFFSETS_TOPIC {
                     coordinator.replay(state).await?;
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        // The coordinator moves with the leader of its `__offsets` partition:
+        // a new leader learns what the old one committed from its copy.
+        for ((name, partition), state) in promoted {
+            if name == crate::groups::OFFSETS_TOPIC {
+                tracing::info!(
+                    partition,
+                    "leading an __offsets partition: replaying its commits"
+                );
+                coordinator.replay(&state).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The group APIs' view of this shard.

@@ -179,8 +179,9 @@ impl Partitions {
     }
 
     /// Adopts a newer metadata snapshot: opens the partitions it places
-    /// here (each handed to `on_open` before it is visible), and closes and
-    /// deletes those of deleted topics.
+    /// here (each handed to `on_open` before it is visible), gives each its
+    /// role, and closes and deletes those of deleted topics. Returns the
+    /// partitions that were followers and lead now.
     ///
     /// # Errors
     /// Opening a partition log failed, or `on_open` did.
@@ -188,7 +189,7 @@ impl Partitions {
         &self,
         metadata: Arc<ClusterMetadata>,
         on_open: impl AsyncFn(&str, &PartitionState) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(PartitionKey, Rc<PartitionState>)>> {
         let _permit = self
             .apply_lock
             .acquire_permit(1)
@@ -202,7 +203,7 @@ impl Partitions {
                 stale = metadata.revision,
                 "ignoring older metadata"
             );
-            return Ok(());
+            return Ok(Vec::new());
         }
         let previous = self.metadata.replace(metadata.clone());
         let broker = self.broker_id();
@@ -221,7 +222,7 @@ impl Partitions {
                 }
             }
         }
-        self.adopt_roles(&metadata);
+        let promoted = self.adopt_roles(&metadata);
         let gone: Vec<String> = {
             let partitions = self.by_topic.borrow();
             let names = partitions
@@ -250,13 +251,14 @@ impl Partitions {
         }
         self.applied_revision
             .set(self.applied_revision.get().max(metadata.revision));
-        Ok(())
+        Ok(promoted)
     }
 
     /// Gives every open partition the role `metadata` names for it; a new
     /// leader stamps its epoch into the batches it appends from now on.
-    fn adopt_roles(&self, metadata: &ClusterMetadata) {
+    fn adopt_roles(&self, metadata: &ClusterMetadata) -> Vec<(PartitionKey, Rc<PartitionState>)> {
         let broker = self.broker_id();
+        let mut promoted = Vec::new();
         for ((name, partition), state) in self.local_partitions() {
             let Some(topic) = metadata.topics.get(&name) else {
                 continue;
@@ -268,12 +270,18 @@ impl Partitions {
                     state.log.set_leader_epoch(epoch);
                 }
             }
-            if role != state.replica.role() {
+            let before = state.replica.role();
+            if role != before {
+                let leads_now = matches!(role, Role::Leader { .. });
+                if leads_now && matches!(before, Role::Follower { .. }) {
+                    promoted.push(((name.clone(), partition), state.clone()));
+                }
                 state.replica.set_role(role);
                 // Waiting acks=all produces and fetches look again.
                 state.notify_appended();
             }
         }
+        promoted
     }
 
     async fn open_partition(
