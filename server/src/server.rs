@@ -140,7 +140,9 @@ pub fn run(config: ServerConfig) -> Result<()> {
         None => Arc::new(ClusterMetadata::load(&config.data_dir)?),
     };
     let (events_tx, events) = mpsc::channel::<ShardEvent>();
-    let handles = spawn_shards(&config, &metadata, &stop, &events_tx, listeners, &cluster)?;
+    let proceed = Arc::new(AtomicBool::new(false));
+    let flags = (stop.clone(), proceed.clone());
+    let handles = spawn_shards(&config, &metadata, &flags, &events_tx, listeners, &cluster)?;
     drop(events_tx);
     for _ in 0..config.shards {
         match events.recv() {
@@ -162,9 +164,13 @@ pub fn run(config: ServerConfig) -> Result<()> {
         config.data_dir.display()
     );
     tracing::info!(listen = %config.listen, shards = config.shards, data_dir = %config.data_dir.display(), metrics = %config.metrics_listen, "broker ready");
-    if let Some(shard) = wait_for_stop(&stop, &events) {
-        let message = "stopped unexpectedly; the broker cannot serve its partitions".into();
-        return Err(Error::Shard { shard, message });
+    // Then the controlled shutdown (shard 0, on a clustered broker), which
+    // needs the metadata group still running.
+    for flag in [&stop, &proceed] {
+        if let Some(shard) = wait_for_stop(flag, &events) {
+            let message = "stopped unexpectedly; the broker cannot serve its partitions".into();
+            return Err(Error::Shard { shard, message });
+        }
     }
     let mut outcome = Ok(());
     if let Some(parts) = &cluster {
@@ -244,7 +250,7 @@ struct OwnListeners {
 fn spawn_shards(
     config: &Arc<ServerConfig>,
     metadata: &Arc<ClusterMetadata>,
-    stop: &Arc<AtomicBool>,
+    stop: &StopFlags,
     events: &mpsc::Sender<ShardEvent>,
     listeners: Vec<OwnListeners>,
     cluster: &Option<ClusterParts>,
@@ -293,7 +299,7 @@ async fn shard_main(
     mesh: MeshBuilder<ShardMessage, glommio::channels::channel_mesh::Full>,
     listeners: OwnListeners,
     events: &mpsc::Sender<ShardEvent>,
-    stop: Arc<AtomicBool>,
+    stop: StopFlags,
     cluster: Option<ClusterParts>,
 ) -> Result<()> {
     let (senders, receivers) = mesh
@@ -332,7 +338,7 @@ async fn shard_main(
         glommio::spawn_local(net::serve_metrics(shard.clone(), net::adopt(metrics))).detach();
     }
     let _ = events.send(ShardEvent::Ready);
-    glommio::spawn_local(watch_stop(shard.clone(), stop)).detach();
+    glommio::spawn_local(watch_stop(shard.clone(), stop.0, stop.1)).detach();
     #[cfg(feature = "fault-injection")]
     panic_on_request(id);
     glommio::spawn_local(retention_loop(shard.clone())).detach();
@@ -372,8 +378,21 @@ fn panic_on_request(shard: usize) {
     .detach();
 }
 
-async fn watch_stop(shard: Rc<ShardState>, stop: Arc<AtomicBool>) {
+/// The signal handlers' flag, and the flag shard 0 sets once the broker may stop serving.
+type StopFlags = (Arc<AtomicBool>, Arc<AtomicBool>);
+
+/// Waits for SIGINT/SIGTERM, then starts this shard's shutdown. On a
+/// clustered broker shard 0 first hands leadership over (controlled
+/// shutdown) while every shard still serves; the others stop after it.
+async fn watch_stop(shard: Rc<ShardState>, stop: Arc<AtomicBool>, proceed: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+    if shard.id == crate::shard::CONTROLLER_SHARD {
+        crate::shard::control::controlled_shutdown(&shard).await;
+        proceed.store(true, Ordering::SeqCst);
+    }
+    while !proceed.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }
     tracing::info!(

@@ -588,3 +588,81 @@ fn a_group_consumer_keeps_consuming_across_its_coordinators_failover_and_no_comm
         broker.stop();
     }
 }
+
+#[test]
+fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() {
+    // A session far longer than a stop takes: leadership that moved by the
+    // time the broker exited was handed over, not taken after a fence.
+    let mut cluster = Cluster::start_with(3, &["--broker-session-timeout-ms", "4000"]);
+    create_replicated(&cluster, "rolling", 1, 2);
+    let servers = bootstrap(&cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicU64::new(0));
+    let producer_thread = {
+        let (servers, stop, acked_count) = (servers.clone(), stop.clone(), acked_count.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let producer = Producer::new(ProducerConfig {
+                    acks: Acks::All,
+                    idempotent: true,
+                    linger: Duration::from_millis(2),
+                    client: ClientConfig::new(servers.as_str()),
+                    ..Default::default()
+                })
+                .await
+                .expect("producer");
+                let (mut acked, mut errors, mut next) = (Vec::new(), Vec::new(), 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    let record = ProducerRecord::new("rolling", next.to_string()).partition(0);
+                    match producer.send(record).await {
+                        Ok(meta) => {
+                            acked.push((next, meta.offset.expect("an offset")));
+                            acked_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(error) => errors.push(error.to_string()),
+                    }
+                    next += 1;
+                }
+                (acked, errors)
+            })
+        })
+    };
+    let wait_acks = |cluster: &Cluster, more: u64| {
+        let target = acked_count.load(Ordering::SeqCst) + more;
+        eventually(cluster, "acknowledgements continue", || {
+            acked_count.load(Ordering::SeqCst) >= target
+        });
+    };
+    wait_acks(&cluster, 50);
+    for round in 0..3 {
+        let leader = leadership(&cluster, "rolling", 0)
+            .and_then(|l| l.leader)
+            .expect("a leader");
+        let started = Instant::now();
+        cluster.broker(leader).stop();
+        eprintln!("round {round}: broker {leader} stopped in {:?}", started.elapsed());
+        let now = leadership(&cluster, "rolling", 0).expect("leadership");
+        assert!(
+            now.leader.is_some_and(|b| b != leader) && !now.isr.contains(&leader),
+            "round {round}: leadership left broker {leader} before it exited \
+             ({:?} after SIGTERM): {now:?}",
+            started.elapsed()
+        );
+        wait_acks(&cluster, 50);
+        cluster.broker(leader).restart();
+        eventually(&cluster, "the restarted broker rejoins the ISR", || {
+            leadership(&cluster, "rolling", 0).is_some_and(|l| l.isr.len() == 3)
+        });
+        wait_acks(&cluster, 50);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (acked, errors) = producer_thread.join().expect("producer thread");
+    assert!(errors.is_empty(), "producers saw errors: {errors:?}");
+    let log = read_all(&servers, "rolling");
+    for (value, offset) in &acked {
+        assert_eq!(log.get(offset), Some(&value.to_string()), "record {value}");
+    }
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}

@@ -26,7 +26,8 @@ use std::time::Duration;
 use crate::cluster::identity::{self, NodeIdentity};
 use crate::cluster::raft::{ClusterHandle, ProposeError};
 use crate::cluster::state::{
-    BrokerId, BrokerLiveness, ClusterCommand, ClusterState, CommandOutput, CommandResult, NewTopic,
+    BrokerId, BrokerLiveness, ClusterCommand, ClusterState, CommandOutput, CommandResult,
+    ElectionKind, ElectionScope, NewTopic,
 };
 use crate::metadata::ClusterMetadata;
 use crate::shard::{ShardRequest, ShardResponse, ShardState, CONTROLLER_SHARD};
@@ -208,13 +209,79 @@ async fn heartbeat_loop(
     published: &Cell<u64>,
 ) {
     let interval = Duration::from_millis(shard.config.broker_session_timeout_ms / 3);
-    while !shard.shutdown.is_started() {
+    while !shard.shutdown.is_leaving() {
         let heartbeat = cluster.heartbeat(broker, broker_epoch, published.get());
         if let Err(error) = heartbeat.await {
             tracing::debug!(%error, "a heartbeat did not reach the controller");
         }
         futures_lite::future::or(glommio::timer::sleep(interval), shard.shutdown.wait()).await;
     }
+}
+
+/// Longest a controlled shutdown waits for leadership to move off the broker.
+pub const CONTROLLED_SHUTDOWN_WAIT_MS: u64 = 10_000;
+
+/// On SIGTERM, before the shards stop serving: the broker stops
+/// heartbeating, fences itself and asks for leaders elsewhere, then waits
+/// (at most [`CONTROLLED_SHUTDOWN_WAIT_MS`]) until it leads nothing. Its
+/// partitions' producers and consumers meet `NotLeader` and move to the
+/// new leaders while this broker still answers, so a rolling restart shows
+/// them no error; followers leave its ISRs at once instead of a session
+/// later. Runs on shard 0 of a clustered broker.
+pub async fn controlled_shutdown(shard: &ShardState) {
+    let Some(cluster) = &shard.cluster else {
+        return;
+    };
+    shard.shutdown.begin_leaving();
+    let metadata = shard.partitions.metadata();
+    let Some(view) = &metadata.cluster else {
+        return;
+    };
+    let me = view.broker;
+    let Some(info) = view.brokers.get(&me) else {
+        return;
+    };
+    tracing::info!(broker = %me, "controlled shutdown: moving leadership off this broker");
+    let deadline = std::time::Instant::now() + Duration::from_millis(CONTROLLED_SHUTDOWN_WAIT_MS);
+    let commands = [
+        ClusterCommand::FenceBroker {
+            broker: me,
+            broker_epoch: info.broker_epoch,
+        },
+        ClusterCommand::ElectLeaders {
+            scope: ElectionScope::All,
+            kind: ElectionKind::Unavailable,
+        },
+    ];
+    for command in commands {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let proposed =
+            futures_lite::future::or(async { Some(cluster.propose(command).await) }, async {
+                glommio::timer::sleep(left).await;
+                None
+            });
+        match proposed.await {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(%error, "controlled shutdown: the metadata group refused; stopping anyway");
+                return;
+            }
+            None => break,
+        }
+    }
+    while std::time::Instant::now() < deadline {
+        let metadata = shard.partitions.metadata();
+        let leads = metadata
+            .topics
+            .values()
+            .any(|topic| topic.replication.iter().any(|p| p.leader == Some(me)));
+        if !leads {
+            tracing::info!(broker = %me, "controlled shutdown: this broker leads nothing now");
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(broker = %me, "controlled shutdown: leadership did not move in time; stopping anyway");
 }
 
 /// Proposes `command` until it is applied, retrying while the group cannot

@@ -8,6 +8,8 @@ use futures_channel::oneshot;
 #[derive(Debug, Default)]
 pub struct Shutdown {
     started: Cell<bool>,
+    /// Set when a clustered broker begins its controlled shutdown (it stops heartbeating).
+    leaving: Cell<bool>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
@@ -18,6 +20,17 @@ impl Shutdown {
         for waiter in self.waiters.borrow_mut().drain(..) {
             let _ = waiter.send(());
         }
+    }
+
+    /// Marks the start of a controlled shutdown: the broker still serves,
+    /// but no longer heartbeats, so the controller keeps it fenced.
+    pub fn begin_leaving(&self) {
+        self.leaving.set(true);
+    }
+
+    /// True once a controlled shutdown began (or the shutdown itself).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.get() || self.started.get()
     }
 
     /// True once the shutdown started.
