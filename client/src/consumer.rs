@@ -454,9 +454,10 @@ async fn fetch(
             // partitions are looked up afresh at the next poll, and the
             // others' records still come back.
             Err(error @ Error::Io(_)) => {
-                for topic in &topics {
-                    cluster.forget(topic);
-                }
+                let mut topics = topics;
+                topics.dedup();
+                // A failed lookup keeps what is known; the next poll asks again.
+                let _ = cluster.refresh(&topics).await;
                 unreachable.get_or_insert(error);
             }
             Err(error) => return Err(error),

@@ -640,7 +640,10 @@ fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() 
             .expect("a leader");
         let started = Instant::now();
         cluster.broker(leader).stop();
-        eprintln!("round {round}: broker {leader} stopped in {:?}", started.elapsed());
+        eprintln!(
+            "round {round}: broker {leader} stopped in {:?}",
+            started.elapsed()
+        );
         let now = leadership(&cluster, "rolling", 0).expect("leadership");
         assert!(
             now.leader.is_some_and(|b| b != leader) && !now.isr.contains(&leader),

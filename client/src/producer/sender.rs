@@ -202,8 +202,10 @@ impl PartitionSender {
         let config = &self.context.config;
         let retriable = error.is_retriable();
         if let Error::Io(_) = &error {
-            // The leader may be gone: the next batch asks where the partition is now.
-            self.context.cluster.forget(&self.topic);
+            // The leader may be gone: ask where the partition is now. A
+            // failed lookup keeps what is known (the partition count, which
+            // keyed records need), and the next failure asks again.
+            let _ = self.context.cluster.refresh(&[self.topic.clone()]).await;
             self.connection = None;
         }
         if let Error::Broker(broker) = &error {
