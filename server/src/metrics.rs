@@ -220,6 +220,7 @@ impl ShardMetrics {
                 "shardlog_partition_size_bytes{{{labels}}} {}",
                 state.log.size_bytes()
             );
+            render_replication(&mut out, &labels, &state);
             let health = state.health();
             let _ = writeln!(
                 out,
@@ -233,6 +234,39 @@ impl ShardMetrics {
             );
         }
         out
+    }
+}
+
+/// A partition's replication series: whether this broker leads it, and
+/// while it does, under-replication, ISR changes and each follower's lag.
+fn render_replication(out: &mut String, labels: &str, state: &crate::shard::PartitionState) {
+    let view = state.replica.leader_view(state.log.high_watermark());
+    let leads = state.replica.leads();
+    let _ = writeln!(
+        out,
+        "shardlog_partition_leader{{{labels}}} {}",
+        u8::from(leads)
+    );
+    let (out_of_sync, lags) = view.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "shardlog_partition_under_replicated{{{labels}}} {}",
+        u8::from(out_of_sync > 0)
+    );
+    let (shrinks, expands) = state.replica.isr_changes();
+    let _ = writeln!(
+        out,
+        "shardlog_partition_isr_shrinks_total{{{labels}}} {shrinks}"
+    );
+    let _ = writeln!(
+        out,
+        "shardlog_partition_isr_expands_total{{{labels}}} {expands}"
+    );
+    for (follower, lag) in lags {
+        let _ = writeln!(
+            out,
+            "shardlog_partition_replica_lag_offsets{{{labels},follower=\"{follower}\"}} {lag}"
+        );
     }
 }
 
@@ -336,7 +370,17 @@ pub fn header() -> &'static str {
      # HELP shardlog_partition_status 0 online, 1 poisoned (refuses writes until recovered), 2 corrupt data found on read.\n\
      # TYPE shardlog_partition_status gauge\n\
      # HELP shardlog_partition_corrupt_reads_total Reads that found damaged data on disk.\n\
-     # TYPE shardlog_partition_corrupt_reads_total counter\n"
+     # TYPE shardlog_partition_corrupt_reads_total counter\n\
+     # HELP shardlog_partition_leader 1 where this broker leads the partition (or is its only replica); their sum is the broker's leader count.\n\
+     # TYPE shardlog_partition_leader gauge\n\
+     # HELP shardlog_partition_under_replicated 1 where this broker leads the partition and a replica is out of its ISR.\n\
+     # TYPE shardlog_partition_under_replicated gauge\n\
+     # HELP shardlog_partition_isr_shrinks_total ISR shrinks seen while this broker led the partition.\n\
+     # TYPE shardlog_partition_isr_shrinks_total counter\n\
+     # HELP shardlog_partition_isr_expands_total ISR expansions seen while this broker led the partition.\n\
+     # TYPE shardlog_partition_isr_expands_total counter\n\
+     # HELP shardlog_partition_replica_lag_offsets Offsets a follower is behind the leader's durable end (on the leader).\n\
+     # TYPE shardlog_partition_replica_lag_offsets gauge\n"
 }
 
 /// The whole process's CPU time and memory, read from `/proc/self`.

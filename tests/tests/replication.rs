@@ -470,6 +470,43 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
     eventually(&cluster, "the ISR is the leader alone", || {
         leadership(&cluster, "minisr", 0).is_some_and(|l| l.isr == [leader])
     });
+    let under = |cluster: &Cluster| {
+        metric(
+            cluster,
+            leader,
+            "shardlog_partition_under_replicated",
+            "minisr",
+        )
+    };
+    assert_eq!(
+        under(&cluster),
+        Some(1),
+        "the leader reports the partition under-replicated"
+    );
+    assert!(
+        metric(
+            &cluster,
+            leader,
+            "shardlog_partition_isr_shrinks_total",
+            "minisr"
+        ) >= Some(2)
+    );
+    let described = std::process::Command::new(shardlog_tests::binary("shardlog"))
+        .args([
+            "--broker",
+            &cluster.brokers[leader as usize - 1].addr.to_string(),
+        ])
+        .args(["topic", "describe", "minisr", "--format", "json"])
+        .output()
+        .expect("run shardlog");
+    assert!(described.status.success(), "{described:?}");
+    let json: serde_json::Value = serde_json::from_slice(&described.stdout).expect("JSON");
+    assert_eq!(json["partitions"][0]["under_replicated"], true, "{json}");
+    assert_eq!(
+        json["partitions"][0]["isr"],
+        serde_json::json!([leader]),
+        "{json}"
+    );
     let refused = produce(&mut to_leader, "one of three", &mut acked);
     let error = refused.error.expect("refused below min-insync-replicas");
     assert_eq!(
@@ -488,6 +525,21 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
         produce(&mut to_leader, "three again", &mut acked).error,
         None
     );
+    assert_eq!(under(&cluster), Some(0));
+    assert!(
+        metric(
+            &cluster,
+            leader,
+            "shardlog_partition_isr_expands_total",
+            "minisr"
+        ) >= Some(2)
+    );
+    let lag_series = cluster.brokers[leader as usize - 1]
+        .scrape_metrics()
+        .lines()
+        .filter(|l| l.starts_with("shardlog_partition_replica_lag_offsets{topic=\"minisr\""))
+        .count();
+    assert_eq!(lag_series, 2, "one lag per follower");
     let log: Vec<String> = read_all(&bootstrap(&cluster), "minisr")
         .into_values()
         .collect();
@@ -668,4 +720,15 @@ fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() 
     for broker in &mut cluster.brokers {
         broker.stop();
     }
+}
+
+/// The value of `name` for partition 0 of `topic` on broker `id`'s metrics.
+fn metric(cluster: &Cluster, id: u32, name: &str, topic: &str) -> Option<u64> {
+    let prefix = format!("{name}{{topic=\"{topic}\",partition=\"0\"");
+    cluster.brokers[id as usize - 1]
+        .scrape_metrics()
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

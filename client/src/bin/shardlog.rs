@@ -330,7 +330,7 @@ async fn cluster(client: ClientConfig, command: ClusterCommand) -> Result<(), Er
     Ok(())
 }
 
-/// `topic describe --format json`: `{"topic", "partitions": [{"partition", "leader", "replicas", "isr", "leader_epoch", ..}]}`.
+/// `topic describe --format json`: `{"topic", "partitions": [{"partition", "leader", "replicas", "isr", "leader_epoch", "under_replicated", ..}]}`.
 fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
     let partitions: Vec<serde_json::Value> = topic
         .partitions
@@ -342,6 +342,7 @@ fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
                 "replicas": p.replicas,
                 "isr": p.isr,
                 "leader_epoch": p.leader_epoch,
+                "under_replicated": p.isr.len() < p.replicas.len(),
                 "shard": p.shard,
                 "log_start_offset": p.log_start_offset,
                 "log_end_offset": p.high_watermark,
@@ -434,15 +435,20 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
                 return Ok(());
             }
             println!("topic {} partitions {}", topic.name, topic.partitions.len());
-            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus\tleader\treplicas\tisr\tleader_epoch");
+            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus\tleader\treplicas\tisr\tleader_epoch\tunder_replicated");
             let ids = |ids: &[u32]| {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 ids.join(",")
             };
             for p in topic.partitions {
                 let leader = p.leader.map_or_else(|| "none".into(), |l| l.to_string());
+                let under_replicated = if p.isr.len() < p.replicas.len() {
+                    "yes"
+                } else {
+                    "no"
+                };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{leader}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{leader}\t{}\t{}\t{}\t{under_replicated}",
                     p.partition,
                     p.shard,
                     p.log_start_offset,

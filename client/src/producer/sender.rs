@@ -205,7 +205,11 @@ impl PartitionSender {
             // The leader may be gone: ask where the partition is now. A
             // failed lookup keeps what is known (the partition count, which
             // keyed records need), and the next failure asks again.
-            let _ = self.context.cluster.refresh(std::slice::from_ref(&self.topic)).await;
+            let _ = self
+                .context
+                .cluster
+                .refresh(std::slice::from_ref(&self.topic))
+                .await;
             self.connection = None;
         }
         if let Error::Broker(broker) = &error {

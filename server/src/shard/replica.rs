@@ -70,6 +70,9 @@ pub struct ReplicaState {
     followers: RefCell<BTreeMap<BrokerId, FollowerProgress>>,
     /// Set while an ISR change this leader proposed is in flight.
     isr_change_in_flight: Cell<bool>,
+    /// ISR changes seen while leading (counters, for metrics).
+    isr_shrinks: Cell<u64>,
+    isr_expands: Cell<u64>,
 }
 
 impl ReplicaState {
@@ -80,6 +83,8 @@ impl ReplicaState {
             high_watermark: Cell::new(durable_end),
             followers: RefCell::new(BTreeMap::new()),
             isr_change_in_flight: Cell::new(false),
+            isr_shrinks: Cell::new(0),
+            isr_expands: Cell::new(0),
         }
     }
 
@@ -115,6 +120,15 @@ impl ReplicaState {
         };
         if new_leadership {
             self.followers.borrow_mut().clear();
+        }
+        if let (Role::Leader { isr: before, .. }, Role::Leader { isr: after, .. }) =
+            (&*current, &role)
+        {
+            if after.len() < before.len() {
+                self.isr_shrinks.set(self.isr_shrinks.get() + 1);
+            } else if after.len() > before.len() {
+                self.isr_expands.set(self.isr_expands.get() + 1);
+            }
         }
         if let Role::Leader { isr, me, .. } = &role {
             let now = Instant::now();
@@ -199,6 +213,33 @@ impl ReplicaState {
             .iter()
             .map(|(b, p)| (*b, *p))
             .collect()
+    }
+
+    /// ISR changes seen while leading: (shrinks, expands).
+    pub fn isr_changes(&self) -> (u64, u64) {
+        (self.isr_shrinks.get(), self.isr_expands.get())
+    }
+
+    /// While leading: replicas out of the ISR, and each follower's lag in
+    /// offsets behind `durable_end`. `None` while not leading.
+    pub fn leader_view(&self, durable_end: u64) -> Option<(usize, Vec<(BrokerId, u64)>)> {
+        let role = self.role.borrow();
+        let Role::Leader {
+            me, isr, replicas, ..
+        } = &*role
+        else {
+            return None;
+        };
+        let followers = self.followers.borrow();
+        let lags = replicas
+            .iter()
+            .filter(|b| *b != me)
+            .map(|b| {
+                let end = followers.get(b).map_or(0, |p| p.log_end_offset);
+                (*b, durable_end.saturating_sub(end))
+            })
+            .collect();
+        Some((replicas.len().saturating_sub(isr.len()), lags))
     }
 
     /// Claims the right to propose an ISR change; false while one is in flight.
