@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use shardlog_client::blocking::Connection;
 use shardlog_client::protocol::{NewTopic, PartitionLeadership, Request, Response};
 use shardlog_client::{
-    Acks, ClientConfig, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord,
+    Acks, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Offset, Producer, ProducerConfig,
+    ProducerRecord,
 };
 use shardlog_tests::cluster::{eventually, Cluster};
 use shardlog_tests::runtime;
@@ -332,11 +333,7 @@ fn acks_all_is_answered_only_once_every_isr_member_has_the_batch() {
     }
     let waited = produce_one(&mut to_leader, "waits", "second", Acks::All, 1_500);
     let error = waited.error.expect("not answered while followers lack it");
-    assert_eq!(
-        error.code,
-        shardlog_client::ErrorCode::RequestTimedOut,
-        "{error:?}"
-    );
+    assert_eq!(error.code, ErrorCode::RequestTimedOut, "{error:?}");
     let stored = produce_one(&mut to_leader, "waits", "third", Acks::Leader, 5_000);
     assert_eq!(stored.error, None, "acks=1 needs only the leader");
     for follower in &followers {
@@ -393,7 +390,7 @@ fn a_frozen_leader_is_replaced_acknowledges_nothing_after_and_drops_its_divergen
     assert!(
         matches!(
             error.code,
-            shardlog_client::ErrorCode::NotLeader | shardlog_client::ErrorCode::RequestTimedOut
+            ErrorCode::NotLeader | ErrorCode::RequestTimedOut
         ),
         "{error:?}"
     );
@@ -509,11 +506,7 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
     );
     let refused = produce(&mut to_leader, "one of three", &mut acked);
     let error = refused.error.expect("refused below min-insync-replicas");
-    assert_eq!(
-        error.code,
-        shardlog_client::ErrorCode::NotEnoughReplicas,
-        "{error:?}"
-    );
+    assert_eq!(error.code, ErrorCode::NotEnoughReplicas, "{error:?}");
     assert!(error.code.is_retriable());
 
     cluster.broker(followers[0]).restart();
@@ -731,4 +724,235 @@ fn metric(cluster: &Cluster, id: u32, name: &str, topic: &str) -> Option<u64> {
         .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// One partition of a hand-made ReplicaFetch.
+struct Asked<'a> {
+    topic: &'a str,
+    partition: u32,
+    leader_epoch: u64,
+    offset: u64,
+    last_epoch: i64,
+}
+
+/// A ReplicaFetch frame as a follower (or an impostor) would send it.
+fn replica_fetch_frame(from_broker: u64, cluster_id: &str, asked: &[Asked]) -> Vec<u8> {
+    use shardlog_wire::protocol::fb;
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let partitions: Vec<_> = asked
+        .iter()
+        .map(|a| {
+            let topic = fbb.create_string(a.topic);
+            fb::ReplicaFetchPartition::create(
+                &mut fbb,
+                &fb::ReplicaFetchPartitionArgs {
+                    topic: Some(topic),
+                    partition: a.partition,
+                    current_leader_epoch: a.leader_epoch,
+                    fetch_offset: a.offset,
+                    last_fetched_epoch: a.last_epoch,
+                    max_bytes: 1 << 20,
+                },
+            )
+        })
+        .collect();
+    let partitions = fbb.create_vector(&partitions);
+    let cluster_id = fbb.create_string(cluster_id);
+    let body = fb::ReplicaFetchRequest::create(
+        &mut fbb,
+        &fb::ReplicaFetchRequestArgs {
+            from_broker,
+            broker_epoch: 0,
+            cluster_id: Some(cluster_id),
+            max_wait_ms: 0,
+            max_bytes: 1 << 20,
+            partitions: Some(partitions),
+        },
+    );
+    let request = fb::Request::create(
+        &mut fbb,
+        &fb::RequestArgs {
+            correlation_id: 7,
+            api_version: 0,
+            client_id: None,
+            body_type: fb::RequestBody::ReplicaFetchRequest,
+            body: Some(body.as_union_value()),
+        },
+    );
+    fbb.finish(request, None);
+    let message = fbb.finished_data();
+    let mut frame = shardlog_wire::protocol::encode_prefix(message.len(), 0).to_vec();
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// The answer's whole-request error (or the ErrorResponse's) and each partition's code.
+fn replica_fetch_call(addr: std::net::SocketAddr, frame: &[u8]) -> (ErrorCode, Vec<ErrorCode>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(frame).expect("send");
+    let mut prefix = [0u8; 8];
+    stream.read_exact(&mut prefix).expect("an answer");
+    let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let message_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+    let mut rest = vec![0u8; frame_len - 4];
+    stream.read_exact(&mut rest).expect("the whole answer");
+    let limits = shardlog_wire::protocol::ProtocolLimits::default();
+    let response = shardlog_wire::protocol::verify_response(&rest[..message_len], &limits)
+        .expect("a valid response");
+    if let Some(error) = response.body_as_error_response() {
+        return (error.error_code(), Vec::new());
+    }
+    let body = response
+        .body_as_replica_fetch_response()
+        .expect("a ReplicaFetchResponse");
+    let codes = body
+        .partitions()
+        .iter()
+        .flatten()
+        .map(|p| p.error_code())
+        .collect();
+    (body.error_code(), codes)
+}
+
+#[test]
+fn replica_fetches_from_strangers_or_with_bad_values_get_errors_and_change_nothing() {
+    // A one-node broker has no followers.
+    let mut single = shardlog_tests::Broker::start(1, &[]);
+    let asked = [Asked {
+        topic: "t",
+        partition: 0,
+        leader_epoch: 0,
+        offset: 0,
+        last_epoch: -1,
+    }];
+    let (code, _) = replica_fetch_call(single.addr, &replica_fetch_frame(2, "", &asked));
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    single.stop();
+
+    let mut cluster = Cluster::start_with(3, FAST_FAILOVER);
+    let mut admin = Connection::connect(cluster.brokers[0].addr).expect("connect");
+    let request = Request::CreateTopics(vec![NewTopic {
+        replication_factor: Some(2),
+        ..NewTopic::new("two", 1)
+    }]);
+    assert!(matches!(admin.call(&request), Ok(Response::Topics(r)) if r[0].1.is_none()));
+    create_replicated(&cluster, "guarded", 1, 2);
+    let mut to_leader = {
+        let leader = leadership(&cluster, "guarded", 0).and_then(|l| l.leader);
+        connect_to(&cluster, leader.expect("a leader"))
+    };
+    for value in ["a", "b", "c"] {
+        assert_eq!(
+            produce_one(&mut to_leader, "guarded", value, Acks::All, 10_000).error,
+            None
+        );
+    }
+    let guarded = leadership(&cluster, "guarded", 0).expect("leadership");
+    let leader = guarded.leader.expect("a leader");
+    let follower = *guarded.replicas.iter().find(|b| **b != leader).unwrap();
+    // The leader's owning shard's own port: a follower fetches there.
+    let shard_of = |admin: &mut Connection, topic: &str| -> (String, u16) {
+        match admin.call(&Request::Metadata(vec![topic.to_string()])) {
+            Ok(Response::Metadata(described)) => {
+                let topic = described
+                    .topics
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .expect("topic");
+                (described.cluster_id.clone(), topic.partition_shards[0])
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // Each broker names its own replica's shard: ask the leader.
+    let (cluster_id, shard) = shard_of(&mut connect_to(&cluster, leader), "guarded");
+    let leader_addr = cluster.brokers[leader as usize - 1].shard_addr(shard);
+    let ask = |topic, partition, leader_epoch, offset, last_epoch| Asked {
+        topic,
+        partition,
+        leader_epoch,
+        offset,
+        last_epoch,
+    };
+    let epoch = guarded.leader_epoch;
+    // Not a broker of this cluster, or another cluster.
+    let good = [ask("guarded", 0, epoch, 0, -1)];
+    let frame = replica_fetch_frame(99, &cluster_id, &good);
+    assert_eq!(
+        replica_fetch_call(leader_addr, &frame).0,
+        ErrorCode::InvalidRequest
+    );
+    let frame = replica_fetch_frame(u64::from(follower), "another-cluster", &good);
+    assert_eq!(
+        replica_fetch_call(leader_addr, &frame).0,
+        ErrorCode::InvalidRequest
+    );
+    let frame = replica_fetch_frame(u64::from(leader), &cluster_id, &good);
+    assert_eq!(
+        replica_fetch_call(leader_addr, &frame).0,
+        ErrorCode::InvalidRequest,
+        "itself"
+    );
+    // A last epoch that is no epoch.
+    let frame = replica_fetch_frame(
+        u64::from(follower),
+        &cluster_id,
+        &[ask("guarded", 0, epoch, 0, -5)],
+    );
+    assert_eq!(
+        replica_fetch_call(leader_addr, &frame).0,
+        ErrorCode::InvalidRequest
+    );
+    // Per partition: unknown, a stale or future epoch, past the end, and
+    // a partition the sender holds no replica of.
+    let two = leadership(&cluster, "two", 0).expect("leadership");
+    let outsider = (1..=3)
+        .find(|b| !two.replicas.contains(b))
+        .expect("RF 2 of 3");
+    let partitions = [
+        ask("missing", 0, 0, 0, -1),
+        ask("guarded", 9, epoch, 0, -1),
+        ask("guarded", 0, epoch + 5, 0, -1),
+        ask("guarded", 0, epoch, u64::MAX, 0),
+    ];
+    let frame = replica_fetch_frame(u64::from(follower), &cluster_id, &partitions);
+    let (code, codes) = replica_fetch_call(leader_addr, &frame);
+    assert_eq!(code, ErrorCode::None);
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::UnknownTopicOrPartition,
+            ErrorCode::UnknownTopicOrPartition,
+            ErrorCode::UnknownLeaderEpoch,
+            ErrorCode::OffsetOutOfRange,
+        ]
+    );
+    if let Some(two_leader) = two.leader {
+        let frame = replica_fetch_frame(
+            u64::from(outsider),
+            &cluster_id,
+            &[ask("two", 0, two.leader_epoch, 0, -1)],
+        );
+        let (_, shard) = shard_of(&mut connect_to(&cluster, two_leader), "two");
+        let addr = cluster.brokers[two_leader as usize - 1].shard_addr(shard);
+        let (_, codes) = replica_fetch_call(addr, &frame);
+        assert_eq!(
+            codes,
+            [ErrorCode::InvalidRequest],
+            "not one of its replicas"
+        );
+    }
+    // Nothing moved: the same three records, and writes go on.
+    assert_eq!(
+        produce_one(&mut to_leader, "guarded", "d", Acks::All, 10_000).error,
+        None
+    );
+    let log: Vec<String> = read_all(&bootstrap(&cluster), "guarded")
+        .into_values()
+        .collect();
+    assert_eq!(log, ["a", "b", "c", "d"]);
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
 }

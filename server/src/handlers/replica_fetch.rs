@@ -204,6 +204,18 @@ async fn serve_partition(
     let state = led_partition(shard, fetch, follower)?;
     let log = &state.log;
     let durable_end = log.high_watermark();
+    if fetch.fetch_offset > log.log_end_offset() {
+        // Past anything this leader wrote: not a follower's real end, and
+        // counting it would move the high watermark over what it lacks.
+        return Err(WireError::new(
+            fb::ErrorCode::OffsetOutOfRange,
+            format!(
+                "{topic}/{partition}: offset {} is past the leader's log end {}",
+                fetch.fetch_offset,
+                log.log_end_offset()
+            ),
+        ));
+    }
     if let Some(diverging) = divergence(&state, fetch) {
         return Ok(Served {
             data: None,
