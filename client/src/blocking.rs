@@ -34,6 +34,23 @@ impl Connection {
         })
     }
 
+    /// Connects to a broker at `addr`, giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the broker cannot be reached in time.
+    pub fn connect_timeout(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<Connection, Error> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream,
+            next_correlation_id: 1,
+            limits: ProtocolLimits::default(),
+        })
+    }
+
     /// Sets how long a receive may wait (None: forever).
     ///
     /// # Errors

@@ -54,6 +54,42 @@ impl Cluster {
         cluster
     }
 
+    /// Starts brokers 1..=count, broker `i` in namespace `i` of `lab` on
+    /// its address there, each listed in every `--peers` by that address.
+    pub fn start_in_lab(lab: &crate::netns::Lab, count: u8, extra_args: &[&str]) -> Cluster {
+        let ports: Vec<u16> = (0..count).map(|_| reserve_port(SHARDS)).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@{}:{port}", i + 1, lab.address(i as u8 + 1)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let id = (i + 1).to_string();
+                let mut args = vec!["--node-id", &id, "--peers", &peers];
+                args.extend_from_slice(extra_args);
+                let number = i as u8 + 1;
+                Broker::start_in_netns(
+                    &lab.namespace(number),
+                    lab.address(number),
+                    *port,
+                    SHARDS,
+                    &args,
+                )
+            })
+            .collect();
+        let cluster = Cluster { brokers };
+        eventually(&cluster, "every broker registered and alive", || {
+            describe(&cluster.brokers[0]).is_some_and(|d| {
+                d.brokers.len() == cluster.brokers.len() && d.brokers.iter().all(|b| b.alive)
+            })
+        });
+        cluster
+    }
+
     /// The broker with id `id` (1-based).
     pub fn broker(&mut self, id: u32) -> &mut Broker {
         &mut self.brokers[id as usize - 1]

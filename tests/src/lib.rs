@@ -16,6 +16,8 @@ use shardlog_client::protocol::{Acks, FetchPartition, NewTopic, Request, Respons
 use shardlog_wire::batch::{BatchBuilder, BatchBuilderOptions, BatchIter, BatchLimits};
 
 pub mod cluster;
+pub mod netns;
+pub mod replicas;
 
 static BUILD: Once = Once::new();
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -97,6 +99,8 @@ pub struct Broker {
     env: Vec<(String, String)>,
     /// The broker's stderr, kept for failing tests.
     pub log_path: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl Broker {
@@ -164,7 +168,26 @@ impl Broker {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log_path,
+            netns: None,
         }
+    }
+
+    /// Starts a broker in network namespace `netns`, listening on
+    /// `host:port` (from [`reserve_port`]), its port kept across restarts.
+    pub fn start_in_netns(
+        netns: &str,
+        host: std::net::IpAddr,
+        port: u16,
+        shards: u16,
+        extra_args: &[&str],
+    ) -> Broker {
+        let scratch = tempfile::tempdir().expect("temporary data directory");
+        let data_root = scratch.path().to_path_buf();
+        let mut broker = Broker::unlaunched(data_root, scratch, shards, extra_args, &[]);
+        broker.addr = SocketAddr::new(host, port);
+        broker.netns = Some(netns.to_string());
+        broker.launch();
+        broker
     }
 
     /// The directory holding the data directory `data` (it outlives restarts).
@@ -174,7 +197,7 @@ impl Broker {
 
     /// The address of shard `shard`'s own port.
     pub fn shard_addr(&self, shard: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.addr.port() + 1 + shard))
+        SocketAddr::new(self.addr.ip(), self.addr.port() + 1 + shard)
     }
 
     fn launch(&mut self) {
@@ -185,14 +208,29 @@ impl Broker {
             } else {
                 next_port_base(self.shards)
             };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let metrics = SocketAddr::from(([127, 0, 0, 1], port + self.shards + 1));
+            let host = match self.addr.port() {
+                0 => std::net::IpAddr::from([127, 0, 0, 1]),
+                _ => self.addr.ip(),
+            };
+            let addr = SocketAddr::new(host, port);
+            let metrics = SocketAddr::new(host, port + self.shards + 1);
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.log_path)
                 .expect("log file");
-            let mut child = Command::new(binary("shardlog-server"))
+            let mut command = match &self.netns {
+                // `ip netns exec` execs the broker: the child's pid is the broker's.
+                Some(netns) => {
+                    let mut command = Command::new("ip");
+                    command
+                        .args(["netns", "exec", netns])
+                        .arg(binary("shardlog-server"));
+                    command
+                }
+                None => Command::new(binary("shardlog-server")),
+            };
+            let mut child = command
                 .arg("--data-dir")
                 .arg(self.data_root.join("data"))
                 .args([
@@ -318,7 +356,7 @@ impl Broker {
     /// The Prometheus text of `/metrics`.
     pub fn scrape_metrics(&self) -> String {
         use std::io::{Read, Write};
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.addr.port() + self.shards + 1));
+        let addr = SocketAddr::new(self.addr.ip(), self.addr.port() + self.shards + 1);
         let mut stream =
             std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
         stream

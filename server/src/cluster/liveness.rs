@@ -66,10 +66,14 @@ impl NodeShared {
             broker_epoch,
             applied_revision,
         });
-        let reply = self
-            .transport
-            .call(leader, &addr, request)
+        // Bounded by a heartbeat interval: a heartbeat stuck on a leader
+        // that just went away must not keep this broker silent to the next
+        // one for a whole session (it would be fenced though alive).
+        let interval = Duration::from_millis(self.config.broker_session_timeout_ms / 3);
+        let call = self.transport.call(leader, &addr, request);
+        let reply = tokio::time::timeout(interval, call)
             .await
+            .map_err(|_| unreachable(format!("no answer within {} ms", interval.as_millis())))?
             .map_err(|e| unreachable(e.to_string()))?;
         match rpc::decode::<RpcReply>(&reply) {
             Ok(RpcReply::Heartbeat(outcome)) => outcome,

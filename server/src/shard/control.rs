@@ -211,8 +211,18 @@ async fn heartbeat_loop(
     let interval = Duration::from_millis(shard.config.broker_session_timeout_ms / 3);
     while !shard.shutdown.is_leaving() {
         let heartbeat = cluster.heartbeat(broker, broker_epoch, published.get());
-        if let Err(error) = heartbeat.await {
-            tracing::debug!(%error, "a heartbeat did not reach the controller");
+        // One at a time, each within an interval, so the cadence holds
+        // while the controller moves.
+        let bounded = futures_lite::future::or(async { Some(heartbeat.await) }, async {
+            glommio::timer::sleep(interval).await;
+            None
+        });
+        match bounded.await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                tracing::debug!(%error, "a heartbeat did not reach the controller")
+            }
+            None => tracing::debug!("a heartbeat took longer than its interval; sending the next"),
         }
         futures_lite::future::or(glommio::timer::sleep(interval), shard.shutdown.wait()).await;
     }
