@@ -16,9 +16,9 @@ use crate::runtime;
 /// so a test's failovers take seconds.
 pub const FAST_FAILOVER: &[&str] = &[
     "--broker-session-timeout-ms",
-    "1500",
+    "2000",
     "--replica-lag-time-max-ms",
-    "3000",
+    "6000",
 ];
 
 /// How long a probe of one broker's metadata may take.
@@ -178,4 +178,26 @@ pub fn metric(cluster: &Cluster, id: u32, name: &str, topic: &str) -> Option<u64
         .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// [`produce_one`] with `acks=all`, tried again while the answer is a
+/// retriable refusal (an ISR still settling on a loaded machine), for up to
+/// [`crate::cluster::SETTLE_WAIT`].
+pub fn produce_replicated(
+    connection: &mut Connection,
+    topic: &str,
+    value: &str,
+) -> shardlog_client::protocol::PartitionResult {
+    let deadline = Instant::now() + crate::cluster::SETTLE_WAIT;
+    loop {
+        let result = produce_one(connection, topic, value, Acks::All, 10_000);
+        let retry = result.error.as_ref().is_some_and(|e| {
+            e.code == shardlog_client::ErrorCode::NotEnoughReplicas
+                || e.code == shardlog_client::ErrorCode::RequestTimedOut
+        });
+        if !retry || Instant::now() >= deadline {
+            return result;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
