@@ -27,6 +27,9 @@ pub struct NewTopic {
     pub replication_factor: Option<u16>,
     /// Replicas in sync that an `acks=all` produce needs (None: 1).
     pub min_insync_replicas: Option<u16>,
+    /// Let a replica outside the ISR lead when no ISR member is alive:
+    /// availability over durability, acknowledged records may be lost (off by default).
+    pub unclean_leader_election: bool,
 }
 
 impl NewTopic {
@@ -40,6 +43,7 @@ impl NewTopic {
             segment_bytes: None,
             replication_factor: None,
             min_insync_replicas: None,
+            unclean_leader_election: false,
         }
     }
 }
@@ -465,6 +469,7 @@ fn encode_body<'a>(
                         segment_bytes: signed(t.segment_bytes),
                         replication_factor: short(t.replication_factor),
                         min_insync_replicas: short(t.min_insync_replicas),
+                        unclean_leader_election: t.unclean_leader_election,
                     };
                     fb::TopicSpec::create(fbb, &args)
                 })

@@ -99,6 +99,7 @@ fn create_topics_frame(name: &str, replication_factor: i16, min_insync_replicas:
             segment_bytes: -1,
             replication_factor,
             min_insync_replicas,
+            unclean_leader_election: false,
         },
     );
     let topics = fbb.create_vector(&[spec]);

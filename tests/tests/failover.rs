@@ -501,3 +501,74 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
         broker.stop();
     }
 }
+
+#[test]
+fn unclean_leader_election_is_a_per_topic_switch() {
+    let mut cluster = Cluster::start_with(3, FAST_FAILOVER);
+    let cli = |cluster: &Cluster, args: &[&str]| {
+        let live = cluster
+            .brokers
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        std::process::Command::new(shardlog_tests::binary("shardlog"))
+            .args(["--broker", &live])
+            .args(args)
+            .output()
+            .expect("run shardlog")
+    };
+    for (topic, extra) in [
+        ("unclean", Some("--unclean-leader-election")),
+        ("clean", None),
+    ] {
+        let mut args = vec!["topic", "create", topic, "--replication-factor", "2"];
+        args.extend(extra);
+        let created = cli(&cluster, &args);
+        assert!(created.status.success(), "{created:?}");
+    }
+    eventually(&cluster, "both topics led", || {
+        ["unclean", "clean"]
+            .iter()
+            .all(|t| leadership(&cluster, t, 0).is_some_and(|l| l.leader.is_some()))
+    });
+    let unclean = leadership(&cluster, "unclean", 0).expect("leadership");
+    let leader = unclean.leader.expect("a leader");
+    let follower = *unclean.replicas.iter().find(|b| **b != leader).unwrap();
+    // The follower goes first (it leaves the ISR), then the leader: no ISR
+    // member is alive. Two of three voters down: nothing changes until the
+    // follower is back and the metadata group has a majority again.
+    cluster.broker(follower).kill9();
+    eventually(&cluster, "the follower out of the ISR", || {
+        leadership(&cluster, "unclean", 0).is_some_and(|l| l.isr == [leader])
+    });
+    let clean_before = leadership(&cluster, "clean", 0).expect("leadership");
+    cluster.broker(leader).kill9();
+    cluster.broker(follower).restart();
+    eventually(
+        &cluster,
+        "the out-of-sync follower leads the unclean topic",
+        || leadership(&cluster, "unclean", 0).is_some_and(|l| l.leader == Some(follower)),
+    );
+    // The clean topic keeps its ISR: a partition whose ISR members are all
+    // down has no leader until one is back.
+    let clean = leadership(&cluster, "clean", 0).expect("leadership");
+    let clean_isr_alive = clean_before
+        .isr
+        .iter()
+        .any(|b| *b != leader && *b != follower)
+        || (clean_before.isr.contains(&follower) && !clean_before.isr.contains(&leader));
+    if !clean_isr_alive && !clean_before.isr.contains(&follower) {
+        assert_eq!(
+            clean.leader, None,
+            "no unclean election for the clean topic: {clean:?}"
+        );
+    }
+    assert!(
+        clean.leader.is_none_or(|b| clean_before.isr.contains(&b)),
+        "{clean:?}"
+    );
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+}

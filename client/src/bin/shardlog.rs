@@ -122,6 +122,9 @@ enum TopicCommand {
         /// Replicas in sync that an acks=all produce needs (default 1).
         #[arg(long)]
         min_insync_replicas: Option<u16>,
+        /// When no in-sync replica is alive, let another replica lead (it may lack acknowledged records; off by default).
+        #[arg(long)]
+        unclean_leader_election: bool,
     },
     /// List topics.
     List,
@@ -411,10 +414,12 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
             partitions,
             replication_factor,
             min_insync_replicas,
+            unclean_leader_election,
         } => {
             let topic = NewTopic {
                 replication_factor,
                 min_insync_replicas,
+                unclean_leader_election,
                 ..NewTopic::new(&name, partitions)
             };
             admin.create_topic(topic).await?;

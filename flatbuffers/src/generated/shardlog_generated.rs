@@ -2175,6 +2175,7 @@ impl<'a> TopicSpec<'a> {
   pub const VT_SEGMENT_BYTES: flatbuffers::VOffsetT = 12;
   pub const VT_REPLICATION_FACTOR: flatbuffers::VOffsetT = 14;
   pub const VT_MIN_INSYNC_REPLICAS: flatbuffers::VOffsetT = 16;
+  pub const VT_UNCLEAN_LEADER_ELECTION: flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -2193,6 +2194,7 @@ impl<'a> TopicSpec<'a> {
     if let Some(x) = args.name { builder.add_name(x); }
     builder.add_min_insync_replicas(args.min_insync_replicas);
     builder.add_replication_factor(args.replication_factor);
+    builder.add_unclean_leader_election(args.unclean_leader_election);
     builder.finish()
   }
 
@@ -2246,6 +2248,13 @@ impl<'a> TopicSpec<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i16>(TopicSpec::VT_MIN_INSYNC_REPLICAS, Some(-1)).unwrap()}
   }
+  #[inline]
+  pub fn unclean_leader_election(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TopicSpec::VT_UNCLEAN_LEADER_ELECTION, Some(false)).unwrap()}
+  }
 }
 
 impl flatbuffers::Verifiable for TopicSpec<'_> {
@@ -2262,6 +2271,7 @@ impl flatbuffers::Verifiable for TopicSpec<'_> {
      .visit_field::<i64>("segment_bytes", Self::VT_SEGMENT_BYTES, false)?
      .visit_field::<i16>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
      .visit_field::<i16>("min_insync_replicas", Self::VT_MIN_INSYNC_REPLICAS, false)?
+     .visit_field::<bool>("unclean_leader_election", Self::VT_UNCLEAN_LEADER_ELECTION, false)?
      .finish();
     Ok(())
   }
@@ -2274,6 +2284,7 @@ pub struct TopicSpecArgs<'a> {
     pub segment_bytes: i64,
     pub replication_factor: i16,
     pub min_insync_replicas: i16,
+    pub unclean_leader_election: bool,
 }
 impl<'a> Default for TopicSpecArgs<'a> {
   #[inline]
@@ -2286,6 +2297,7 @@ impl<'a> Default for TopicSpecArgs<'a> {
       segment_bytes: -1,
       replication_factor: -1,
       min_insync_replicas: -1,
+      unclean_leader_election: false,
     }
   }
 }
@@ -2324,6 +2336,10 @@ impl<'a: 'b, 'b> TopicSpecBuilder<'a, 'b> {
     self.fbb_.push_slot::<i16>(TopicSpec::VT_MIN_INSYNC_REPLICAS, min_insync_replicas, -1);
   }
   #[inline]
+  pub fn add_unclean_leader_election(&mut self, unclean_leader_election: bool) {
+    self.fbb_.push_slot::<bool>(TopicSpec::VT_UNCLEAN_LEADER_ELECTION, unclean_leader_election, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> TopicSpecBuilder<'a, 'b> {
     let start = _fbb.start_table();
     TopicSpecBuilder {
@@ -2348,6 +2364,7 @@ impl core::fmt::Debug for TopicSpec<'_> {
       ds.field("segment_bytes", &self.segment_bytes());
       ds.field("replication_factor", &self.replication_factor());
       ds.field("min_insync_replicas", &self.min_insync_replicas());
+      ds.field("unclean_leader_election", &self.unclean_leader_election());
       ds.finish()
   }
 }

@@ -45,6 +45,7 @@ pub fn parse_create(body: fb::CreateTopicsRequest<'_>) -> Result<Vec<TopicReques
             segment_bytes: optional(spec.segment_bytes()),
             replication_factor: spec.replication_factor(),
             min_insync_replicas: spec.min_insync_replicas(),
+            unclean_leader_election: spec.unclean_leader_election(),
         })
         .collect())
 }

@@ -54,7 +54,7 @@ pub async fn create(
                     retention_ms: topic.retention_ms,
                     segment_bytes: topic.segment_bytes,
                     internal: false,
-                    unclean_leader_election: false,
+                    unclean_leader_election: topic.unclean_leader_election,
                 });
             }
         }

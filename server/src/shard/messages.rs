@@ -223,6 +223,8 @@ pub struct TopicRequest {
     pub replication_factor: i16,
     /// ISR members an `acks=all` produce needs, as asked (-1: 1).
     pub min_insync_replicas: i16,
+    /// Elect outside the ISR when no ISR member is alive (off by default, as in Kafka).
+    pub unclean_leader_election: bool,
 }
 
 impl TopicRequest {
@@ -345,6 +347,7 @@ mod tests {
             segment_bytes: None,
             replication_factor,
             min_insync_replicas,
+            unclean_leader_election: false,
         }
         .replication()
     }
