@@ -30,8 +30,9 @@ pub struct PeerConnection {
 
 /// A response frame: the verified flatbuffer's bytes, then the payload.
 pub struct ResponseFrame {
-    /// The flatbuffer followed by the payload.
-    pub bytes: Vec<u8>,
+    /// The flatbuffer followed by the payload (one buffer: the batches are
+    /// split off it, not copied).
+    pub bytes: bytes::BytesMut,
     /// Bytes of the flatbuffer at the start of `bytes`.
     pub message_bytes: usize,
 }
@@ -75,7 +76,7 @@ impl PeerConnection {
             let parsed = protocol::parse_prefix(&prefix, limits)
                 .map_err(|e| CallError::Protocol(e.to_string()))?
                 .ok_or_else(|| CallError::Protocol("a short prefix".into()))?;
-            let mut bytes = vec![0u8; parsed.frame_bytes - FRAME_PREFIX_BYTES];
+            let mut bytes = bytes::BytesMut::zeroed(parsed.frame_bytes - FRAME_PREFIX_BYTES);
             self.stream
                 .read_exact(&mut bytes)
                 .await

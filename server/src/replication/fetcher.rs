@@ -246,6 +246,7 @@ struct PartitionAnswer {
     high_watermark: i64,
     diverging_epoch: i64,
     diverging_end_offset: i64,
+    records_bytes: usize,
     records: BytesMut,
 }
 
@@ -256,7 +257,7 @@ async fn apply_answer(
     answer: super::client::ResponseFrame,
     limits: &ProtocolLimits,
 ) -> Result<(), CallError> {
-    let answers = read_answer(partitions, correlation_id, &answer, limits)?;
+    let answers = read_answer(partitions, correlation_id, answer, limits)?;
     let mut appends = Vec::with_capacity(partitions.len());
     for (followed, answer) in partitions.iter().zip(answers) {
         appends.push(apply_partition(shard, followed, answer));
@@ -266,15 +267,41 @@ async fn apply_answer(
     Ok(())
 }
 
-/// Checks the response and copies each partition's part out of it.
+/// Checks the response and splits each partition's batches off the frame.
 fn read_answer(
     partitions: &[Followed],
     correlation_id: u32,
-    answer: &super::client::ResponseFrame,
+    answer: super::client::ResponseFrame,
+    limits: &ProtocolLimits,
+) -> Result<Vec<PartitionAnswer>, CallError> {
+    let super::client::ResponseFrame {
+        mut bytes,
+        message_bytes,
+    } = answer;
+    let mut payload = bytes.split_off(message_bytes);
+    let mut answers = read_results(partitions, correlation_id, &bytes, limits)?;
+    let wanted: usize = answers.iter().map(|a| a.records_bytes).sum();
+    if wanted != payload.len() {
+        return Err(CallError::Protocol(format!(
+            "the results name {wanted} bytes of batches, the frame carries {}",
+            payload.len()
+        )));
+    }
+    for answer in &mut answers {
+        answer.records = payload.split_to(answer.records_bytes);
+    }
+    Ok(answers)
+}
+
+/// The results of a verified response, in request order, with empty
+/// `records` (the caller splits them off the payload by `records_bytes`).
+fn read_results(
+    partitions: &[Followed],
+    correlation_id: u32,
+    message: &[u8],
     limits: &ProtocolLimits,
 ) -> Result<Vec<PartitionAnswer>, CallError> {
     let bad = |m: String| CallError::Protocol(m);
-    let message = &answer.bytes[..answer.message_bytes];
     let response = protocol::verify_response(message, limits).map_err(|e| bad(e.to_string()))?;
     if response.correlation_id() != correlation_id {
         return Err(bad(format!(
@@ -301,7 +328,6 @@ fn read_answer(
             partitions.len()
         )));
     }
-    let mut payload = &answer.bytes[answer.message_bytes..];
     let mut answers = Vec::with_capacity(results.len());
     for (result, followed) in results.iter().zip(partitions) {
         if result.partition() != followed.partition
@@ -309,12 +335,6 @@ fn read_answer(
         {
             return Err(bad("the results are not in request order".into()));
         }
-        let records_bytes = result.records_bytes() as usize;
-        if records_bytes > payload.len() {
-            return Err(bad("records_bytes runs past the frame".into()));
-        }
-        let (records, rest) = payload.split_at(records_bytes);
-        payload = rest;
         let error = (result.error_code() != fb::ErrorCode::None).then(|| {
             (
                 result.error_code(),
@@ -326,7 +346,8 @@ fn read_answer(
             high_watermark: result.high_watermark(),
             diverging_epoch: result.diverging_epoch(),
             diverging_end_offset: result.diverging_end_offset(),
-            records: BytesMut::from(records),
+            records_bytes: result.records_bytes() as usize,
+            records: BytesMut::new(),
         });
     }
     Ok(answers)
