@@ -86,17 +86,34 @@ pub struct BenchConfig {
     /// With `workload`: the OpenMessaging Benchmark workload file.
     #[arg(value_name = "FILE.yaml")]
     pub file: Option<PathBuf>,
-    /// The broker to measure.
-    #[arg(long, default_value = "127.0.0.1:7070", conflicts_with = "embedded")]
+    /// The broker to measure; a cluster's bootstrap addresses, comma-separated
+    /// (`a:7070,b:7070`).
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        default_value = "127.0.0.1:7070",
+        conflicts_with = "embedded"
+    )]
     pub broker: String,
-    /// The broker's metrics endpoint, for its CPU and memory [default: the
-    /// broker's host, port 9644; with --embedded, its own].
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "embedded")]
+    /// The brokers' metrics endpoints, for their CPU and memory, comma-separated,
+    /// one per broker of the cluster [default: each --broker address's host,
+    /// port 9644; with --embedded, their own].
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        conflicts_with = "embedded"
+    )]
     pub broker_metrics: Option<String>,
-    /// Start a shardlog-server on a temporary directory and a free port, and stop it after.
+    /// Start a shardlog-server (or --brokers of them, as a cluster) on a temporary
+    /// directory and free ports, and stop it after.
     #[arg(long)]
     pub embedded: bool,
-    /// With --embedded: the broker's shards (default: one per core).
+    /// With --embedded: start this many brokers as one cluster (1, 3 or 5, the
+    /// metadata group's voters), each on its own temporary directory and ports;
+    /// 1 is a one-node broker.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub brokers: usize,
+    /// With --embedded: each broker's shards (default: one per core).
     #[arg(long)]
     pub shards: Option<usize>,
     /// With --embedded: the broker's flush policy.
@@ -117,6 +134,13 @@ pub struct BenchConfig {
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
+    /// Copies of each partition of the topics the run creates, on as many brokers.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub replication_factor: u16,
+    /// Replicas in sync that an `acks=all` produce needs, for the topics the run
+    /// creates [default: min(2, R) when --replication-factor R is above 1, else 1].
+    #[arg(long, value_name = "M")]
+    pub min_insync_replicas: Option<u16>,
     /// Bytes of each record's value.
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
@@ -222,6 +246,37 @@ impl BenchConfig {
         }
     }
 
+    /// The bootstrap addresses in `--broker`, in order.
+    pub fn broker_addrs(&self) -> Vec<String> {
+        comma_list(&self.broker)
+    }
+
+    /// Where the brokers' metrics are read when the harness does not start
+    /// them: `--broker-metrics`, or else each `--broker` address's host on
+    /// the default metrics port (each endpoint once).
+    pub fn metrics_addrs(&self) -> Vec<String> {
+        match &self.broker_metrics {
+            Some(list) => comma_list(list),
+            None => {
+                let mut addrs: Vec<String> = Vec::new();
+                for addr in self.broker_addrs() {
+                    let metrics = crate::resources::default_metrics_addr(&addr);
+                    if !addrs.contains(&metrics) {
+                        addrs.push(metrics);
+                    }
+                }
+                addrs
+            }
+        }
+    }
+
+    /// The min-insync-replicas of the topics the run creates: the option, or
+    /// else [`default_min_insync_replicas`] of the replication factor.
+    pub fn min_insync_replicas(&self) -> u16 {
+        self.min_insync_replicas
+            .unwrap_or_else(|| default_min_insync_replicas(self.replication_factor))
+    }
+
     /// Checks combinations clap cannot.
     ///
     /// # Errors
@@ -264,7 +319,94 @@ impl BenchConfig {
         if self.workload == Workload::Omb && self.records.is_some() {
             return Err("a workload file's run is bounded by time, not --records".into());
         }
+        self.validate_cluster()
+    }
+
+    /// Checks the addresses, `--brokers` and the replication options.
+    fn validate_cluster(&self) -> Result<(), String> {
+        for (flag, list) in [
+            ("--broker", Some(&self.broker)),
+            ("--broker-metrics", self.broker_metrics.as_ref()),
+        ] {
+            if let Some(list) = list {
+                check_comma_list(flag, list)?;
+            }
+        }
+        if !VOTER_COUNTS.contains(&self.brokers) {
+            return Err(format!(
+                "--brokers {} cannot form a cluster: every broker is a voter of the \
+                 metadata group, which has 1, 3 or 5",
+                self.brokers
+            ));
+        }
+        if self.brokers > 1 && !self.embedded {
+            return Err(format!(
+                "--brokers {} starts brokers and needs --embedded; to measure a running \
+                 cluster, give its addresses: --broker a:7070,b:7070 --broker-metrics a:9644,b:9644",
+                self.brokers
+            ));
+        }
+        let factor = self.replication_factor;
+        if factor == 0 {
+            return Err("--replication-factor must be at least 1".into());
+        }
+        if self.embedded && usize::from(factor) > self.brokers {
+            return Err(format!(
+                "--replication-factor {factor} needs at least {factor} brokers: add --brokers {}",
+                VOTER_COUNTS
+                    .iter()
+                    .find(|n| **n >= usize::from(factor))
+                    .map_or_else(|| factor.to_string(), |n| n.to_string())
+            ));
+        }
+        let min_insync = self.min_insync_replicas();
+        if min_insync == 0 || min_insync > factor {
+            return Err(format!(
+                "--min-insync-replicas must be within 1..={factor} (the replication factor), not {min_insync}"
+            ));
+        }
         Ok(())
+    }
+}
+
+/// The cluster sizes `--brokers` accepts: the metadata group's voter counts.
+pub const VOTER_COUNTS: [usize; 3] = [1, 3, 5];
+
+/// The min-insync-replicas of a topic with `replication_factor` copies when
+/// none is given: 2 when there are at least that many copies (one broker may
+/// be lost without refusing `acks=all`), else 1.
+pub fn default_min_insync_replicas(replication_factor: u16) -> u16 {
+    if replication_factor > 1 {
+        replication_factor.min(2)
+    } else {
+        1
+    }
+}
+
+/// The items of a comma-separated list, trimmed, empty ones dropped.
+pub fn comma_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Refuses a list with an empty item or an item that is not `host:port`.
+fn check_comma_list(flag: &str, list: &str) -> Result<(), String> {
+    let items: Vec<&str> = list.split(',').map(str::trim).collect();
+    if items.iter().any(|item| item.is_empty()) {
+        return Err(format!(
+            "{flag} {list:?} has an empty address: give HOST:PORT[,HOST:PORT...]"
+        ));
+    }
+    let bad = items.iter().find(|item| {
+        item.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    });
+    match bad {
+        Some(item) => Err(format!("{flag}: {item:?} is not HOST:PORT")),
+        None => Ok(()),
     }
 }
 
@@ -363,6 +505,115 @@ mod tests {
             "x:1"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn several_brokers_and_metrics_endpoints_are_comma_lists() {
+        let config = BenchConfig::from_args([
+            "shardlog-bench",
+            "produce",
+            "--broker",
+            "10.0.0.1:7070, 10.0.0.2:7070,10.0.0.3:7071",
+            "--broker-metrics",
+            "10.0.0.1:9644,10.0.0.2:9644 ,10.0.0.3:9645",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.broker_addrs(),
+            ["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7071"]
+        );
+        assert_eq!(
+            config.metrics_addrs(),
+            ["10.0.0.1:9644", "10.0.0.2:9644", "10.0.0.3:9645"]
+        );
+        // Without --broker-metrics: each broker's host on the default port, once each.
+        let config = BenchConfig::from_args([
+            "shardlog-bench",
+            "produce",
+            "--broker",
+            "a:7070,b:7070,a:7080",
+        ])
+        .unwrap();
+        assert_eq!(config.metrics_addrs(), ["a:9644", "b:9644"]);
+        let config = BenchConfig::from_args(["shardlog-bench", "produce"]).unwrap();
+        assert_eq!(config.broker_addrs(), ["127.0.0.1:7070"]);
+        assert_eq!(config.metrics_addrs(), ["127.0.0.1:9644"]);
+        assert_eq!(comma_list(" a:1 ,, b:2,"), ["a:1", "b:2"]);
+        let refused = |args: &[&str]| match BenchConfig::from_args(args) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("{args:?} gave {other:?}"),
+        };
+        let message = refused(&["shardlog-bench", "produce", "--broker", "a:1,,b:2"]);
+        assert!(message.contains("empty address"), "{message}");
+        let message = refused(&["shardlog-bench", "produce", "--broker-metrics", "a:1,b"]);
+        assert!(message.contains("\"b\" is not HOST:PORT"), "{message}");
+        let message = refused(&["shardlog-bench", "produce", "--broker", "a:x"]);
+        assert!(message.contains("--broker"), "{message}");
+        assert!(
+            BenchConfig::from_args(["shardlog-bench", "produce", "--broker", "[::1]:7070"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn min_insync_replicas_defaults_to_two_when_replicated() {
+        assert_eq!(default_min_insync_replicas(1), 1);
+        assert_eq!(default_min_insync_replicas(2), 2);
+        assert_eq!(default_min_insync_replicas(3), 2);
+        assert_eq!(default_min_insync_replicas(5), 2);
+        let parse = |args: &[&str]| {
+            let mut all = vec!["shardlog-bench", "produce"];
+            all.extend_from_slice(args);
+            BenchConfig::from_args(all)
+        };
+        let config = parse(&[]).unwrap();
+        assert_eq!((config.brokers, config.replication_factor), (1, 1));
+        assert_eq!(config.min_insync_replicas(), 1);
+        let config = parse(&["--embedded", "--brokers", "3", "--replication-factor", "3"]).unwrap();
+        assert_eq!(config.brokers, 3);
+        assert_eq!(config.min_insync_replicas(), 2);
+        let config = parse(&["--replication-factor", "3", "--min-insync-replicas", "3"]).unwrap();
+        assert_eq!(config.min_insync_replicas(), 3);
+        let help = BenchConfig::command().render_long_help().to_string();
+        assert!(
+            help.contains("min(2, R) when --replication-factor R is above 1"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn cluster_options_that_cannot_work_are_refused() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["shardlog-bench", "produce"];
+            all.extend_from_slice(args);
+            match BenchConfig::from_args(all) {
+                Err(ConfigError::Invalid(message)) => message,
+                other => panic!("{args:?} gave {other:?}"),
+            }
+        };
+        let message = refused(&["--embedded", "--brokers", "2"]);
+        assert!(message.contains("1, 3 or 5"), "{message}");
+        let message = refused(&["--brokers", "3"]);
+        assert!(message.contains("needs --embedded"), "{message}");
+        let message = refused(&["--embedded", "--replication-factor", "3"]);
+        assert!(message.contains("add --brokers 3"), "{message}");
+        let message = refused(&["--embedded", "--brokers", "3", "--replication-factor", "4"]);
+        assert!(message.contains("add --brokers 5"), "{message}");
+        let message = refused(&["--replication-factor", "0"]);
+        assert!(message.contains("at least 1"), "{message}");
+        let message = refused(&["--replication-factor", "3", "--min-insync-replicas", "4"]);
+        assert!(message.contains("1..=3"), "{message}");
+        let message = refused(&["--min-insync-replicas", "0"]);
+        assert!(message.contains("1..=1"), "{message}");
+        // A running cluster: the factor is checked by the brokers, not here.
+        assert!(BenchConfig::from_args([
+            "shardlog-bench",
+            "produce",
+            "--broker",
+            "a:1,b:2,c:3",
+            "--replication-factor",
+            "3"
+        ])
+        .is_ok());
     }
 
     #[test]

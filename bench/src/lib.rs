@@ -4,7 +4,10 @@
 //! together), `group` (consumer-group members at the tail) and `workload
 //! FILE.yaml` (an OMB workload file). Results: a table, `--json`,
 //! `--omb-json` (OMB's result format), `--plot` (SVG or PNG), each with the
-//! CPU both processes spent per GB moved.
+//! CPU both processes spent per GB moved. The broker is one at `--broker`,
+//! a cluster's bootstrap list there, or started by `--embedded` (a local
+//! cluster with `--brokers 3`); `--replication-factor` is that of the
+//! topics the run creates.
 //!
 //! Criterion micro-benchmarks of the engine live in `engine/benches/`.
 

@@ -1,10 +1,9 @@
 //! The `shardlog-bench` binary.
 
 use shardlog_bench::config::{BenchConfig, ConfigError, Workload};
-use shardlog_bench::embedded::EmbeddedBroker;
+use shardlog_bench::embedded::EmbeddedCluster;
 use shardlog_bench::omb::{OmbResult, OmbTotals, OmbWorkload};
 use shardlog_bench::plan::Plan;
-use shardlog_bench::resources::default_metrics_addr;
 
 fn main() -> std::process::ExitCode {
     let config = match BenchConfig::from_args(std::env::args_os()) {
@@ -57,19 +56,13 @@ fn topic_suffix() -> String {
 
 fn run(config: &BenchConfig, plan: &Plan) -> anyhow::Result<()> {
     let embedded = if config.embedded {
-        Some(EmbeddedBroker::start(config)?)
+        Some(EmbeddedCluster::start(config)?)
     } else {
         None
     };
     let (broker, metrics) = match &embedded {
-        Some(b) => (b.addr.clone(), b.metrics_addr.clone()),
-        None => (
-            config.broker.clone(),
-            config
-                .broker_metrics
-                .clone()
-                .unwrap_or_else(|| default_metrics_addr(&config.broker)),
-        ),
+        Some(cluster) => (cluster.bootstrap(), cluster.metrics_addrs()),
+        None => (config.broker_addrs().join(","), config.metrics_addrs()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

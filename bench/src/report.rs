@@ -174,6 +174,10 @@ pub struct Report {
     pub record_age_us: Option<Percentiles>,
     /// Every workload with consumers.
     pub poll_latency_us: Option<Percentiles>,
+    /// Copies of each partition of the topics the run created.
+    pub replication_factor: u16,
+    /// The min-insync-replicas of the topics the run created.
+    pub min_insync_replicas: u16,
     /// What the bytes of the CPU figures are.
     pub gb_means: &'static str,
     #[serde(flatten)]
@@ -219,6 +223,8 @@ impl Report {
                 .then(|| percentiles(&h.end_to_end))
                 .flatten(),
             poll_latency_us: percentiles(&h.poll),
+            replication_factor: config.replication_factor,
+            min_insync_replicas: config.min_insync_replicas(),
             gb_means: GB_MEANS,
             usage: measured.usage,
             group_rebalances: measured.rebalances.map(|r| r.0),
@@ -239,6 +245,10 @@ impl Report {
             out.push_str(&format!("  (consumed {} records)", self.consumed_records));
         }
         out.push('\n');
+        out.push_str(&format!(
+            "brokers {}  replication factor {}  min-insync-replicas {}\n",
+            self.usage.broker_count, self.replication_factor, self.min_insync_replicas
+        ));
         out.push_str("latency (ms)        p50      p90      p99    p99.9   p99.99      max\n");
         for (name, latency) in [
             ("publish", &self.publish_latency_us),
@@ -279,9 +289,24 @@ impl Report {
             per_gb(u.client_cpu_s_per_gb),
             u.client_cpu_s
         ));
+        let mib = |b: Option<u64>| b.map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
         match (&u.broker_metrics_error, u.broker_cpu_s) {
+            (None, Some(cpu_s)) if u.per_broker.len() > 1 => {
+                let each: Vec<String> = u
+                    .per_broker
+                    .iter()
+                    .map(|b| format!("{:.2}", b.cpu_s))
+                    .collect();
+                out.push_str(&format!(
+                    "  brokers  {:>8} core-s/GB  ({cpu_s:.2} core-s over {} brokers: {})  \
+                     peak RSS {:.1} MiB (largest broker)\n",
+                    per_gb(u.broker_cpu_s_per_gb),
+                    u.per_broker.len(),
+                    each.join(" + "),
+                    mib(u.broker_peak_rss_bytes)
+                ));
+            }
             (None, Some(cpu_s)) => {
-                let mib = |b: Option<u64>| b.map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
                 out.push_str(&format!(
                     "  broker   {:>8} core-s/GB  ({cpu_s:.2} core-s)  peak RSS {:.1} MiB\n",
                     per_gb(u.broker_cpu_s_per_gb),
@@ -289,7 +314,12 @@ impl Report {
                 ));
             }
             (error, _) => out.push_str(&format!(
-                "  broker   not measured: no metrics from {} ({})\n",
+                "  {}not measured: no metrics from {} ({})\n",
+                if u.broker_count > 1 {
+                    "brokers  "
+                } else {
+                    "broker   "
+                },
                 u.broker_metrics,
                 error.as_deref().unwrap_or("unknown")
             )),
@@ -539,6 +569,8 @@ mod tests {
             broker_peak_rss_bytes: Some(64 << 20),
             broker_rss_bytes: Some(32 << 20),
             broker_metrics_error: None,
+            broker_count: 1,
+            per_broker: Vec::new(),
         };
         let measured = Measured {
             records: 100,
@@ -578,6 +610,10 @@ mod tests {
             "client_cpu_s_per_gb",
             "broker_peak_rss_bytes",
             "broker_rss_bytes",
+            "broker_count",
+            "per_broker",
+            "replication_factor",
+            "min_insync_replicas",
             "group_rebalances",
             "group_rebalances_measured",
             "plan",
@@ -595,6 +631,9 @@ mod tests {
         assert_eq!(value["poll_latency_us"]["p50"], 700);
         assert_eq!(value["broker_cpu_s_per_gb"], 5.0);
         assert_eq!(value["broker_peak_rss_bytes"], 64 << 20);
+        assert_eq!(value["broker_count"], 1);
+        assert_eq!(value["replication_factor"], 1);
+        assert_eq!(value["min_insync_replicas"], 1);
         assert_eq!(value["config"]["records"], 100);
         assert_eq!(value["plan"]["topics"][0], "bench");
         let table = report.table();
@@ -605,6 +644,8 @@ mod tests {
             "core-s/GB",
             "peak RSS 64.0 MiB",
             "10^9 bytes",
+            "brokers 1  replication factor 1  min-insync-replicas 1",
+            "  broker   ",
         ] {
             assert!(table.contains(line), "{line} in {table}");
         }
@@ -620,6 +661,61 @@ mod tests {
         report.plot(&png, &histograms).unwrap();
         let png = std::fs::read(png).unwrap();
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+    }
+
+    #[test]
+    fn a_clusters_report_shows_its_brokers_and_replication() {
+        let config = BenchConfig::try_parse_from([
+            "shardlog-bench",
+            "produce",
+            "--embedded",
+            "--brokers",
+            "3",
+            "--replication-factor",
+            "3",
+        ])
+        .unwrap();
+        let plan = Plan::from_options(&config);
+        let broker = |metrics: &str, cpu_s| crate::resources::BrokerUsage {
+            metrics: metrics.into(),
+            cpu_s,
+            peak_rss_bytes: 64 << 20,
+            rss_bytes: 32 << 20,
+        };
+        let usage = Usage {
+            broker_metrics: "a:1,b:2,c:3".into(),
+            broker_count: 3,
+            broker_cpu_s: Some(3.0),
+            broker_cpu_s_per_gb: Some(30.0),
+            broker_peak_rss_bytes: Some(64 << 20),
+            broker_rss_bytes: Some(32 << 20),
+            per_broker: vec![broker("a:1", 1.5), broker("b:2", 1.0), broker("c:3", 0.5)],
+            ..Usage::default()
+        };
+        let measured = Measured {
+            records: 100,
+            bytes: 100_000_000,
+            seconds: 1.0,
+            usage,
+            ..Measured::default()
+        };
+        let report = Report::new(&config, &plan, measured);
+        let table = report.table();
+        for line in [
+            "brokers 3  replication factor 3  min-insync-replicas 2",
+            "  brokers    30.000 core-s/GB  (3.00 core-s over 3 brokers: 1.50 + 1.00 + 0.50)",
+            "peak RSS 64.0 MiB (largest broker)",
+        ] {
+            assert!(table.contains(line), "{line} in {table}");
+        }
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(value["broker_count"], 3);
+        assert_eq!(value["replication_factor"], 3);
+        assert_eq!(value["min_insync_replicas"], 2);
+        assert_eq!(value["broker_cpu_s_per_gb"], 30.0);
+        assert_eq!(value["per_broker"][1]["metrics"], "b:2");
+        assert_eq!(value["per_broker"][1]["cpu_s"], 1.0);
+        assert_eq!(value["config"]["brokers"], 3);
     }
 
     #[test]

@@ -7,14 +7,18 @@
 //!
 //! - the broker's from its own `/metrics` (`process_cpu_seconds_total`,
 //!   `process_resident_memory_max_bytes`), so a broker on another machine is
-//!   measured the same way as an embedded one;
+//!   measured the same way as an embedded one. A cluster's is the sum over
+//!   its brokers, every one read at both ends of the window (the cluster's
+//!   core-seconds per GB), and its peak memory the largest broker's;
 //! - the load generator's from `getrusage(RUSAGE_SELF)`: every thread of
 //!   this process. An embedded broker is a child process, and a child's
 //!   time is in `RUSAGE_CHILDREN` only after it has been waited for, so it
 //!   is never mixed in.
 //!
-//! A broker whose metrics cannot be reached leaves its figures out (the
-//! table and the JSON say why) instead of failing the run.
+//! A broker whose metrics cannot be reached leaves the brokers' figures out
+//! (the table and the JSON say why) instead of failing the run; so does a
+//! cluster with more or fewer brokers than metrics endpoints. A sum over
+//! fewer brokers than the cluster has is never reported.
 
 use std::time::Duration;
 
@@ -44,29 +48,46 @@ pub struct BrokerSample {
 pub struct Sample {
     /// This process's CPU seconds (every thread).
     pub client_cpu_seconds: f64,
-    /// The broker's, or why it could not be read.
-    pub broker: Result<BrokerSample, String>,
+    /// Each broker's, in the order of the metrics endpoints, or why it could not be read.
+    pub brokers: Vec<Result<BrokerSample, String>>,
+}
+
+/// One broker's share of the measured window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerUsage {
+    /// Where its metrics were read.
+    pub metrics: String,
+    /// Its CPU core-seconds in the window.
+    pub cpu_s: f64,
+    /// Its peak resident memory (VmHWM) at the window's end.
+    pub peak_rss_bytes: u64,
+    /// Its resident memory at the window's end.
+    pub rss_bytes: u64,
 }
 
 /// What the measured window cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Usage {
-    /// Where the broker's metrics were read.
+    /// Where the brokers' metrics were read (comma-separated when several).
     pub broker_metrics: String,
-    /// Why they could not be, if so.
+    /// Why they could not be, if so: then no broker figure is given.
     pub broker_metrics_error: Option<String>,
-    /// The broker's CPU core-seconds in the window.
+    /// Brokers in the cluster, as its metadata lists them (1 for a one-node broker).
+    pub broker_count: usize,
+    /// The brokers' CPU core-seconds in the window, summed over every broker.
     pub broker_cpu_s: Option<f64>,
     /// This process's CPU core-seconds in the window.
     pub client_cpu_s: f64,
-    /// `broker_cpu_s` per 10^9 bytes of record values counted.
+    /// `broker_cpu_s` per 10^9 bytes of record values counted: the cluster's core-seconds per GB.
     pub broker_cpu_s_per_gb: Option<f64>,
     /// `client_cpu_s` per 10^9 bytes of record values counted.
     pub client_cpu_s_per_gb: Option<f64>,
-    /// The broker's peak resident memory (VmHWM) at the window's end.
+    /// The largest peak resident memory (VmHWM) of any broker at the window's end.
     pub broker_peak_rss_bytes: Option<u64>,
-    /// The broker's resident memory at the window's end.
+    /// The largest resident memory of any broker at the window's end.
     pub broker_rss_bytes: Option<u64>,
+    /// Each broker's figures, in the order of `broker_metrics` (empty when not measured).
+    pub per_broker: Vec<BrokerUsage>,
 }
 
 /// CPU seconds per GB, or None when nothing was moved.
@@ -74,28 +95,88 @@ pub fn per_gb(cpu_seconds: f64, bytes: u64) -> Option<f64> {
     (bytes > 0).then(|| cpu_seconds / (bytes as f64 / BYTES_PER_GB))
 }
 
+/// Each broker's share of the window between `before` and `after` (one
+/// sample per endpoint in `metrics_addrs`, in its order), or every reason
+/// one of them cannot be given: a broker that could not be read at either
+/// end, or a cluster of `broker_count` brokers measured through another
+/// number of endpoints.
+///
+/// # Errors
+/// The reasons, joined by "; ".
+pub fn brokers_between(
+    metrics_addrs: &[String],
+    broker_count: usize,
+    before: &[Result<BrokerSample, String>],
+    after: &[Result<BrokerSample, String>],
+) -> Result<Vec<BrokerUsage>, String> {
+    if metrics_addrs.len() != broker_count {
+        return Err(format!(
+            "the cluster has {broker_count} broker(s) but {} metrics endpoint(s) were given \
+             ({}): give --broker-metrics one HOST:PORT per broker",
+            metrics_addrs.len(),
+            metrics_addrs.join(",")
+        ));
+    }
+    if before.len() != metrics_addrs.len() || after.len() != metrics_addrs.len() {
+        return Err(format!(
+            "{} metrics endpoints but {} samples before the window and {} after",
+            metrics_addrs.len(),
+            before.len(),
+            after.len()
+        ));
+    }
+    let mut errors: Vec<String> = Vec::new();
+    let mut usage = Vec::with_capacity(metrics_addrs.len());
+    for ((addr, before), after) in metrics_addrs.iter().zip(before).zip(after) {
+        match (before, after) {
+            (Ok(before), Ok(after)) => usage.push(BrokerUsage {
+                metrics: addr.clone(),
+                cpu_s: (after.cpu_seconds - before.cpu_seconds).max(0.0),
+                peak_rss_bytes: after.resident_max_bytes,
+                rss_bytes: after.resident_bytes,
+            }),
+            (Err(error), _) | (_, Err(error)) => {
+                if !errors.contains(error) {
+                    errors.push(error.clone());
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(usage)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 impl Usage {
-    /// The cost of the window between `before` and `after`, which counted `bytes`.
-    pub fn between(metrics_addr: &str, before: &Sample, after: &Sample, bytes: u64) -> Usage {
+    /// The cost of the window between `before` and `after`, which counted
+    /// `bytes`, on a cluster of `broker_count` brokers whose metrics were
+    /// read at `metrics_addrs`.
+    pub fn between(
+        metrics_addrs: &[String],
+        broker_count: usize,
+        before: &Sample,
+        after: &Sample,
+        bytes: u64,
+    ) -> Usage {
         let client_cpu_s = (after.client_cpu_seconds - before.client_cpu_seconds).max(0.0);
-        let broker = match (&before.broker, &after.broker) {
-            (Ok(before), Ok(after)) => Ok((before, after)),
-            (Err(error), _) | (_, Err(error)) => Err(error.clone()),
-        };
-        let broker_cpu_s = broker
-            .as_ref()
-            .ok()
-            .map(|(b, a)| (a.cpu_seconds - b.cpu_seconds).max(0.0));
-        let after_broker = broker.as_ref().ok().map(|(_, a)| *a);
+        let brokers = brokers_between(metrics_addrs, broker_count, &before.brokers, &after.brokers);
+        let measured = brokers.as_ref().ok();
+        let broker_cpu_s = measured.map(|b| b.iter().map(|b| b.cpu_s).sum::<f64>());
+        let largest =
+            |pick: fn(&BrokerUsage) -> u64| measured.and_then(|b| b.iter().map(pick).max());
         Usage {
-            broker_metrics: metrics_addr.to_string(),
-            broker_metrics_error: broker.err(),
+            broker_metrics: metrics_addrs.join(","),
+            broker_count,
             broker_cpu_s,
             client_cpu_s,
             broker_cpu_s_per_gb: broker_cpu_s.and_then(|s| per_gb(s, bytes)),
             client_cpu_s_per_gb: per_gb(client_cpu_s, bytes),
-            broker_peak_rss_bytes: after_broker.map(|a| a.resident_max_bytes),
-            broker_rss_bytes: after_broker.map(|a| a.resident_bytes),
+            broker_peak_rss_bytes: largest(|b| b.peak_rss_bytes),
+            broker_rss_bytes: largest(|b| b.rss_bytes),
+            per_broker: measured.cloned().unwrap_or_default(),
+            broker_metrics_error: brokers.err(),
         }
     }
 }
@@ -110,12 +191,17 @@ pub fn client_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-/// Reads both processes' counters now.
-pub async fn sample(metrics_addr: &str) -> Sample {
-    let broker = scrape(metrics_addr).await.map_err(|e| format!("{e:#}"));
+/// Reads this process's counters and every broker's now (the brokers at once).
+pub async fn sample(metrics_addrs: &[String]) -> Sample {
+    let brokers = futures_util::future::join_all(
+        metrics_addrs
+            .iter()
+            .map(|addr| async move { scrape(addr).await.map_err(|e| format!("{e:#}")) }),
+    )
+    .await;
     Sample {
         client_cpu_seconds: client_cpu_seconds(),
-        broker,
+        brokers,
     }
 }
 
@@ -200,25 +286,30 @@ mod tests {
         assert!(format!("{missing}").contains("process_cpu_seconds_total"));
     }
 
+    fn broker(cpu_seconds: f64, resident_bytes: u64, resident_max_bytes: u64) -> BrokerSample {
+        BrokerSample {
+            cpu_seconds,
+            resident_bytes,
+            resident_max_bytes,
+        }
+    }
+
+    fn addrs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
     #[test]
     fn usage_divides_the_window_by_gigabytes() {
         let before = Sample {
             client_cpu_seconds: 1.0,
-            broker: Ok(BrokerSample {
-                cpu_seconds: 10.0,
-                resident_bytes: 1,
-                resident_max_bytes: 2,
-            }),
+            brokers: vec![Ok(broker(10.0, 1, 2))],
         };
         let after = Sample {
             client_cpu_seconds: 4.0,
-            broker: Ok(BrokerSample {
-                cpu_seconds: 12.0,
-                resident_bytes: 3,
-                resident_max_bytes: 5,
-            }),
+            brokers: vec![Ok(broker(12.0, 3, 5))],
         };
-        let usage = Usage::between("h:9644", &before, &after, 2_000_000_000);
+        let one = addrs(&["h:9644"]);
+        let usage = Usage::between(&one, 1, &before, &after, 2_000_000_000);
         assert_eq!(usage.broker_cpu_s, Some(2.0));
         assert_eq!(usage.broker_cpu_s_per_gb, Some(1.0));
         assert_eq!(usage.client_cpu_s, 3.0);
@@ -226,11 +317,14 @@ mod tests {
         assert_eq!(usage.broker_peak_rss_bytes, Some(5));
         assert_eq!(usage.broker_rss_bytes, Some(3));
         assert_eq!(usage.broker_metrics_error, None);
+        assert_eq!(usage.broker_metrics, "h:9644");
+        assert_eq!(usage.broker_count, 1);
+        assert_eq!(usage.per_broker.len(), 1);
         let unreachable = Sample {
             client_cpu_seconds: 4.0,
-            broker: Err("connection refused".into()),
+            brokers: vec![Err("connection refused".into())],
         };
-        let usage = Usage::between("h:9644", &before, &unreachable, 0);
+        let usage = Usage::between(&one, 1, &before, &unreachable, 0);
         assert_eq!(usage.broker_cpu_s, None);
         assert_eq!(usage.broker_cpu_s_per_gb, None);
         assert_eq!(
@@ -241,6 +335,82 @@ mod tests {
             usage.broker_metrics_error.as_deref(),
             Some("connection refused")
         );
+        assert!(usage.per_broker.is_empty());
+    }
+
+    #[test]
+    fn a_clusters_cpu_is_the_sum_of_its_brokers_and_its_memory_the_largest() {
+        let three = addrs(&["a:1", "b:2", "c:3"]);
+        let before = Sample {
+            client_cpu_seconds: 0.0,
+            brokers: vec![
+                Ok(broker(10.0, 100, 200)),
+                Ok(broker(20.0, 100, 200)),
+                Ok(broker(30.0, 100, 200)),
+            ],
+        };
+        let after = Sample {
+            client_cpu_seconds: 1.0,
+            brokers: vec![
+                Ok(broker(11.0, 300, 900)),
+                Ok(broker(22.5, 700, 800)),
+                // A counter that went back (a restarted broker) counts nothing, not less.
+                Ok(broker(29.0, 100, 200)),
+            ],
+        };
+        let usage = Usage::between(&three, 3, &before, &after, 500_000_000);
+        assert_eq!(usage.broker_metrics_error, None);
+        assert_eq!(usage.broker_cpu_s, Some(3.5));
+        assert_eq!(usage.broker_cpu_s_per_gb, Some(7.0));
+        assert_eq!(usage.broker_peak_rss_bytes, Some(900));
+        assert_eq!(usage.broker_rss_bytes, Some(700));
+        assert_eq!(usage.broker_metrics, "a:1,b:2,c:3");
+        assert_eq!(usage.broker_count, 3);
+        let each: Vec<(&str, f64)> = usage
+            .per_broker
+            .iter()
+            .map(|b| (b.metrics.as_str(), b.cpu_s))
+            .collect();
+        assert_eq!(each, [("a:1", 1.0), ("b:2", 2.5), ("c:3", 0.0)]);
+    }
+
+    #[test]
+    fn one_unread_broker_or_a_missing_endpoint_leaves_the_cluster_unmeasured() {
+        let three = addrs(&["a:1", "b:2", "c:3"]);
+        let good = |cpu| Ok(broker(cpu, 1, 1));
+        let before = vec![good(1.0), good(1.0), good(1.0)];
+        let after = vec![
+            good(2.0),
+            Err("cannot scrape b:2: connection refused".into()),
+            good(2.0),
+        ];
+        let error = brokers_between(&three, 3, &before, &after).unwrap_err();
+        assert_eq!(error, "cannot scrape b:2: connection refused");
+        let sample = |brokers: &Vec<Result<BrokerSample, String>>| Sample {
+            client_cpu_seconds: 0.0,
+            brokers: brokers.clone(),
+        };
+        let usage = Usage::between(&three, 3, &sample(&before), &sample(&after), 1_000);
+        assert_eq!(usage.broker_cpu_s, None, "never a sum over two of three");
+        assert_eq!(usage.broker_cpu_s_per_gb, None);
+        assert_eq!(usage.broker_peak_rss_bytes, None);
+        assert!(usage.per_broker.is_empty());
+        assert_eq!(usage.broker_metrics_error.as_deref(), Some(error.as_str()));
+        // Two unread brokers: both reasons.
+        let before = vec![Err("a down".into()), good(1.0), Err("c down".into())];
+        let error = brokers_between(&three, 3, &before, &after).unwrap_err();
+        assert_eq!(
+            error,
+            "a down; cannot scrape b:2: connection refused; c down"
+        );
+        // A three-broker cluster measured through one endpoint.
+        let one = addrs(&["a:1"]);
+        let error = brokers_between(&one, 3, &[good(1.0)], &[good(2.0)]).unwrap_err();
+        assert!(
+            error.contains("the cluster has 3 broker(s) but 1 metrics endpoint(s)"),
+            "{error}"
+        );
+        assert!(error.contains("--broker-metrics"), "{error}");
     }
 
     #[test]

@@ -260,3 +260,51 @@ fn group_members_and_an_omb_workload_file_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_embedded_three_broker_cluster_is_measured_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("cluster.json");
+    let stdout = bench(
+        dir.path(),
+        &[
+            "produce",
+            "--embedded",
+            "--brokers",
+            "3",
+            "--replication-factor",
+            "3",
+            "--shards",
+            "1",
+            "--records",
+            "3000",
+            "--partitions",
+            "3",
+            "--quiet",
+            "--json",
+            json_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout.contains("brokers 3  replication factor 3  min-insync-replicas 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("over 3 brokers"), "{stdout}");
+    let value = json(&json_path);
+    assert_eq!(value["records"], 3000);
+    assert_eq!(value["broker_count"], 3);
+    assert_eq!(value["replication_factor"], 3);
+    assert_eq!(value["min_insync_replicas"], 2);
+    assert_cpu_per_gb(&value);
+    // The CPU figure is every broker's: three endpoints, summed.
+    let each = value["per_broker"].as_array().unwrap();
+    assert_eq!(each.len(), 3, "{value}");
+    let endpoints: Vec<&str> = each
+        .iter()
+        .map(|b| b["metrics"].as_str().unwrap())
+        .collect();
+    assert_eq!(value["broker_metrics"], endpoints.join(","));
+    let sum: f64 = each.iter().map(|b| b["cpu_s"].as_f64().unwrap()).sum();
+    let total = value["broker_cpu_s"].as_f64().unwrap();
+    assert!((sum - total).abs() < 1e-9, "{sum} vs {total}");
+}

@@ -155,9 +155,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the planned workload against `broker` (metrics at `metrics_addr`)
-/// and reports what it measured, with the histograms for the plot and the
-/// samples for OMB's result file.
+/// Runs the planned workload against `broker` (one address, or a cluster's
+/// bootstrap addresses comma-separated; every broker's metrics at
+/// `metrics_addrs`) and reports what it measured, with the histograms for
+/// the plot and the samples for OMB's result file.
 ///
 /// # Errors
 /// Broker or I/O failures; consumers that never got their partitions.
@@ -165,10 +166,16 @@ pub async fn run(
     config: &BenchConfig,
     plan: &Plan,
     broker: &str,
-    metrics_addr: &str,
+    metrics_addrs: &[String],
 ) -> anyhow::Result<(Report, Histograms, Sampled)> {
     let client = ClientConfig::new(broker);
-    ensure_topics(plan, &client).await?;
+    ensure_topics(config, plan, &client).await?;
+    let broker_count = Admin::new(client.clone())
+        .describe_cluster()
+        .await
+        .map_err(|e| anyhow::anyhow!("describing the cluster: {e}"))?
+        .brokers
+        .len();
     let catch_up = matches!(plan.consumers, Consumers::Assigned { catch_up: true, .. });
     let origin = Instant::now();
     if catch_up {
@@ -179,7 +186,7 @@ pub async fn run(
     }
     let run = Arc::new(new_run(config, plan, &client, origin, false));
     let sampler = tokio::spawn(sample::sample(run.clone()));
-    let metrics = metrics_addr.to_string();
+    let metrics = metrics_addrs.to_vec();
     let window_run = run.clone();
     let before = tokio::spawn(async move {
         let from = sample::wait_for_window(&window_run).await;
@@ -187,14 +194,14 @@ pub async fn run(
         resources::sample(&metrics).await
     });
     let outcome = drive(run.clone(), catch_up).await;
-    let after = resources::sample(metrics_addr).await;
+    let after = resources::sample(metrics_addrs).await;
     run.stop.store(true, Ordering::SeqCst);
     let sampled = sampler.await?;
     outcome?;
     let before = before.await?;
     let measured = measured(
         &run,
-        Usage::between(metrics_addr, &before, &after, bytes(&run)),
+        Usage::between(metrics_addrs, broker_count, &before, &after, bytes(&run)),
     );
     let histograms = measured.histograms.clone();
     let report = Report::new(
@@ -295,18 +302,147 @@ fn measured(run: &Run, usage: Usage) -> Measured {
     }
 }
 
-async fn ensure_topics(plan: &Plan, client: &ClientConfig) -> anyhow::Result<()> {
+/// The longest the topics' creation is retried while the cluster cannot
+/// place them yet (fewer alive brokers than the replication factor, no
+/// controller).
+const CREATE_TOPICS_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause between attempts.
+const CREATE_TOPICS_RETRY: Duration = Duration::from_millis(250);
+
+/// Creates the plan's topics with the replication the options ask for; a
+/// topic that exists already must have that replication factor.
+async fn ensure_topics(
+    config: &BenchConfig,
+    plan: &Plan,
+    client: &ClientConfig,
+) -> anyhow::Result<()> {
     let admin = Admin::new(client.clone());
+    let factor = config.replication_factor;
     for topic in &plan.topics {
-        match admin
-            .create_topic(NewTopic::new(topic, plan.partitions_per_topic))
-            .await
-        {
-            Ok(()) => {}
-            Err(shardlog_client::Error::Broker(error))
-                if error.code == shardlog_client::ErrorCode::TopicAlreadyExists => {}
-            Err(error) => return Err(error.into()),
+        let deadline = Instant::now() + CREATE_TOPICS_TIMEOUT;
+        let exists = loop {
+            let outcome = admin.create_topic(new_topic(config, plan, topic)).await;
+            match outcome {
+                Ok(()) => break false,
+                Err(shardlog_client::Error::Broker(error))
+                    if error.code == shardlog_client::ErrorCode::TopicAlreadyExists =>
+                {
+                    break true
+                }
+                Err(error) if retry_create(&error) && Instant::now() < deadline => {
+                    tokio::time::sleep(CREATE_TOPICS_RETRY).await;
+                }
+                Err(error) => {
+                    return Err(anyhow::anyhow!(
+                        "creating topic {topic} (replication factor {factor}): {error}"
+                    ))
+                }
+            }
+        };
+        if exists {
+            check_replication(&admin, topic, factor).await?;
         }
     }
     Ok(())
+}
+
+/// The topic the run creates, with the options' replication; a factor of 1
+/// with the default min-insync-replicas asks for the broker's defaults, as
+/// before replication existed.
+fn new_topic(config: &BenchConfig, plan: &Plan, name: &str) -> NewTopic {
+    let (factor, min_insync) = (config.replication_factor, config.min_insync_replicas());
+    let replicated = factor > 1 || config.min_insync_replicas.is_some();
+    NewTopic {
+        replication_factor: replicated.then_some(factor),
+        min_insync_replicas: replicated.then_some(min_insync),
+        ..NewTopic::new(name, plan.partitions_per_topic)
+    }
+}
+
+/// Whether creating a topic may succeed later: the cluster has no
+/// controller now, or fewer alive brokers than the replication factor
+/// (brokers still registering), which the broker refuses as
+/// `InvalidReplicationFactor`.
+fn retry_create(error: &shardlog_client::Error) -> bool {
+    match error {
+        shardlog_client::Error::Broker(error) => {
+            error.code.is_retriable()
+                || error.code == shardlog_client::ErrorCode::InvalidReplicationFactor
+        }
+        // An unreachable broker fails the run at once, as before.
+        _ => false,
+    }
+}
+
+/// Refuses a topic that exists with another replication factor than asked:
+/// its figures would be another configuration's.
+async fn check_replication(admin: &Admin, topic: &str, factor: u16) -> anyhow::Result<()> {
+    let description = admin
+        .describe_topic(topic)
+        .await
+        .map_err(|e| anyhow::anyhow!("describing topic {topic}: {e}"))?;
+    let other = description
+        .partitions
+        .iter()
+        .map(|p| p.replicas.len())
+        // A broker that names no replicas says nothing about the factor.
+        .find(|replicas| *replicas != 0 && *replicas != usize::from(factor));
+    match other {
+        Some(replicas) => anyhow::bail!(
+            "topic {topic} exists with replication factor {replicas}, not {factor}: \
+             give another --topic or delete it"
+        ),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn topic(args: &[&str]) -> NewTopic {
+        let config = BenchConfig::try_parse_from(args).unwrap();
+        let plan = Plan::from_options(&config);
+        new_topic(&config, &plan, "t")
+    }
+
+    #[test]
+    fn topics_are_created_with_the_replication_asked_for() {
+        let plain = topic(&["shardlog-bench", "produce", "--partitions", "4"]);
+        assert_eq!(plain, NewTopic::new("t", 4), "RF 1: the broker's defaults");
+        let replicated = topic(&["shardlog-bench", "produce", "--replication-factor", "3"]);
+        assert_eq!(replicated.replication_factor, Some(3));
+        assert_eq!(replicated.min_insync_replicas, Some(2));
+        assert_eq!(replicated.partitions, 16);
+        let all = topic(&[
+            "shardlog-bench",
+            "produce",
+            "--replication-factor",
+            "3",
+            "--min-insync-replicas",
+            "3",
+        ]);
+        assert_eq!(all.min_insync_replicas, Some(3));
+        let explicit = topic(&["shardlog-bench", "produce", "--min-insync-replicas", "1"]);
+        assert_eq!(explicit.replication_factor, Some(1));
+        assert_eq!(explicit.min_insync_replicas, Some(1));
+    }
+
+    #[test]
+    fn creation_is_retried_while_brokers_are_missing_only() {
+        let broker = |code| {
+            shardlog_client::Error::Broker(shardlog_client::BrokerError {
+                code,
+                message: String::new(),
+            })
+        };
+        use shardlog_client::ErrorCode;
+        assert!(retry_create(&broker(ErrorCode::InvalidReplicationFactor)));
+        assert!(retry_create(&broker(ErrorCode::ControllerUnavailable)));
+        assert!(!retry_create(&broker(ErrorCode::InvalidTopic)));
+        assert!(!retry_create(&broker(ErrorCode::TopicAlreadyExists)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!retry_create(&shardlog_client::Error::Io(refused)));
+    }
 }
