@@ -31,5 +31,6 @@ pub mod replication;
 pub mod server;
 #[allow(missing_docs)]
 pub mod shard;
+pub mod socket;
 
 pub use error::{Error, Result, WireError};

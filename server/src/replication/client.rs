@@ -4,9 +4,14 @@
 
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use shardlog_wire::protocol::{self, ProtocolLimits, FRAME_PREFIX_BYTES};
+
+/// Bytes of the small read that waits for a quiet socket to have data.
+const WAIT_READ_BYTES: usize = 4096;
 
 /// Longest a connection attempt to a leader shard may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -53,6 +58,40 @@ impl PeerConnection {
         Ok(PeerConnection { stream, address })
     }
 
+    /// Reads `len` bytes into a new buffer without zero-filling it: what the
+    /// socket holds goes straight into the spare capacity; only when it
+    /// holds nothing does a small read wait for more.
+    async fn read_body(&mut self, len: usize) -> Result<bytes::BytesMut, CallError> {
+        let socket = self.stream.as_raw_fd();
+        let mut body = bytes::BytesMut::with_capacity(len);
+        let mut scratch = [0u8; WAIT_READ_BYTES];
+        let closed = || {
+            CallError::Io(format!(
+                "{} closed the connection inside a frame",
+                self.address
+            ))
+        };
+        while body.len() < len {
+            let want = len - body.len();
+            match crate::socket::recv_ready(socket, &mut body, want) {
+                Ok(Some(0)) => return Err(closed()),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let want = (len - body.len()).min(scratch.len());
+                    let n = self.stream.read(&mut scratch[..want]).await.map_err(|e| {
+                        CallError::Io(format!("reading from {}: {e}", self.address))
+                    })?;
+                    if n == 0 {
+                        return Err(closed());
+                    }
+                    body.extend_from_slice(&scratch[..n]);
+                }
+                Err(e) => return Err(CallError::Io(format!("reading from {}: {e}", self.address))),
+            }
+        }
+        Ok(body)
+    }
+
     /// Sends `frame` and reads the answer, all within `timeout`.
     ///
     /// # Errors
@@ -63,6 +102,7 @@ impl PeerConnection {
         timeout: Duration,
         limits: &ProtocolLimits,
     ) -> Result<ResponseFrame, CallError> {
+        let address = self.address.clone();
         let exchange = async {
             self.stream
                 .write_all(frame)
@@ -76,17 +116,14 @@ impl PeerConnection {
             let parsed = protocol::parse_prefix(&prefix, limits)
                 .map_err(|e| CallError::Protocol(e.to_string()))?
                 .ok_or_else(|| CallError::Protocol("a short prefix".into()))?;
-            let mut bytes = bytes::BytesMut::zeroed(parsed.frame_bytes - FRAME_PREFIX_BYTES);
-            self.stream
-                .read_exact(&mut bytes)
-                .await
-                .map_err(|e| CallError::Io(format!("reading from {}: {e}", self.address)))?;
+            let bytes = self
+                .read_body(parsed.frame_bytes - FRAME_PREFIX_BYTES)
+                .await?;
             Ok(ResponseFrame {
                 bytes,
                 message_bytes: parsed.message_bytes,
             })
         };
-        let address = self.address.clone();
         let expire = async move {
             glommio::timer::sleep(timeout).await;
             Err(CallError::Io(format!(

@@ -40,7 +40,7 @@ pub fn maybe_expand(
     if isr.contains(&follower) || fetch_offset < state.high_watermark() {
         return;
     }
-    let mut wanted = isr.clone();
+    let mut wanted = isr.to_vec();
     wanted.push(follower);
     tracing::info!(topic, partition, %follower, fetch_offset, "a follower caught up: proposing it rejoin the ISR");
     propose(shard, topic, partition, state, me, leader_epoch, wanted);

@@ -337,7 +337,7 @@ pub fn role_of(topic: &TopicMetadata, partition: u32, broker: Option<BrokerId>) 
         return Role::Leader {
             me,
             leader_epoch: state.leader_epoch,
-            isr: state.isr.clone(),
+            isr: state.isr.as_slice().into(),
             replicas: state.replicas.iter().map(|r| r.broker).collect(),
         };
     }

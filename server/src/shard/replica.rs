@@ -21,6 +21,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::cluster::state::BrokerId;
@@ -36,10 +37,11 @@ pub enum Role {
         me: BrokerId,
         /// The leader epoch in force.
         leader_epoch: u64,
-        /// The committed ISR, this broker included.
-        isr: Vec<BrokerId>,
+        /// The committed ISR, this broker included (shared: a role is
+        /// cloned on every replica fetch).
+        isr: Rc<[BrokerId]>,
         /// Every replica's broker.
-        replicas: Vec<BrokerId>,
+        replicas: Rc<[BrokerId]>,
     },
     /// Another broker leads it (or none does now).
     Follower {
@@ -264,7 +266,7 @@ mod tests {
             me: BrokerId(1),
             leader_epoch: 3,
             isr: isr.iter().map(|b| BrokerId(*b)).collect(),
-            replicas: vec![BrokerId(1), BrokerId(2), BrokerId(3)],
+            replicas: [BrokerId(1), BrokerId(2), BrokerId(3)].into(),
         }
     }
 
