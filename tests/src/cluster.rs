@@ -27,41 +27,35 @@ impl Cluster {
 
     /// [`Cluster::start`] with more flags for every broker.
     pub fn start_with(count: u64, extra_args: &[&str]) -> Cluster {
-        let ports: Vec<u16> = (0..count).map(|_| reserve_port(SHARDS)).collect();
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let brokers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let id = (i + 1).to_string();
-                let mut args = vec!["--node-id", &id, "--peers", &peers];
-                args.extend_from_slice(extra_args);
-                Broker::start_on(*port, SHARDS, &args)
-            })
-            .collect();
-        let cluster = Cluster { brokers };
-        // Placement uses registered, alive brokers only: wait for all of them.
-        eventually(&cluster, "every broker registered and alive", || {
-            describe(&cluster.brokers[0]).is_some_and(|d| {
-                d.brokers.len() == cluster.brokers.len() && d.brokers.iter().all(|b| b.alive)
-            })
-        });
-        cluster
+        let local = |_: usize| std::net::IpAddr::from([127, 0, 0, 1]);
+        Cluster::launch(count as usize, local, extra_args, |_, _, port, args| {
+            Broker::start_on(port, SHARDS, args)
+        })
     }
 
     /// Starts brokers 1..=count, broker `i` in namespace `i` of `lab` on
     /// its address there, each listed in every `--peers` by that address.
     pub fn start_in_lab(lab: &crate::netns::Lab, count: u8, extra_args: &[&str]) -> Cluster {
+        let host = |i: usize| lab.address(i as u8 + 1);
+        Cluster::launch(count.into(), host, extra_args, |i, host, port, args| {
+            Broker::start_in_netns(&lab.namespace(i as u8 + 1), host, port, SHARDS, args)
+        })
+    }
+
+    /// Brokers 1..=count on `host(i)` and reserved ports, all in every
+    /// `--peers`, started by `start`; returns once all are alive
+    /// (placement uses registered, alive brokers only).
+    fn launch(
+        count: usize,
+        host: impl Fn(usize) -> std::net::IpAddr,
+        extra_args: &[&str],
+        start: impl Fn(usize, std::net::IpAddr, u16, &[&str]) -> Broker,
+    ) -> Cluster {
         let ports: Vec<u16> = (0..count).map(|_| reserve_port(SHARDS)).collect();
         let peers = ports
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("{}@{}:{port}", i + 1, lab.address(i as u8 + 1)))
+            .map(|(i, port)| format!("{}@{}:{port}", i + 1, host(i)))
             .collect::<Vec<_>>()
             .join(",");
         let brokers = ports
@@ -71,14 +65,7 @@ impl Cluster {
                 let id = (i + 1).to_string();
                 let mut args = vec!["--node-id", &id, "--peers", &peers];
                 args.extend_from_slice(extra_args);
-                let number = i as u8 + 1;
-                Broker::start_in_netns(
-                    &lab.namespace(number),
-                    lab.address(number),
-                    *port,
-                    SHARDS,
-                    &args,
-                )
+                start(i, host(i), *port, &args)
             })
             .collect();
         let cluster = Cluster { brokers };

@@ -201,3 +201,92 @@ pub fn produce_replicated(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// An idempotent `acks=all` producer writing `0, 1, 2, …` to partition 0
+/// of a topic on its own thread, `in_flight` records at a time, until
+/// [`LoadProducer::finish`].
+pub struct LoadProducer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked_count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<LoadOutcome>,
+}
+
+/// What a [`LoadProducer`] saw: each acknowledged value with its offset,
+/// and each failure.
+pub struct LoadOutcome {
+    /// (value, offset), in the order sent.
+    pub acked: Vec<(u64, u64)>,
+    /// (value, error) of every record that failed.
+    pub errors: Vec<(u64, String)>,
+}
+
+impl LoadProducer {
+    /// Starts producing to `topic` through the bootstrap list `servers`.
+    pub fn start(servers: &str, topic: &str, in_flight: usize) -> LoadProducer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (servers, topic) = (servers.to_string(), topic.to_string());
+        let (stopping, counting) = (stop.clone(), acked_count.clone());
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let producer = shardlog_client::Producer::new(shardlog_client::ProducerConfig {
+                    acks: Acks::All,
+                    idempotent: true,
+                    linger: Duration::from_millis(2),
+                    delivery_timeout: Duration::from_secs(120),
+                    client: ClientConfig::new(servers.as_str()),
+                    ..Default::default()
+                })
+                .await
+                .expect("producer");
+                let mut outcome = LoadOutcome {
+                    acked: Vec::new(),
+                    errors: Vec::new(),
+                };
+                let mut next = 0u64;
+                while !stopping.load(Ordering::SeqCst) {
+                    let mut pending = Vec::with_capacity(in_flight);
+                    for _ in 0..in_flight {
+                        let record =
+                            shardlog_client::ProducerRecord::new(topic.as_str(), next.to_string())
+                                .partition(0);
+                        pending.push((next, producer.enqueue(record).await.expect("enqueue")));
+                        next += 1;
+                    }
+                    for (value, delivery) in pending {
+                        match delivery.await {
+                            Ok(meta) => {
+                                let offset = meta.offset.expect("acks=all has an offset");
+                                outcome.acked.push((value, offset));
+                                counting.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(error) => outcome.errors.push((value, error.to_string())),
+                        }
+                    }
+                }
+                outcome
+            })
+        });
+        LoadProducer {
+            stop,
+            acked_count,
+            thread,
+        }
+    }
+
+    /// Waits (bounded) until `more` records beyond those acknowledged now are.
+    pub fn wait_acks(&self, cluster: &Cluster, more: u64) {
+        use std::sync::atomic::Ordering;
+        let target = self.acked_count.load(Ordering::SeqCst) + more;
+        eventually(cluster, "acknowledgements continue", || {
+            self.acked_count.load(Ordering::SeqCst) >= target
+        });
+    }
+
+    /// Stops after the records in flight and returns what it saw.
+    pub fn finish(self) -> LoadOutcome {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the producer thread")
+    }
+}

@@ -239,21 +239,13 @@ fn raft_frame(from_node: u64, cluster_id: &str, auth: &[u8], payload: &[u8]) -> 
             payload: Some(payload),
         },
     );
-    let request = fb::Request::create(
-        &mut fbb,
-        &fb::RequestArgs {
-            correlation_id: 41,
-            api_version: 0,
-            client_id: None,
-            body_type: fb::RequestBody::RaftRequest,
-            body: Some(body.as_union_value()),
-        },
-    );
-    fbb.finish(request, None);
-    let message = fbb.finished_data();
-    let mut frame = shardlog_wire::protocol::encode_prefix(message.len(), 0).to_vec();
-    frame.extend_from_slice(message);
-    frame
+    shardlog_wire::protocol::request_frame(
+        fbb,
+        41,
+        None,
+        fb::RequestBody::RaftRequest,
+        body.as_union_value(),
+    )
 }
 
 /// Sends one RaftRequest frame and returns the answer's (code, message).

@@ -3,15 +3,11 @@
 //! from strangers are refused, and cut network links (namespaces) shrink
 //! and heal the ISR.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardlog_client::blocking::Connection;
 use shardlog_client::protocol::{NewTopic, PartitionLeadership, Request, Response};
-use shardlog_client::{
-    Acks, ClientConfig, ConsumerConfig, ErrorCode, Producer, ProducerConfig, ProducerRecord,
-};
+use shardlog_client::{Acks, ClientConfig, ConsumerConfig, ErrorCode, Producer, ProducerConfig};
 use shardlog_tests::cluster::{eventually, Cluster};
 use shardlog_tests::replicas::*;
 use shardlog_tests::runtime;
@@ -102,44 +98,8 @@ fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() 
     let mut cluster = Cluster::start_with(3, &["--broker-session-timeout-ms", "4000"]);
     create_replicated(&cluster, "rolling", 1, 2);
     let servers = bootstrap(&cluster);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked_count = Arc::new(AtomicU64::new(0));
-    let producer_thread = {
-        let (servers, stop, acked_count) = (servers.clone(), stop.clone(), acked_count.clone());
-        std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let producer = Producer::new(ProducerConfig {
-                    acks: Acks::All,
-                    idempotent: true,
-                    linger: Duration::from_millis(2),
-                    client: ClientConfig::new(servers.as_str()),
-                    ..Default::default()
-                })
-                .await
-                .expect("producer");
-                let (mut acked, mut errors, mut next) = (Vec::new(), Vec::new(), 0u64);
-                while !stop.load(Ordering::SeqCst) {
-                    let record = ProducerRecord::new("rolling", next.to_string()).partition(0);
-                    match producer.send(record).await {
-                        Ok(meta) => {
-                            acked.push((next, meta.offset.expect("an offset")));
-                            acked_count.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(error) => errors.push(error.to_string()),
-                    }
-                    next += 1;
-                }
-                (acked, errors)
-            })
-        })
-    };
-    let wait_acks = |cluster: &Cluster, more: u64| {
-        let target = acked_count.load(Ordering::SeqCst) + more;
-        eventually(cluster, "acknowledgements continue", || {
-            acked_count.load(Ordering::SeqCst) >= target
-        });
-    };
-    wait_acks(&cluster, 50);
+    let load = LoadProducer::start(&servers, "rolling", 1);
+    load.wait_acks(&cluster, 50);
     for round in 0..3 {
         let leader = leadership(&cluster, "rolling", 0)
             .and_then(|l| l.leader)
@@ -157,15 +117,14 @@ fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() 
              ({:?} after SIGTERM): {now:?}",
             started.elapsed()
         );
-        wait_acks(&cluster, 50);
+        load.wait_acks(&cluster, 50);
         cluster.broker(leader).restart();
         eventually(&cluster, "the restarted broker rejoins the ISR", || {
             leadership(&cluster, "rolling", 0).is_some_and(|l| l.isr.len() == 3)
         });
-        wait_acks(&cluster, 50);
+        load.wait_acks(&cluster, 50);
     }
-    stop.store(true, Ordering::SeqCst);
-    let (acked, errors) = producer_thread.join().expect("producer thread");
+    let LoadOutcome { acked, errors } = load.finish();
     assert!(errors.is_empty(), "producers saw errors: {errors:?}");
     let log = read_all(&servers, "rolling");
     for (value, offset) in &acked {
@@ -219,21 +178,13 @@ fn replica_fetch_frame(from_broker: u64, cluster_id: &str, asked: &[Asked]) -> V
             partitions: Some(partitions),
         },
     );
-    let request = fb::Request::create(
-        &mut fbb,
-        &fb::RequestArgs {
-            correlation_id: 7,
-            api_version: 0,
-            client_id: None,
-            body_type: fb::RequestBody::ReplicaFetchRequest,
-            body: Some(body.as_union_value()),
-        },
-    );
-    fbb.finish(request, None);
-    let message = fbb.finished_data();
-    let mut frame = shardlog_wire::protocol::encode_prefix(message.len(), 0).to_vec();
-    frame.extend_from_slice(message);
-    frame
+    shardlog_wire::protocol::request_frame(
+        fbb,
+        7,
+        None,
+        fb::RequestBody::ReplicaFetchRequest,
+        body.as_union_value(),
+    )
 }
 
 /// The answer's whole-request error (or the ErrorResponse's) and each partition's code.

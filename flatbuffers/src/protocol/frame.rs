@@ -1,6 +1,8 @@
 //! Frame prefixes and verification.
 
-use flatbuffers::{InvalidFlatbuffer, VerifierOptions};
+use flatbuffers::{
+    FlatBufferBuilder, InvalidFlatbuffer, UnionWIPOffset, VerifierOptions, WIPOffset,
+};
 
 use super::fb;
 
@@ -171,4 +173,32 @@ pub fn verify_response<'a>(
 fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
     buf.get(at..at + 4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Finishes a `Request` around `body` (built in `fbb`) and frames it, with
+/// no payload: how a broker sends another broker a request.
+pub fn request_frame(
+    mut fbb: FlatBufferBuilder<'_>,
+    correlation_id: u32,
+    client_id: Option<&str>,
+    body_type: fb::RequestBody,
+    body: WIPOffset<UnionWIPOffset>,
+) -> Vec<u8> {
+    let client_id = client_id.map(|id| fbb.create_string(id));
+    let request = fb::Request::create(
+        &mut fbb,
+        &fb::RequestArgs {
+            correlation_id,
+            api_version: 0,
+            client_id,
+            body_type,
+            body: Some(body),
+        },
+    );
+    fbb.finish(request, None);
+    let message = fbb.finished_data();
+    let mut frame = Vec::with_capacity(FRAME_PREFIX_BYTES + message.len());
+    frame.extend_from_slice(&encode_prefix(message.len(), 0));
+    frame.extend_from_slice(message);
+    frame
 }

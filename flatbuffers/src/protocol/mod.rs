@@ -15,8 +15,8 @@
 mod frame;
 
 pub use frame::{
-    checked_prefix, encode_prefix, parse_prefix, verify_request, verify_response, FramePrefix,
-    PrefixError, ProtocolLimits, FRAME_PREFIX_BYTES,
+    checked_prefix, encode_prefix, parse_prefix, request_frame, verify_request, verify_response,
+    FramePrefix, PrefixError, ProtocolLimits, FRAME_PREFIX_BYTES,
 };
 
 /// The flatbuffers types generated from `flatbuffers/schema/shardlog.fbs`.

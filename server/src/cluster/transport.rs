@@ -151,7 +151,6 @@ impl TcpTransport {
         let mut fbb = FlatBufferBuilder::with_capacity(payload.len() + 256);
         let payload = fbb.create_vector(payload);
         let cluster_id = fbb.create_string(self.cluster_id.get().map_or("", String::as_str));
-        let client_id = fbb.create_string(&format!("shardlog-server node {}", self.node_id));
         let body = fb::RaftRequest::create(
             &mut fbb,
             &fb::RaftRequestArgs {
@@ -161,22 +160,14 @@ impl TcpTransport {
                 payload: Some(payload),
             },
         );
-        let request = fb::Request::create(
-            &mut fbb,
-            &fb::RequestArgs {
-                correlation_id,
-                api_version: 0,
-                client_id: Some(client_id),
-                body_type: fb::RequestBody::RaftRequest,
-                body: Some(body.as_union_value()),
-            },
-        );
-        fbb.finish(request, None);
-        let message = fbb.finished_data();
-        let mut frame = Vec::with_capacity(FRAME_PREFIX_BYTES + message.len());
-        frame.extend_from_slice(&protocol::encode_prefix(message.len(), 0));
-        frame.extend_from_slice(message);
-        frame
+        let client_id = format!("shardlog-server node {}", self.node_id);
+        protocol::request_frame(
+            fbb,
+            correlation_id,
+            Some(&client_id),
+            fb::RequestBody::RaftRequest,
+            body.as_union_value(),
+        )
     }
 }
 

@@ -221,23 +221,14 @@ fn encode_request(shard: &ShardState, partitions: &[Followed], correlation_id: u
             partitions: Some(entries),
         },
     );
-    let client_id = fbb.create_string(&format!("shardlog-server {broker} shard {}", shard.id));
-    let request = fb::Request::create(
-        &mut fbb,
-        &fb::RequestArgs {
-            correlation_id,
-            api_version: 0,
-            client_id: Some(client_id),
-            body_type: fb::RequestBody::ReplicaFetchRequest,
-            body: Some(body.as_union_value()),
-        },
-    );
-    fbb.finish(request, None);
-    let message = fbb.finished_data();
-    let mut frame = Vec::with_capacity(protocol::FRAME_PREFIX_BYTES + message.len());
-    frame.extend_from_slice(&protocol::encode_prefix(message.len(), 0));
-    frame.extend_from_slice(message);
-    frame
+    let client_id = format!("shardlog-server {broker} shard {}", shard.id);
+    protocol::request_frame(
+        fbb,
+        correlation_id,
+        Some(&client_id),
+        fb::RequestBody::ReplicaFetchRequest,
+        body.as_union_value(),
+    )
 }
 
 /// What one partition's answer asks of the follower, read out of the frame.
