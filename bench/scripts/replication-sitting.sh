@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The RF 1 vs RF 3 sitting of BENCHMARKS.md ("Replication"): a local
+# 3-broker cluster (every broker on this machine, one shard each), the same
+# topic shape at replication factor 1 and 3, rounds alternating so that
+# drift hits both alike. Needs a release build, fio and iperf3.
+#
+#   cargo build --release -p shardlog-server -p shardlog-bench
+#   bench/scripts/replication-sitting.sh [OUT_DIR]
+#
+# ROUNDS (default 3) rounds of: max produce at RF 1 and RF 3, then e2e at
+# 50 % of that round's max for each. The summary prints medians and the
+# RF 3 / RF 1 ratios of one sitting.
+set -euo pipefail
+OUT=${1:-target/replication-sitting}
+ROUNDS=${ROUNDS:-3}
+B=${BENCH:-target/release/shardlog-bench}
+mkdir -p "$OUT"
+
+echo "# sitting $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r)"
+echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "## limits"
+SCRATCH=${TMPDIR:-/tmp}/fio-scratch
+mkdir -p "$SCRATCH"
+for args in "--bs=1m --iodepth=4" "--bs=1m --iodepth=1 --fdatasync=1"; do
+    # shellcheck disable=SC2086
+    fio --name=w --filename="$SCRATCH/f" --size=1G --direct=1 --ioengine=io_uring \
+        --group_reporting --rw=write --runtime=5 --time_based $args | grep -E "WRITE:" | sed "s|^|fio $args: |"
+done
+rm -rf "$SCRATCH"
+iperf3 -s -p 5299 -D --one-off >/dev/null
+sleep 1
+iperf3 -c 127.0.0.1 -p 5299 -t 5 -f g | grep -E "receiver" | sed 's/^/iperf3 loopback: /'
+sleep 1
+
+common=(--embedded --brokers 3 --shards 1 --partitions 16 --producers 4 --record-size 1024 --flush always --quiet)
+for ROUND in $(seq 1 "$ROUNDS"); do
+    for RF in 1 3; do
+        echo "### round $ROUND RF $RF produce (max)"
+        "$B" produce "${common[@]}" --replication-factor "$RF" --duration 12 --warmup 3 \
+            --json "$OUT/rf$RF-produce-$ROUND.json" | grep -E "MB/s|publish  |  brokers" || true
+    done
+    for RF in 1 3; do
+        RATE=$(python3 -c "import json;print(int(json.load(open('$OUT/rf$RF-produce-$ROUND.json'))['records_per_sec']/2))")
+        echo "### round $ROUND RF $RF e2e at $RATE records/s (50 % of max)"
+        "$B" e2e "${common[@]}" --replication-factor "$RF" --rate "$RATE" --duration 20 --warmup 4 \
+            --json "$OUT/rf$RF-e2e-$ROUND.json" | grep -E "MB/s|publish  |end-to-end|  brokers" || true
+    done
+done
+
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def load(rf, kind):
+    return [json.load(open(f"{out}/rf{rf}-{kind}-{r}.json")) for r in range(1, rounds + 1)]
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+def pct(run, name, p):
+    lat = run.get(name) or {}
+    return lat[p] / 1000 if p in lat else None
+rows = {}
+for rf in (1, 3):
+    produce, e2e = load(rf, "produce"), load(rf, "e2e")
+    rows[rf] = {
+        "produce MB/s": med([r.get("mb_per_sec") for r in produce]),
+        "cluster core-s/GB (produce)": med([r.get("broker_cpu_s_per_gb") for r in produce]),
+        "cluster core-s/GB (e2e 50 %)": med([r.get("broker_cpu_s_per_gb") for r in e2e]),
+        "publish p50 ms (50 %)": med([pct(r, "publish_latency_us", "p50") for r in e2e]),
+        "publish p99 ms (50 %)": med([pct(r, "publish_latency_us", "p99") for r in e2e]),
+        "e2e p50 ms (50 %)": med([pct(r, "e2e_latency_us", "p50") for r in e2e]),
+        "e2e p99 ms (50 %)": med([pct(r, "e2e_latency_us", "p99") for r in e2e]),
+    }
+print(f"\n## medians of {rounds} rounds")
+print(f"| figure | RF 1 | RF 3 | RF 3 / RF 1 |")
+print(f"|---|---|---|---|")
+for key in rows[1]:
+    a, b = rows[1][key], rows[3][key]
+    ratio = b / a if a else float("nan")
+    print(f"| {key} | {a:.3f} | {b:.3f} | {ratio:.2f}× |")
+PY
