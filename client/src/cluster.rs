@@ -237,12 +237,17 @@ impl Cluster {
         let mismatch = || Error::Protocol("list offsets answered with another response".into());
         let mut results: Vec<Option<PartitionResult>> = vec![None; count];
         for (addr, (indexes, queries)) in by_addr {
-            let answers = match self
-                .connection(addr)
-                .await?
-                .call(Request::ListOffsets(queries))
-                .await?
-            {
+            let topics: Vec<String> = queries.iter().map(|q| q.0.clone()).collect();
+            let answer = match self.connection(addr).await {
+                Ok(connection) => connection.call(Request::ListOffsets(queries)).await,
+                Err(error) => Err(error),
+            };
+            if let Err(Error::Io(_)) = &answer {
+                // The leader may be gone: the next call asks where the
+                // partitions are now (a failed lookup keeps what is known).
+                let _ = self.refresh(&topics).await;
+            }
+            let answers = match answer? {
                 Response::ListOffsets(answers) if answers.len() == indexes.len() => answers,
                 Response::Error(error) => return Err(Error::Broker(error)),
                 _ => return Err(mismatch()),

@@ -589,7 +589,14 @@ async fn consume(client: ClientConfig, args: ConsumeArgs, reset: OffsetReset) ->
     }
     let mut printer = Printer::new(&args);
     while !printer.done() {
-        let records = consumer.poll().await?;
+        let records = match consumer.poll().await {
+            // A leader failing over: look again shortly (the idle timeout still ends the run).
+            Err(error) if error.is_retriable() => {
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                Vec::new()
+            }
+            other => other?,
+        };
         if records.is_empty() {
             if printer.idle_expired() {
                 break;
@@ -600,6 +607,9 @@ async fn consume(client: ClientConfig, args: ConsumeArgs, reset: OffsetReset) ->
     }
     printer.finish()
 }
+
+/// Pause before a consumer polls again after a retriable error (a failover).
+const RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Prints records as `consume` does, counting them against --max-records and --idle-timeout-ms.
 struct Printer {
@@ -751,7 +761,14 @@ async fn consume_group(
     consumer.subscribe(&[args.topic.as_str()]);
     let mut printer = Printer::new(&args);
     while !printer.done() {
-        let records = consumer.poll().await?;
+        let records = match consumer.poll().await {
+            // A leader failing over: look again shortly (the idle timeout still ends the run).
+            Err(error) if error.is_retriable() => {
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                Vec::new()
+            }
+            other => other?,
+        };
         if records.is_empty() {
             if printer.idle_expired() {
                 break;
