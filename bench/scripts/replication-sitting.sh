@@ -16,21 +16,9 @@ ROUNDS=${ROUNDS:-3}
 B=${BENCH:-target/release/shardlog-bench}
 mkdir -p "$OUT"
 
-echo "# sitting $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r)"
-echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "## limits"
-SCRATCH=${TMPDIR:-/tmp}/fio-scratch
-mkdir -p "$SCRATCH"
-for args in "--bs=1m --iodepth=4" "--bs=1m --iodepth=1 --fdatasync=1"; do
-    # shellcheck disable=SC2086
-    fio --name=w --filename="$SCRATCH/f" --size=1G --direct=1 --ioengine=io_uring \
-        --group_reporting --rw=write --runtime=5 --time_based $args | grep -E "WRITE:" | sed "s|^|fio $args: |"
-done
-rm -rf "$SCRATCH"
-iperf3 -s -p 5299 -D --one-off >/dev/null
-sleep 1
-iperf3 -c 127.0.0.1 -p 5299 -t 5 -f g | grep -E "receiver" | sed 's/^/iperf3 loopback: /'
-sleep 1
+# shellcheck source=bench/scripts/limits.sh
+source "$(dirname "$0")/limits.sh"
+limits
 
 common=(--embedded --brokers 3 --shards 1 --partitions 16 --producers 4 --record-size 1024 --flush always --quiet)
 for ROUND in $(seq 1 "$ROUNDS"); do

@@ -77,6 +77,13 @@ impl Cluster {
         cluster
     }
 
+    /// Stops every broker (SIGTERM, a clean exit asserted).
+    pub fn stop_all(&mut self) {
+        for broker in &mut self.brokers {
+            broker.stop();
+        }
+    }
+
     /// The broker with id `id` (1-based).
     pub fn broker(&mut self, id: u32) -> &mut Broker {
         &mut self.brokers[id as usize - 1]

@@ -557,3 +557,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// Writes one request `frame` to `stream` and reads the answer's whole
+/// frame back; returns its flatbuffer (the payload after it is dropped).
+pub fn exchange_frame(stream: &mut std::net::TcpStream, frame: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    stream.write_all(frame).expect("send");
+    let mut prefix = [0u8; 8];
+    stream.read_exact(&mut prefix).expect("an answer");
+    let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let message_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
+    let mut rest = vec![0u8; frame_len - 4];
+    stream.read_exact(&mut rest).expect("the whole answer");
+    rest.truncate(message_len);
+    rest
+}

@@ -290,3 +290,8 @@ impl LoadProducer {
         self.thread.join().expect("the producer thread")
     }
 }
+
+/// The values of partition 0 of `topic`, in offset order, read through every broker of `cluster`.
+pub fn values(cluster: &Cluster, topic: &str) -> Vec<String> {
+    read_all(&bootstrap(cluster), topic).into_values().collect()
+}

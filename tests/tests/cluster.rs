@@ -250,17 +250,10 @@ fn raft_frame(from_node: u64, cluster_id: &str, auth: &[u8], payload: &[u8]) -> 
 
 /// Sends one RaftRequest frame and returns the answer's (code, message).
 fn raft_call(stream: &mut std::net::TcpStream, frame: &[u8]) -> (ErrorCode, String) {
-    use std::io::{Read, Write};
-    stream.write_all(frame).expect("send");
-    let mut prefix = [0u8; 8];
-    stream.read_exact(&mut prefix).expect("an answer");
-    let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    let message_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
-    let mut rest = vec![0u8; frame_len - 4];
-    stream.read_exact(&mut rest).expect("the whole answer");
+    let message = shardlog_tests::exchange_frame(stream, frame);
     let limits = shardlog_wire::protocol::ProtocolLimits::default();
-    let response = shardlog_wire::protocol::verify_response(&rest[..message_len], &limits)
-        .expect("a valid response");
+    let response =
+        shardlog_wire::protocol::verify_response(&message, &limits).expect("a valid response");
     assert_eq!(response.correlation_id(), 41);
     let body = response.body_as_raft_response().expect("a RaftResponse");
     (

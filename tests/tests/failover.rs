@@ -86,9 +86,7 @@ fn a_group_consumer_keeps_consuming_across_its_coordinators_failover_and_no_comm
         seen.iter().map(|v| v.parse().unwrap()).collect();
     assert_eq!(distinct.len(), 300, "every record consumed");
     assert_eq!(committed(&survivors, "billing", "events"), Some(300));
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -130,9 +128,7 @@ fn a_rolling_restart_hands_leadership_over_first_and_shows_producers_no_error() 
     for (value, offset) in &acked {
         assert_eq!(log.get(offset), Some(&value.to_string()), "record {value}");
     }
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 /// One partition of a hand-made ReplicaFetch.
@@ -189,18 +185,11 @@ fn replica_fetch_frame(from_broker: u64, cluster_id: &str, asked: &[Asked]) -> V
 
 /// The answer's whole-request error (or the ErrorResponse's) and each partition's code.
 fn replica_fetch_call(addr: std::net::SocketAddr, frame: &[u8]) -> (ErrorCode, Vec<ErrorCode>) {
-    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.write_all(frame).expect("send");
-    let mut prefix = [0u8; 8];
-    stream.read_exact(&mut prefix).expect("an answer");
-    let frame_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    let message_len = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]) as usize;
-    let mut rest = vec![0u8; frame_len - 4];
-    stream.read_exact(&mut rest).expect("the whole answer");
+    let message = shardlog_tests::exchange_frame(&mut stream, frame);
     let limits = shardlog_wire::protocol::ProtocolLimits::default();
-    let response = shardlog_wire::protocol::verify_response(&rest[..message_len], &limits)
-        .expect("a valid response");
+    let response =
+        shardlog_wire::protocol::verify_response(&message, &limits).expect("a valid response");
     if let Some(error) = response.body_as_error_response() {
         return (error.error_code(), Vec::new());
     }
@@ -349,13 +338,9 @@ fn replica_fetches_from_strangers_or_with_bad_values_get_errors_and_change_nothi
         produce_one(&mut to_leader, "guarded", "d", Acks::All, 10_000).error,
         None
     );
-    let log: Vec<String> = read_all(&bootstrap(&cluster), "guarded")
-        .into_values()
-        .collect();
+    let log: Vec<String> = values(&cluster, "guarded");
     assert_eq!(log, ["a", "b", "c", "d"]);
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -448,9 +433,7 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
         log, acked,
         "the stranded write is gone, everything acknowledged is there"
     );
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -518,7 +501,5 @@ fn unclean_leader_election_is_a_per_topic_switch() {
     let clean = leadership(&cluster, "clean", same).expect("leadership");
     assert_eq!(clean.leader, None, "no unclean election: {clean:?}");
     assert_eq!(clean.isr, [leader], "{clean:?}");
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }

@@ -121,9 +121,7 @@ fn killing_the_leader_ten_times_under_acks_all_load_loses_nothing_acknowledged()
         );
     }
     assert!(acked.len() >= 2_000, "only {} acknowledged", acked.len());
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -158,15 +156,11 @@ fn acks_all_is_answered_only_once_every_isr_member_has_the_batch() {
     }
     let after = produce_one(&mut to_leader, "waits", "fourth", Acks::All, 10_000);
     assert_eq!(after.error, None, "{}", cluster.logs());
-    let log: Vec<String> = read_all(&bootstrap(&cluster), "waits")
-        .into_values()
-        .collect();
+    let log: Vec<String> = values(&cluster, "waits");
     // The timed-out batch was stored by the leader and replicated later:
     // a retry would have found it (idempotence), nothing is lost.
     assert_eq!(log, ["first", "second", "third", "fourth"]);
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -219,9 +213,7 @@ fn a_frozen_leader_is_replaced_acknowledges_nothing_after_and_drops_its_divergen
     );
     let after = produce_one(&mut to_new, "frozen", "after", Acks::All, 10_000);
     assert_eq!(after.error, None);
-    let log: Vec<String> = read_all(&bootstrap(&cluster), "frozen")
-        .into_values()
-        .collect();
+    let log: Vec<String> = values(&cluster, "frozen");
     assert_eq!(
         log,
         ["before", "during", "after"],
@@ -241,9 +233,7 @@ fn a_frozen_leader_is_replaced_acknowledges_nothing_after_and_drops_its_divergen
         "the old leader holds the new leader's log",
         || end_on(old).is_some() && end_on(old) == end_on(new),
     );
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -357,11 +347,7 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
         .filter(|l| l.starts_with("shardlog_partition_replica_lag_offsets{topic=\"minisr\""))
         .count();
     assert_eq!(lag_series, 2, "one lag per follower");
-    let log: Vec<String> = read_all(&bootstrap(&cluster), "minisr")
-        .into_values()
-        .collect();
+    let log: Vec<String> = values(&cluster, "minisr");
     assert_eq!(log, acked, "the refused write was not stored");
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    cluster.stop_all();
 }
