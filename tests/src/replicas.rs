@@ -65,6 +65,30 @@ pub fn create_replicated(cluster: &Cluster, topic: &str, partitions: u32, min_in
         }
         other => panic!("unexpected {other:?}"),
     }
+    // Every partition's leader serves it (its owning shard applied the topic).
+    for partition in 0..partitions {
+        eventually(cluster, "every partition served by its leader", || {
+            let Some(leader) = leadership(cluster, topic, partition).and_then(|l| l.leader) else {
+                return false;
+            };
+            let Ok(mut connection) = Connection::connect_timeout(
+                cluster.brokers[leader as usize - 1].addr,
+                PROBE_TIMEOUT,
+            ) else {
+                return false;
+            };
+            let query = (
+                topic.to_string(),
+                partition,
+                shardlog_client::protocol::OffsetSpec::Latest,
+                0,
+            );
+            matches!(
+                connection.call(&Request::ListOffsets(vec![query])),
+                Ok(Response::ListOffsets(results)) if results.iter().all(|r| r.error.is_none())
+            )
+        });
+    }
     // Every broker has applied it (a produce to one that has not yet would be refused).
     for broker in &cluster.brokers {
         let addr = broker.addr;

@@ -233,10 +233,8 @@ fn replica_fetches_from_strangers_or_with_bad_values_get_errors_and_change_nothi
         connect_to(&cluster, leader.expect("a leader"))
     };
     for value in ["a", "b", "c"] {
-        assert_eq!(
-            produce_one(&mut to_leader, "guarded", value, Acks::All, 10_000).error,
-            None
-        );
+        let result = produce_replicated(&mut to_leader, "guarded", value);
+        assert_eq!(result.error, None, "{}", cluster.logs());
     }
     let guarded = leadership(&cluster, "guarded", 0).expect("leadership");
     let leader = guarded.leader.expect("a leader");

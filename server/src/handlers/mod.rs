@@ -256,9 +256,13 @@ async fn serve_partition(partitions: &Partitions, call: PartitionCall) -> Partit
             partition,
             batches,
             acks,
-        } => PartitionReply::Produce(
-            produce::append_local(partitions, &topic, partition, batches, acks).await,
-        ),
+            wait_ms,
+        } => {
+            let wait = std::time::Duration::from_millis(wait_ms);
+            let appended =
+                produce::append_local(partitions, &topic, partition, batches, acks, wait);
+            PartitionReply::Produce(appended.await)
+        }
         PartitionCall::Fetch {
             topic,
             partition,

@@ -126,7 +126,14 @@ pub async fn handle(
     for (topic, partitions) in &request.topics {
         for (partition, _) in partitions {
             let batches = pieces.next().expect("one piece per partition");
-            let call = produce_partition(shard, topic.clone(), *partition, batches, request.acks);
+            let call = produce_partition(
+                shard,
+                topic.clone(),
+                *partition,
+                batches,
+                request.acks,
+                deadline,
+            );
             calls.push(within(deadline, call));
         }
     }
@@ -160,6 +167,7 @@ async fn produce_partition(
     partition: u32,
     batches: BytesMut,
     acks: fb::Acks,
+    deadline: Instant,
 ) -> ProduceOutcome {
     if topic.starts_with("__") {
         let error = WireError::new(
@@ -189,8 +197,10 @@ async fn produce_partition(
         // whether or not this handler still waits. A forwarded produce is
         // served the same way on its owner.
         let shard = shard.clone();
-        let append =
-            async move { append_local(&shard.partitions, &topic, partition, batches, acks).await };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let append = async move {
+            append_local(&shard.partitions, &topic, partition, batches, acks, wait).await
+        };
         return glommio::spawn_local(append)
             .detach()
             .await
@@ -207,6 +217,9 @@ async fn produce_partition(
                 partition,
                 batches,
                 acks,
+                wait_ms: deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
             }),
         )
         .await
@@ -307,6 +320,7 @@ pub async fn append_local(
     partition: u32,
     data: BytesMut,
     acks: fb::Acks,
+    wait: Duration,
 ) -> ProduceOutcome {
     let Some(state) = partitions.partition(topic, partition) else {
         return ProduceOutcome {
@@ -392,10 +406,12 @@ pub async fn append_local(
     let result = append_checked(state.clone(), to_append, duplicate_base).await;
     let result = match (result, acks) {
         (Ok((base, end)), fb::Acks::All) => {
-            let wait = Duration::from_millis(partitions.config().limits.produce_timeout_ms_max);
-            wait_insync(&state, topic, partition, end, wait)
-                .await
-                .map(|()| base)
+            let insync = wait_insync(&state, topic, partition, end, wait).await;
+            // The ISR may have shrunk while it waited (Kafka's
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND): the batch is stored, and an
+            // idempotent retry is answered with its offset once enough are back.
+            let after = insync.and_then(|()| partitions.produce_owner_of(topic, partition, true));
+            after.map(|_| base)
         }
         (result, _) => result.map(|(base, _)| base),
     };

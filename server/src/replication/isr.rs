@@ -18,6 +18,9 @@ use crate::cluster::state::{BrokerId, ClusterCommand};
 use crate::shard::replica::Role;
 use crate::shard::{PartitionState, ShardState};
 
+/// Pause after a refused or failed ISR change before the partition proposes another.
+pub const ISR_CHANGE_RETRY_MS: u64 = 1_000;
+
 /// On the leader, after `follower` fetched from `fetch_offset`: proposes
 /// that it rejoin the ISR when it has everything below the high watermark.
 pub fn maybe_expand(
@@ -38,6 +41,17 @@ pub fn maybe_expand(
         return;
     };
     if isr.contains(&follower) || fetch_offset < state.high_watermark() {
+        return;
+    }
+    // A fenced broker fetches too (a restarted one waits to be unfenced),
+    // but the controller would refuse it: ask once it is alive.
+    let metadata = shard.partitions.metadata();
+    let alive = metadata
+        .cluster
+        .as_ref()
+        .and_then(|view| view.brokers.get(&follower))
+        .is_some_and(|b| b.liveness == crate::cluster::state::BrokerLiveness::Alive);
+    if !alive {
         return;
     }
     let mut wanted = isr.to_vec();
@@ -71,15 +85,23 @@ fn propose(
     };
     let (state, topic) = (state.clone(), topic.to_string());
     glommio::spawn_local(async move {
-        match cluster.propose(command).await {
-            Ok(result) => {
-                if let Err(error) = result.outcome {
+        let settled = match cluster.propose(command).await {
+            Ok(result) => match result.outcome {
+                Ok(_) => true,
+                Err(error) => {
                     tracing::info!(topic, partition, %error, "the controller refused an ISR change");
+                    false
                 }
-            }
+            },
             Err(error) => {
                 tracing::warn!(topic, partition, %error, "proposing an ISR change failed; trying again later");
+                false
             }
+        };
+        if !settled {
+            // Every proposal is a metadata log entry: a refused one is not
+            // asked again at once, however often the follower fetches.
+            glommio::timer::sleep(std::time::Duration::from_millis(ISR_CHANGE_RETRY_MS)).await;
         }
         state.replica.end_isr_change();
     })

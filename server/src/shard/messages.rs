@@ -79,6 +79,9 @@ pub enum PartitionCall {
         partition: u32,
         batches: BytesMut,
         acks: fb::Acks,
+        /// How long an `acks=all` produce may wait for the ISR: what is
+        /// left of the request's `timeout_ms`.
+        wait_ms: u64,
     },
     /// Read.
     Fetch {
