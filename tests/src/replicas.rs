@@ -319,3 +319,10 @@ impl LoadProducer {
 pub fn values(cluster: &Cluster, topic: &str) -> Vec<String> {
     read_all(&bootstrap(cluster), topic).into_values().collect()
 }
+
+/// The replicas of a partition other than its leader.
+pub fn followers(leadership: &PartitionLeadership) -> Vec<u32> {
+    let leader = leadership.leader;
+    let others = leadership.replicas.iter().copied();
+    others.filter(|b| Some(*b) != leader).collect()
+}

@@ -348,12 +348,7 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
     create_replicated(&cluster, "links", 1, 2);
     let start = leadership(&cluster, "links", 0).expect("leadership");
     let leader = start.leader.expect("a leader");
-    let followers: Vec<u32> = start
-        .replicas
-        .iter()
-        .copied()
-        .filter(|b| *b != leader)
-        .collect();
+    let followers = followers(&start);
     let mut to_leader = connect_to(&cluster, leader);
     let mut acked = Vec::new();
     let mut produce = |connection: &mut Connection, value: &str| {

@@ -137,12 +137,7 @@ fn acks_all_is_answered_only_once_every_isr_member_has_the_batch() {
 
     // Both followers frozen: the metadata group has no majority, so the ISR
     // cannot change, and no acks=all produce may be answered.
-    let followers: Vec<u32> = leadership_now
-        .replicas
-        .iter()
-        .copied()
-        .filter(|b| *b != leader)
-        .collect();
+    let followers = followers(&leadership_now);
     for follower in &followers {
         signal(&cluster.brokers[*follower as usize - 1], "STOP");
     }
@@ -243,12 +238,7 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
     create_replicated(&cluster, "minisr", 1, 2);
     let start = leadership(&cluster, "minisr", 0).expect("leadership");
     let leader = start.leader.expect("a leader");
-    let followers: Vec<u32> = start
-        .replicas
-        .iter()
-        .copied()
-        .filter(|b| *b != leader)
-        .collect();
+    let followers = followers(&start);
     let mut to_leader = connect_to(&cluster, leader);
     let mut acked = Vec::new();
     // Writes that must go on are tried again while the ISR settles (a

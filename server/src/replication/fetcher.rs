@@ -59,7 +59,7 @@ struct Followed {
 /// Starts a fetcher for every leader shard this shard follows a partition
 /// of and has none for yet. Called after each metadata change.
 pub fn ensure_fetchers(shard: &Rc<ShardState>) {
-    for leader in followed(shard).into_keys() {
+    for leader in followed(shard, None).into_keys() {
         if shard.partitions.start_fetching_from(leader) {
             let shard = shard.clone();
             glommio::spawn_local(async move { run(shard, leader).await }).detach();
@@ -67,8 +67,9 @@ pub fn ensure_fetchers(shard: &Rc<ShardState>) {
     }
 }
 
-/// The partitions this shard follows, by leader shard.
-fn followed(shard: &ShardState) -> BTreeMap<LeaderShard, Vec<Followed>> {
+/// The partitions this shard follows, by leader shard; with `only`, those
+/// of that leader shard alone (a fetcher's round needs no other).
+fn followed(shard: &ShardState, only: Option<LeaderShard>) -> BTreeMap<LeaderShard, Vec<Followed>> {
     let metadata = shard.partitions.metadata();
     let mut by_leader: BTreeMap<LeaderShard, Vec<Followed>> = BTreeMap::new();
     let Some(view) = &metadata.cluster else {
@@ -93,16 +94,19 @@ fn followed(shard: &ShardState) -> BTreeMap<LeaderShard, Vec<Followed>> {
         if info.shard_ports.is_empty() {
             continue;
         }
-        let leader_shard = usize::from(replica.shard.0) % info.shard_ports.len();
-        by_leader
-            .entry((leader, leader_shard))
-            .or_default()
-            .push(Followed {
-                topic,
-                partition,
-                leader_epoch,
-                state,
-            });
+        let leader_shard = (
+            leader,
+            usize::from(replica.shard.0) % info.shard_ports.len(),
+        );
+        if only.is_some_and(|wanted| wanted != leader_shard) {
+            continue;
+        }
+        by_leader.entry(leader_shard).or_default().push(Followed {
+            topic,
+            partition,
+            leader_epoch,
+            state,
+        });
     }
     by_leader
 }
@@ -121,7 +125,7 @@ async fn run(shard: Rc<ShardState>, leader: LeaderShard) {
         if shard.shutdown.is_started() {
             break;
         }
-        let Some(partitions) = followed(&shard).remove(&leader) else {
+        let Some(partitions) = followed(&shard, Some(leader)).remove(&leader) else {
             break;
         };
         correlation_id = correlation_id.wrapping_add(1);

@@ -89,11 +89,6 @@ impl Partitions {
         self.fetching_from.borrow_mut().remove(&leader);
     }
 
-    /// The broker's configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
     /// The latest metadata snapshot this shard has.
     pub fn metadata(&self) -> Arc<ClusterMetadata> {
         self.metadata.borrow().clone()
