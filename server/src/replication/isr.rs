@@ -18,7 +18,8 @@ use crate::cluster::state::{BrokerId, ClusterCommand};
 use crate::shard::replica::Role;
 use crate::shard::{PartitionState, ShardState};
 
-/// Pause after a refused or failed ISR change before the partition proposes another.
+/// Pause after a refused or failed ISR change before the partition proposes
+/// another; also the longest a committed one waits to reach this shard.
 pub const ISR_CHANGE_RETRY_MS: u64 = 1_000;
 
 /// On the leader, after `follower` fetched from `fetch_offset`: proposes
@@ -83,29 +84,36 @@ fn propose(
         leader_epoch,
         isr,
     };
-    let (state, topic) = (state.clone(), topic.to_string());
+    let (shard, state, topic) = (shard.clone(), state.clone(), topic.to_string());
     glommio::spawn_local(async move {
-        let settled = match cluster.propose(command).await {
+        let retry = std::time::Duration::from_millis(ISR_CHANGE_RETRY_MS);
+        match cluster.propose(command).await {
             Ok(result) => match result.outcome {
-                Ok(_) => true,
+                // Committed: the change counts once this shard's metadata
+                // has it, and until then a fetch must not propose it again
+                // (each proposal is a metadata log entry).
+                Ok(_) => applied(&shard, result.revision, retry).await,
                 Err(error) => {
                     tracing::info!(topic, partition, %error, "the controller refused an ISR change");
-                    false
+                    glommio::timer::sleep(retry).await;
                 }
             },
             Err(error) => {
                 tracing::warn!(topic, partition, %error, "proposing an ISR change failed; trying again later");
-                false
+                glommio::timer::sleep(retry).await;
             }
-        };
-        if !settled {
-            // Every proposal is a metadata log entry: a refused one is not
-            // asked again at once, however often the follower fetches.
-            glommio::timer::sleep(std::time::Duration::from_millis(ISR_CHANGE_RETRY_MS)).await;
         }
         state.replica.end_isr_change();
     })
     .detach();
+}
+
+/// Resolves once this shard applied metadata `revision`, or after `wait`.
+async fn applied(shard: &ShardState, revision: u64, wait: std::time::Duration) {
+    let deadline = Instant::now() + wait;
+    while shard.partitions.applied_revision() < revision && Instant::now() < deadline {
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs on every shard of a clustered broker: every quarter of `lag`, the
