@@ -90,6 +90,11 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
+        // SHARDLOG_TEST_LOG_LINES shows more of each log when a failure needs it.
+        let lines = std::env::var("SHARDLOG_TEST_LOG_LINES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(60);
         self.brokers
             .iter()
             .enumerate()
@@ -99,13 +104,29 @@ impl Cluster {
                 let quiet = |line: &&str| {
                     !line.contains("openraft::replication") && !line.contains("replication_handler")
                 };
-                let tail: Vec<&str> = log.lines().rev().filter(quiet).take(60).collect();
+                let tail: Vec<&str> = log.lines().rev().filter(quiet).take(lines).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- broker {} ---\n{}", i + 1, tail.join("\n"))
             })
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Prints a test's step with the wall-clock time the brokers' logs use
+/// (UTC), so a failure's output lines the test's steps up with the logs.
+pub fn step(what: &str) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds_of_day = since_epoch.as_secs() % 86_400;
+    println!(
+        "{:02}:{:02}:{:02}.{:03} test: {what}",
+        seconds_of_day / 3600,
+        seconds_of_day / 60 % 60,
+        seconds_of_day % 60,
+        since_epoch.subsec_millis()
+    );
 }
 
 /// Metadata from one broker, or `None` when it does not answer.
@@ -154,6 +175,7 @@ pub fn try_create(broker: &Broker, name: &str, partitions: u32) -> Result<(), Br
 
 /// Waits until `check` holds, or fails the test with `what` and the brokers' logs.
 pub fn eventually(cluster: &Cluster, what: &str, mut check: impl FnMut() -> bool) {
+    step(&format!("waiting for {what}"));
     let deadline = Instant::now() + SETTLE_WAIT;
     while !check() {
         assert!(

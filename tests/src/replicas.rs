@@ -24,32 +24,49 @@ pub const FAST_FAILOVER: &[&str] = &[
 /// How long a probe of one broker's metadata may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The partition's leadership as a live broker of `cluster` answers it.
+/// The partition's leadership in the newest metadata any live broker of
+/// `cluster` answers with. Every broker is asked (at once): a broker just
+/// healed from a cut still answers from the metadata it had before the cut
+/// until it catches up, and the first answer could be that stale one.
 pub fn leadership(cluster: &Cluster, topic: &str, partition: u32) -> Option<PartitionLeadership> {
-    // A stopped broker refuses the connection.
-    for broker in &cluster.brokers {
-        // A broker behind a cut link neither answers nor refuses: bounded waits.
-        let Ok(mut connection) = Connection::connect_timeout(broker.addr, PROBE_TIMEOUT) else {
-            continue;
-        };
-        if connection.set_read_timeout(Some(PROBE_TIMEOUT)).is_err() {
-            continue;
-        }
-        let Ok(Response::Metadata(described)) =
-            connection.call(&Request::Metadata(vec![topic.to_string()]))
-        else {
-            continue;
-        };
-        let found = described
-            .topics
+    let answers: Vec<Option<(u64, PartitionLeadership)>> = std::thread::scope(|scope| {
+        let probes: Vec<_> = cluster
+            .brokers
             .iter()
-            .find(|t| t.name == topic)
-            .and_then(|t| t.leadership.get(partition as usize).cloned());
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
+            .map(|broker| scope.spawn(move || probe(broker.addr, topic, partition)))
+            .collect();
+        probes
+            .into_iter()
+            .map(|probe| probe.join().ok().flatten())
+            .collect()
+    });
+    answers
+        .into_iter()
+        .flatten()
+        .max_by_key(|(revision, _)| *revision)
+        .map(|(_, leadership)| leadership)
+}
+
+/// One broker's metadata revision and the partition's leadership in it;
+/// `None` when it does not answer (stopped: refused; cut off: bounded waits).
+fn probe(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    partition: u32,
+) -> Option<(u64, PartitionLeadership)> {
+    let mut connection = Connection::connect_timeout(addr, PROBE_TIMEOUT).ok()?;
+    connection.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    let Ok(Response::Metadata(described)) =
+        connection.call(&Request::Metadata(vec![topic.to_string()]))
+    else {
+        return None;
+    };
+    let found = described
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .and_then(|t| t.leadership.get(partition as usize).cloned())?;
+    Some((described.metadata_revision, found))
 }
 
 pub fn create_replicated(cluster: &Cluster, topic: &str, partitions: u32, min_insync: u16) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shardlog_client::blocking::Connection;
 use shardlog_client::protocol::{NewTopic, PartitionLeadership, Request, Response};
 use shardlog_client::{Acks, ClientConfig, ConsumerConfig, ErrorCode, Producer, ProducerConfig};
-use shardlog_tests::cluster::{eventually, Cluster};
+use shardlog_tests::cluster::{eventually, step, Cluster};
 use shardlog_tests::replicas::*;
 use shardlog_tests::runtime;
 
@@ -360,12 +360,14 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
 
     // A follower cut off: it is fenced, leaves the ISR, and writes go on.
     let cut = followers[0];
+    step(&format!("leader {leader}; cutting follower {cut} off"));
     lab.cut(cut as u8);
     eventually(&cluster, "the ISR without the cut follower", || {
         leadership(&cluster, "links", 0).is_some_and(|l| !l.isr.contains(&cut))
     });
     produce(&mut to_leader, "one follower cut");
     // Healed: it catches up and rejoins.
+    step(&format!("healing follower {cut}"));
     lab.heal(cut as u8);
     eventually(&cluster, "the healed follower back in the ISR", || {
         leadership(&cluster, "links", 0).is_some_and(|l| l.isr.len() == 3)
@@ -375,6 +377,7 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
     // The leader cut off, with a client on its side of the cut: that
     // client's acks=all write is never acknowledged, and the producers on
     // the other side move to the new leader.
+    step(&format!("cutting leader {leader} off"));
     lab.cut(leader as u8);
     let leader_addr = cluster.brokers[leader as usize - 1].addr;
     let stranded = lab.spawn_in(leader as u8, move || {
@@ -417,6 +420,7 @@ fn cut_links_shrink_the_isr_a_healed_follower_rejoins_and_an_isolated_leader_com
     });
     acked.push("moved".to_string());
 
+    step(&format!("healing leader {leader}"));
     lab.heal(leader as u8);
     eventually(&cluster, "the old leader back in the ISR", || {
         leadership(&cluster, "links", 0).is_some_and(|l| l.isr.len() == 3)

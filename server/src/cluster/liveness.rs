@@ -115,7 +115,7 @@ pub(super) async fn fence_loop(node: Arc<NodeShared>) {
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
         for command in liveness_changes(&node, since, session) {
-            if let Err(error) = node.propose(command.clone()).await {
+            if let Err(error) = node.propose_as_leader(command.clone()).await {
                 tracing::info!(%error, ?command, "a liveness change did not commit; tried again at the next check");
             }
         }
@@ -126,7 +126,7 @@ pub(super) async fn fence_loop(node: Arc<NodeShared>) {
                 scope: ElectionScope::All,
                 kind: ElectionKind::Unavailable,
             };
-            if let Err(error) = node.propose(command).await {
+            if let Err(error) = node.propose_as_leader(command).await {
                 tracing::info!(%error, "electing leaders did not commit; tried again at the next check");
             }
         }

@@ -374,6 +374,19 @@ impl NodeShared {
         &self,
         command: ClusterCommand,
     ) -> Result<CommandResult, ProposeError> {
+        self.propose_as_leader(command).await
+    }
+
+    /// A decision of this node as controller (fencing, unfencing,
+    /// elections): proposed only here, never forwarded. It was made from
+    /// this leader's view (the heartbeats it heard); a leader deposed while
+    /// the proposal waited (cut off from the others, say) must not hand
+    /// that stale view to the next leader, which would fence brokers it
+    /// hears well.
+    pub(super) async fn propose_as_leader(
+        &self,
+        command: ClusterCommand,
+    ) -> Result<CommandResult, ProposeError> {
         let timeout_ms = self.config.propose_timeout_ms;
         let attempt = async {
             match self.propose_here(command).await {
