@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::cluster::{unknown_topic, ClientConfig, Cluster};
 use crate::protocol::{
-    ClusterDescription, NewTopic, OffsetSpec, RecoveredPartition, Request, Response,
+    ClusterDescription, NewTopic, OffsetSpec, RecoveredPartition, ReplicaLag, Request, Response,
 };
 use crate::Error;
 
@@ -29,6 +29,9 @@ pub struct PartitionDescription {
     pub isr: Vec<u32>,
     /// Grows with every leader change.
     pub leader_epoch: u64,
+    /// Each follower's lag behind the leader, as the leader reports it
+    /// (empty for a single replica, or when the leader did not answer).
+    pub replica_lags: Vec<ReplicaLag>,
 }
 
 /// A topic as [`Admin::describe_topic`] reports it.
@@ -176,6 +179,10 @@ impl Admin {
                 status: results
                     .get(count + p)
                     .map_or_else(|| "unknown".into(), status_text),
+                replica_lags: results
+                    .get(count + p)
+                    .map(|r| r.replica_lags.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(TopicDescription {

@@ -259,6 +259,20 @@ pub struct PartitionResult {
     pub status: fb::PartitionStatus,
     /// Why it is not online (empty when it is).
     pub status_message: String,
+    /// ListOffsets answered by a partition's leader: each follower's lag
+    /// (empty otherwise).
+    pub replica_lags: Vec<ReplicaLag>,
+}
+
+/// How far one follower is behind its partition's leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The follower broker.
+    pub broker: u32,
+    /// Offsets behind the leader's durable end.
+    pub lag_offsets: u64,
+    /// About how many bytes those offsets hold (to within one index interval).
+    pub lag_bytes: u64,
 }
 
 /// A topic as metadata describes it.
@@ -735,6 +749,7 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                         high_watermark: -1,
                         status: fb::PartitionStatus::Online,
                         status_message: String::new(),
+                        replica_lags: Vec::new(),
                     });
                 }
             }
@@ -760,6 +775,16 @@ fn decode_body(response: &fb::Response<'_>, payload: Bytes) -> Result<Response, 
                         high_watermark: p.high_watermark(),
                         status: p.status(),
                         status_message: p.status_message().unwrap_or_default().to_string(),
+                        replica_lags: p
+                            .replica_lags()
+                            .iter()
+                            .flatten()
+                            .map(|lag| ReplicaLag {
+                                broker: lag.broker(),
+                                lag_offsets: lag.lag_offsets(),
+                                lag_bytes: lag.lag_bytes(),
+                            })
+                            .collect(),
                     });
                 }
             }

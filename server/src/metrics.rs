@@ -240,7 +240,7 @@ impl ShardMetrics {
 /// A partition's replication series: whether this broker leads it, and
 /// while it does, under-replication, ISR changes and each follower's lag.
 fn render_replication(out: &mut String, labels: &str, state: &crate::shard::PartitionState) {
-    let view = state.replica.leader_view(state.log.high_watermark());
+    let view = state.replica_lags();
     let leads = state.replica.leads();
     let _ = writeln!(
         out,
@@ -262,10 +262,17 @@ fn render_replication(out: &mut String, labels: &str, state: &crate::shard::Part
         out,
         "shardlog_partition_isr_expands_total{{{labels}}} {expands}"
     );
-    for (follower, lag) in lags {
+    for lag in lags {
+        let follower = lag.broker;
         let _ = writeln!(
             out,
-            "shardlog_partition_replica_lag_offsets{{{labels},follower=\"{follower}\"}} {lag}"
+            "shardlog_partition_replica_lag_offsets{{{labels},follower=\"{follower}\"}} {}",
+            lag.offsets
+        );
+        let _ = writeln!(
+            out,
+            "shardlog_partition_replica_lag_bytes{{{labels},follower=\"{follower}\"}} {}",
+            lag.bytes
         );
     }
 }
@@ -380,7 +387,9 @@ pub fn header() -> &'static str {
      # HELP shardlog_partition_isr_expands_total ISR expansions seen while this broker led the partition.\n\
      # TYPE shardlog_partition_isr_expands_total counter\n\
      # HELP shardlog_partition_replica_lag_offsets Offsets a follower is behind the leader's durable end (on the leader).\n\
-     # TYPE shardlog_partition_replica_lag_offsets gauge\n"
+     # TYPE shardlog_partition_replica_lag_offsets gauge\n\
+     # HELP shardlog_partition_replica_lag_bytes About how many bytes a follower is behind the leader's durable end (on the leader; estimated to within one index interval).\n\
+     # TYPE shardlog_partition_replica_lag_bytes gauge\n"
 }
 
 /// The whole process's CPU time and memory, read from `/proc/self`.

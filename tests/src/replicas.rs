@@ -70,12 +70,22 @@ fn probe(
 }
 
 pub fn create_replicated(cluster: &Cluster, topic: &str, partitions: u32, min_insync: u16) {
+    create_replicated_topic(
+        cluster,
+        NewTopic {
+            replication_factor: Some(3),
+            min_insync_replicas: Some(min_insync),
+            ..NewTopic::new(topic, partitions)
+        },
+    );
+}
+
+/// Creates `new` and waits until every partition's leader serves it.
+pub fn create_replicated_topic(cluster: &Cluster, new: NewTopic) {
+    let (topic, partitions) = (new.name.clone(), new.partitions);
+    let topic = topic.as_str();
     let mut admin = Connection::connect(cluster.brokers[0].addr).expect("connect");
-    let request = Request::CreateTopics(vec![NewTopic {
-        replication_factor: Some(3),
-        min_insync_replicas: Some(min_insync),
-        ..NewTopic::new(topic, partitions)
-    }]);
+    let request = Request::CreateTopics(vec![new]);
     match admin.call(&request).expect("create topics") {
         Response::Topics(results) => {
             assert!(results.iter().all(|(_, e)| e.is_none()), "{results:?}")

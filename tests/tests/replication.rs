@@ -287,17 +287,28 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
             "minisr"
         ) >= Some(2)
     );
-    let described = std::process::Command::new(shardlog_tests::binary("shardlog"))
-        .args([
-            "--broker",
-            &cluster.brokers[leader as usize - 1].addr.to_string(),
-        ])
-        .args(["topic", "describe", "minisr", "--format", "json"])
-        .output()
-        .expect("run shardlog");
-    assert!(described.status.success(), "{described:?}");
-    let json: serde_json::Value = serde_json::from_slice(&described.stdout).expect("JSON");
+    let leader_addr = cluster.brokers[leader as usize - 1].addr.to_string();
+    let describe = || {
+        let described = std::process::Command::new(shardlog_tests::binary("shardlog"))
+            .args(["--broker", &leader_addr])
+            .args(["topic", "describe", "minisr", "--format", "json"])
+            .output()
+            .expect("run shardlog");
+        assert!(described.status.success(), "{described:?}");
+        serde_json::from_slice::<serde_json::Value>(&described.stdout).expect("JSON")
+    };
+    let json = describe();
     assert_eq!(json["partitions"][0]["under_replicated"], true, "{json}");
+    // The first lost follower missed "two of three": the leader shows it
+    // behind, in offsets and in bytes.
+    let lags = json["partitions"][0]["replica_lag"].clone();
+    assert_eq!(lags.as_array().map(Vec::len), Some(2), "{json}");
+    let first_lost = lags
+        .as_array()
+        .and_then(|l| l.iter().find(|lag| lag["broker"] == followers[0]))
+        .expect("the first lost follower's lag");
+    assert!(first_lost["lag_offsets"].as_u64() >= Some(1), "{json}");
+    assert!(first_lost["lag_bytes"].as_u64() > Some(0), "{json}");
     assert_eq!(
         json["partitions"][0]["isr"],
         serde_json::json!([leader]),
@@ -337,7 +348,105 @@ fn min_insync_replicas_two_of_three_writes_go_on_with_one_down_and_stop_with_two
         .filter(|l| l.starts_with("shardlog_partition_replica_lag_offsets{topic=\"minisr\""))
         .count();
     assert_eq!(lag_series, 2, "one lag per follower");
+    // Caught up: no lag left, in offsets or bytes.
+    eventually(&cluster, "the leader reports no lag", || {
+        let json = describe();
+        let lags = json["partitions"][0]["replica_lag"].as_array().cloned();
+        lags.is_some_and(|lags| {
+            lags.len() == 2
+                && lags
+                    .iter()
+                    .all(|lag| lag["lag_offsets"] == 0 && lag["lag_bytes"] == 0)
+        })
+    });
     let log: Vec<String> = values(&cluster, "minisr");
     assert_eq!(log, acked, "the refused write was not stored");
+    cluster.stop_all();
+}
+
+#[test]
+fn a_follower_whose_copy_ends_below_the_leaders_log_start_restarts_there_and_rejoins() {
+    let mut args = FAST_FAILOVER.to_vec();
+    args.extend(["--retention-check-interval-ms", "200"]);
+    let mut cluster = Cluster::start_with(3, &args);
+    // Small segments, and retention that keeps about two of them.
+    create_replicated_topic(
+        &cluster,
+        shardlog_client::protocol::NewTopic {
+            replication_factor: Some(3),
+            min_insync_replicas: Some(2),
+            segment_bytes: Some(64 * 1024),
+            retention_bytes: Some(128 * 1024),
+            ..shardlog_client::protocol::NewTopic::new("retained", 1)
+        },
+    );
+    let start = leadership(&cluster, "retained", 0).expect("leadership");
+    let leader = start.leader.expect("a leader");
+    let lagging = followers(&start)[0];
+    let mut to_leader = connect_to(&cluster, leader);
+    assert_eq!(
+        produce_replicated(&mut to_leader, "retained", "first").error,
+        None
+    );
+
+    // Down while the others write on and retention removes what it lacks.
+    cluster.broker(lagging).kill9();
+    eventually(&cluster, "the ISR without the stopped follower", || {
+        leadership(&cluster, "retained", 0).is_some_and(|l| !l.isr.contains(&lagging))
+    });
+    let value = "v".repeat(8 * 1024);
+    let leader_start = |cluster: &Cluster| {
+        metric(
+            cluster,
+            leader,
+            "shardlog_partition_log_start_offset",
+            "retained",
+        )
+    };
+    let mut written = 1;
+    while leader_start(&cluster) < Some(8) {
+        let result = produce_replicated(&mut to_leader, "retained", &value);
+        assert_eq!(result.error, None);
+        written += 1;
+        assert!(
+            written < 1_000,
+            "retention never moved the leader's log start"
+        );
+    }
+
+    // Back: its copy (offsets 0..1) ends below the leader's start, so it
+    // starts over there, catches up and rejoins the ISR.
+    cluster.broker(lagging).restart();
+    eventually(&cluster, "the restarted follower back in the ISR", || {
+        leadership(&cluster, "retained", 0).is_some_and(|l| l.isr.len() == 3)
+    });
+    assert_eq!(
+        produce_replicated(&mut to_leader, "retained", "last").error,
+        None
+    );
+    let end = |broker: u32| {
+        metric(
+            &cluster,
+            broker,
+            "shardlog_partition_log_end_offset",
+            "retained",
+        )
+    };
+    eventually(&cluster, "the follower holds the leader's end", || {
+        end(lagging).is_some() && end(lagging) == end(leader)
+    });
+    let follower_start = metric(
+        &cluster,
+        lagging,
+        "shardlog_partition_log_start_offset",
+        "retained",
+    );
+    assert!(follower_start >= Some(8), "{follower_start:?}");
+    let log = std::fs::read_to_string(&cluster.brokers[lagging as usize - 1].log_path)
+        .expect("the follower's log");
+    assert!(
+        log.contains("restarting it there"),
+        "the follower restarted its copy at the leader's start"
+    );
     cluster.stop_all();
 }

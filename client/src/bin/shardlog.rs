@@ -333,7 +333,7 @@ async fn cluster(client: ClientConfig, command: ClusterCommand) -> Result<(), Er
     Ok(())
 }
 
-/// `topic describe --format json`: `{"topic", "partitions": [{"partition", "leader", "replicas", "isr", "leader_epoch", "under_replicated", ..}]}`.
+/// `topic describe --format json`: `{"topic", "partitions": [{"partition", "leader", "replicas", "isr", "leader_epoch", "under_replicated", "replica_lag": [{"broker", "lag_offsets", "lag_bytes"}], ..}]}`.
 fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
     let partitions: Vec<serde_json::Value> = topic
         .partitions
@@ -346,6 +346,11 @@ fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
                 "isr": p.isr,
                 "leader_epoch": p.leader_epoch,
                 "under_replicated": p.isr.len() < p.replicas.len(),
+                "replica_lag": p.replica_lags.iter().map(|lag| serde_json::json!({
+                    "broker": lag.broker,
+                    "lag_offsets": lag.lag_offsets,
+                    "lag_bytes": lag.lag_bytes,
+                })).collect::<Vec<_>>(),
                 "shard": p.shard,
                 "log_start_offset": p.log_start_offset,
                 "log_end_offset": p.high_watermark,
@@ -354,6 +359,19 @@ fn topic_json(topic: &shardlog_client::TopicDescription) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({"topic": topic.name, "partitions": partitions})
+}
+
+/// The `replica_lag` column: `broker:offsets/bytes` per follower, e.g.
+/// `2:0/0B,3:120/49152B`; `-` when the leader reported none.
+fn replica_lag_text(lags: &[shardlog_client::protocol::ReplicaLag]) -> String {
+    if lags.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = lags
+        .iter()
+        .map(|lag| format!("{}:{}/{}B", lag.broker, lag.lag_offsets, lag.lag_bytes))
+        .collect();
+    each.join(",")
 }
 
 /// `group describe --format json`: `{"group", "state", "assignor", "members":
@@ -440,7 +458,7 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
                 return Ok(());
             }
             println!("topic {} partitions {}", topic.name, topic.partitions.len());
-            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus\tleader\treplicas\tisr\tleader_epoch\tunder_replicated");
+            println!("partition\tshard\tlog_start_offset\tlog_end_offset\tstatus\tleader\treplicas\tisr\tleader_epoch\tunder_replicated\treplica_lag");
             let ids = |ids: &[u32]| {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 ids.join(",")
@@ -453,7 +471,7 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
                     "no"
                 };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{leader}\t{}\t{}\t{}\t{under_replicated}",
+                    "{}\t{}\t{}\t{}\t{}\t{leader}\t{}\t{}\t{}\t{under_replicated}\t{}",
                     p.partition,
                     p.shard,
                     p.log_start_offset,
@@ -461,7 +479,8 @@ async fn topic(client: ClientConfig, command: TopicCommand) -> Result<(), Error>
                     p.status,
                     ids(&p.replicas),
                     ids(&p.isr),
-                    p.leader_epoch
+                    p.leader_epoch,
+                    replica_lag_text(&p.replica_lags)
                 );
             }
         }

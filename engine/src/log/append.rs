@@ -730,7 +730,7 @@ impl LogInner {
 impl Active {
     /// Makes this the empty segment `file` starting at `base_offset`,
     /// keeping the file slot; returns the index of the segment it was.
-    fn restart(
+    pub(super) fn restart(
         &mut self,
         base_offset: u64,
         file: DmaFile,
@@ -819,7 +819,10 @@ pub(super) async fn create_active(
 
 /// Creates the empty segment file starting at `base_offset` and makes its
 /// name durable; removes it again if that fails, so no stray file is left.
-async fn create_segment_file(dir: &std::path::Path, base_offset: u64) -> Result<DmaFile> {
+pub(super) async fn create_segment_file(
+    dir: &std::path::Path,
+    base_offset: u64,
+) -> Result<DmaFile> {
     let path = log_path(dir, base_offset);
     let file = OpenOptions::new()
         .read(true)

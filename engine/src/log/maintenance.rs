@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use glommio::io::DmaFile;
 
-use super::append::sync_dir;
+use super::append::{create_segment_file, sync_dir};
 use super::open::{open_segment_rw, rebuilt_active, scan_segment};
 use super::{LogConfig, LogInner, LogState, PartitionLog};
 use crate::segment::scan::{self, FrameStart, HeaderWalk, Recovered, ScanStart};
@@ -275,6 +275,78 @@ impl PartitionLog {
         inner.store_epochs().await?;
         tracing::info!(dir = %inner.dir.display(), new_end = cut.new_end, "truncated log");
         Ok(cut.new_end)
+    }
+
+    /// Empties the log and makes `offset`, past its end, its new start and
+    /// end: what a follower does when its copy ends below its leader's log
+    /// start (retention removed what it lacks), so that it fetches on from
+    /// there (Kafka's truncate-fully-and-start-at). Waits for queued appends
+    /// first. The old segments go oldest first and only then is the new
+    /// empty one made, so a crash in between leaves a log that starts later
+    /// or holds nothing, never one with a gap. The leader epochs go with the
+    /// batches that carried them.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] when `offset` is not past the log end (a
+    /// log restarts only ahead of itself); I/O errors, after which the log
+    /// is poisoned (its files no longer match what it held).
+    pub async fn restart_at(&self, offset: u64) -> Result<()> {
+        let inner = &self.inner;
+        let _role = inner.take_writer_role(true).await?;
+        let end_offset = self.log_end_offset();
+        if offset <= end_offset {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                high_watermark: end_offset,
+            });
+        }
+        let restarted = self.replace_segments(offset).await;
+        if let Err(error) = &restarted {
+            inner.poison(&mut inner.state.borrow_mut(), error.duplicate());
+        }
+        restarted?;
+        // This holds the writer role, so no writer stores the file meanwhile.
+        inner.store_epochs().await?;
+        tracing::info!(dir = %inner.dir.display(), from = end_offset, offset, "restarted the log ahead of its end");
+        Ok(())
+    }
+
+    /// [`PartitionLog::restart_at`]'s file work, under the writer role.
+    async fn replace_segments(&self, offset: u64) -> Result<()> {
+        let inner = &self.inner;
+        // The synced bytes go: no checkpoint may speak for them.
+        let _checkpoints = inner.remove_checkpoints().await?;
+        inner.shard.cache().borrow_mut().remove(inner.cache_key);
+        let bases: Vec<u64> = {
+            let state = inner.state.borrow();
+            let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
+            sealed
+                .chain(std::iter::once(state.active.base_offset))
+                .collect()
+        };
+        for base in &bases {
+            inner.shard.forget_sealed_file(inner.cache_key, *base);
+            remove_segment_files(&inner.dir, *base)?;
+            inner
+                .state
+                .borrow_mut()
+                .sealed
+                .retain(|s| s.meta.base_offset != *base);
+        }
+        sync_dir(&inner.dir).await?;
+        let file = create_segment_file(&inner.dir, offset).await?;
+        let mut state = inner.state.borrow_mut();
+        assert!(state.sealed.is_empty());
+        let _old_index = state.active.restart(offset, file, &inner.config);
+        state.next_offset = offset;
+        state.written_offset = offset;
+        state.durable_offset = offset;
+        if !state.epochs.entries().is_empty() {
+            state.epochs = super::epochs::EpochCache::default();
+            state.epochs_changes += 1;
+        }
+        Ok(())
     }
 
     /// Validates, frame by frame, what a truncation keeps of the segment it

@@ -415,6 +415,36 @@ impl PartitionLog {
         state.sealed.iter().map(|s| s.meta.log_bytes).sum::<u64>() + state.active.written_bytes
     }
 
+    /// About how many bytes the log holds from `offset` to its written end,
+    /// for lag metrics; no I/O. Exact at segment bounds; inside the active
+    /// segment it counts from the indexed frame at or before `offset` (at
+    /// most one index interval more); inside a sealed segment it takes the
+    /// segment's share of `offset`'s offsets. Everything below the log
+    /// start, nothing at or past the end.
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        let state = self.inner.state.borrow();
+        if offset >= state.written_offset {
+            return 0;
+        }
+        let active = &state.active;
+        if offset >= active.base_offset {
+            let (position, _) = active.index.entry_for_offset(offset - active.base_offset);
+            return active.written_bytes.saturating_sub(position);
+        }
+        let mut bytes = active.written_bytes;
+        for sealed in state.sealed.iter().rev() {
+            let meta = &sealed.meta;
+            if offset >= meta.base_offset {
+                let offsets = meta.next_offset.saturating_sub(meta.base_offset).max(1);
+                let left = meta.next_offset.saturating_sub(offset).min(offsets);
+                let share = u128::from(meta.log_bytes) * u128::from(left) / u128::from(offsets);
+                return bytes + share as u64;
+            }
+            bytes += meta.log_bytes;
+        }
+        bytes
+    }
+
     /// Number of segments, the active one included.
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().sealed.len() + 1

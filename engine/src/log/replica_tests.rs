@@ -287,3 +287,104 @@ fn a_log_written_before_the_epoch_file_existed_is_all_epoch_zero() {
         assert_eq!(reopened.end_offset_for_epoch(2), Some((0, 3)));
     });
 }
+
+/// Bytes of whole batches from the one holding `offset` to the end, as reads return them.
+async fn exact_bytes_from(log: &PartitionLog, offset: u64) -> u64 {
+    let mut bytes = 0;
+    let mut at = offset.max(log.log_start_offset());
+    while at < log.high_watermark() {
+        let slice = log.read(at, 64 * 1024, None).await.unwrap();
+        bytes += slice.size_bytes();
+        at = slice.next_offset;
+    }
+    bytes
+}
+
+#[test]
+fn bytes_from_estimates_what_a_follower_lacks() {
+    run(|dir| async move {
+        let log = open_log(&dir).await;
+        for i in 0..40 {
+            log.append(batch(i * 10, 10, 200, 1_000)).await.unwrap();
+        }
+        log.roll().await.unwrap();
+        let active_base = log.log_end_offset();
+        for i in 40..50 {
+            log.append(batch(i * 10, 10, 200, 1_000)).await.unwrap();
+        }
+        assert!(log.segment_count() > 2, "sealed segments and an active one");
+        let end = log.log_end_offset();
+        assert_eq!(log.bytes_from(0), log.size_bytes());
+        assert_eq!(exact_bytes_from(&log, 0).await, log.size_bytes());
+        assert_eq!(log.bytes_from(end), 0);
+        assert_eq!(log.bytes_from(end + 10), 0);
+        let config = small_segments();
+        let mut previous = u64::MAX;
+        for offset in 0..=end {
+            let estimate = log.bytes_from(offset);
+            assert!(estimate <= previous, "never more for a later offset");
+            previous = estimate;
+            let exact = exact_bytes_from(&log, offset).await;
+            if offset >= active_base {
+                // From the indexed frame at or before the batch holding it.
+                let interval = u64::from(config.index_interval_bytes);
+                assert!(
+                    exact <= estimate && estimate <= exact + interval,
+                    "offset {offset}: estimate {estimate}, exact {exact}"
+                );
+            } else {
+                // A share of the sealed segment holding it.
+                assert!(
+                    estimate.abs_diff(exact) <= config.segment_bytes,
+                    "offset {offset}: estimate {estimate}, exact {exact}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn a_follower_below_the_leaders_log_start_restarts_there_and_follows_on() {
+    run(|dir| async move {
+        let leader = open_log(&dir.join("leader")).await;
+        leader.set_leader_epoch(3);
+        for i in 0..8 {
+            leader.append(batch(i * 10, 10, 100, 1_000)).await.unwrap();
+        }
+        // The follower holds the first two batches, and an epoch for them.
+        let follower = open_log(&dir.join("follower")).await;
+        let leader_batches = batches_of(&leader).await;
+        for bytes in &leader_batches[..2] {
+            follower.append_replica(valid(bytes.clone())).await.unwrap();
+        }
+        assert_eq!(follower.log_end_offset(), 20);
+        // Not ahead of its end: refused, nothing changes.
+        for behind in [0, 20] {
+            assert!(matches!(
+                follower.restart_at(behind).await,
+                Err(Error::OffsetOutOfRange { .. })
+            ));
+        }
+        assert_eq!(batches_of(&follower).await, leader_batches[..2]);
+
+        // The leader's log starts at 50 now: the follower starts there.
+        follower.restart_at(50).await.unwrap();
+        assert_eq!(follower.log_start_offset(), 50);
+        assert_eq!(follower.log_end_offset(), 50);
+        assert_eq!(follower.high_watermark(), 50);
+        assert_eq!(follower.size_bytes(), 0);
+        assert_eq!(follower.segment_count(), 1);
+        assert!(follower.leader_epochs().is_empty(), "its batches are gone");
+        for bytes in &leader_batches[5..] {
+            follower.append_replica(valid(bytes.clone())).await.unwrap();
+        }
+        assert_eq!(batches_of(&follower).await, leader_batches[5..]);
+        assert_eq!(follower.leader_epochs()[0].start_offset, 50);
+        follower.close().await.unwrap();
+        // The files say the same after a restart.
+        let reopened = open_log(&dir.join("follower")).await;
+        assert_eq!(reopened.log_start_offset(), 50);
+        assert_eq!(batches_of(&reopened).await, leader_batches[5..]);
+        assert_eq!(reopened.leader_epochs(), follower.leader_epochs());
+    });
+}

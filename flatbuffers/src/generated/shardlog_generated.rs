@@ -4774,6 +4774,7 @@ impl<'a> ListOffsetsPartitionResult<'a> {
   pub const VT_HIGH_WATERMARK: flatbuffers::VOffsetT = 14;
   pub const VT_STATUS: flatbuffers::VOffsetT = 16;
   pub const VT_STATUS_MESSAGE: flatbuffers::VOffsetT = 18;
+  pub const VT_REPLICA_LAGS: flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
@@ -4788,6 +4789,7 @@ impl<'a> ListOffsetsPartitionResult<'a> {
     builder.add_high_watermark(args.high_watermark);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_offset(args.offset);
+    if let Some(x) = args.replica_lags { builder.add_replica_lags(x); }
     if let Some(x) = args.status_message { builder.add_status_message(x); }
     if let Some(x) = args.error_message { builder.add_error_message(x); }
     builder.add_partition(args.partition);
@@ -4853,6 +4855,13 @@ impl<'a> ListOffsetsPartitionResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<&str>>(ListOffsetsPartitionResult::VT_STATUS_MESSAGE, None)}
   }
+  #[inline]
+  pub fn replica_lags(&self) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaLag<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaLag>>>>(ListOffsetsPartitionResult::VT_REPLICA_LAGS, None)}
+  }
 }
 
 impl flatbuffers::Verifiable for ListOffsetsPartitionResult<'_> {
@@ -4870,6 +4879,7 @@ impl flatbuffers::Verifiable for ListOffsetsPartitionResult<'_> {
      .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<PartitionStatus>("status", Self::VT_STATUS, false)?
      .visit_field::<flatbuffers::ForwardsUOffset<&str>>("status_message", Self::VT_STATUS_MESSAGE, false)?
+     .visit_field::<flatbuffers::ForwardsUOffset<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<ReplicaLag>>>>("replica_lags", Self::VT_REPLICA_LAGS, false)?
      .finish();
     Ok(())
   }
@@ -4883,6 +4893,7 @@ pub struct ListOffsetsPartitionResultArgs<'a> {
     pub high_watermark: i64,
     pub status: PartitionStatus,
     pub status_message: Option<flatbuffers::WIPOffset<&'a str>>,
+    pub replica_lags: Option<flatbuffers::WIPOffset<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<ReplicaLag<'a>>>>>,
 }
 impl<'a> Default for ListOffsetsPartitionResultArgs<'a> {
   #[inline]
@@ -4896,6 +4907,7 @@ impl<'a> Default for ListOffsetsPartitionResultArgs<'a> {
       high_watermark: -1,
       status: PartitionStatus::Online,
       status_message: None,
+      replica_lags: None,
     }
   }
 }
@@ -4938,6 +4950,10 @@ impl<'a: 'b, 'b> ListOffsetsPartitionResultBuilder<'a, 'b> {
     self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ListOffsetsPartitionResult::VT_STATUS_MESSAGE, status_message);
   }
   #[inline]
+  pub fn add_replica_lags(&mut self, replica_lags: flatbuffers::WIPOffset<flatbuffers::Vector<'b , flatbuffers::ForwardsUOffset<ReplicaLag<'b >>>>) {
+    self.fbb_.push_slot_always::<flatbuffers::WIPOffset<_>>(ListOffsetsPartitionResult::VT_REPLICA_LAGS, replica_lags);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ListOffsetsPartitionResultBuilder<'a, 'b> {
     let start = _fbb.start_table();
     ListOffsetsPartitionResultBuilder {
@@ -4963,6 +4979,138 @@ impl core::fmt::Debug for ListOffsetsPartitionResult<'_> {
       ds.field("high_watermark", &self.high_watermark());
       ds.field("status", &self.status());
       ds.field("status_message", &self.status_message());
+      ds.field("replica_lags", &self.replica_lags());
+      ds.finish()
+  }
+}
+pub enum ReplicaLagOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaLag<'a> {
+  pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for ReplicaLag<'a> {
+  type Inner = ReplicaLag<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: flatbuffers::Table::new(buf, loc) }
+  }
+}
+
+impl<'a> ReplicaLag<'a> {
+  pub const VT_BROKER: flatbuffers::VOffsetT = 4;
+  pub const VT_LAG_OFFSETS: flatbuffers::VOffsetT = 6;
+  pub const VT_LAG_BYTES: flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: flatbuffers::Table<'a>) -> Self {
+    ReplicaLag { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr>(
+    _fbb: &'mut_bldr mut flatbuffers::FlatBufferBuilder<'bldr>,
+    args: &'args ReplicaLagArgs
+  ) -> flatbuffers::WIPOffset<ReplicaLag<'bldr>> {
+    let mut builder = ReplicaLagBuilder::new(_fbb);
+    builder.add_lag_bytes(args.lag_bytes);
+    builder.add_lag_offsets(args.lag_offsets);
+    builder.add_broker(args.broker);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn broker(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReplicaLag::VT_BROKER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn lag_offsets(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaLag::VT_LAG_OFFSETS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn lag_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaLag::VT_LAG_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl flatbuffers::Verifiable for ReplicaLag<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut flatbuffers::Verifier, pos: usize
+  ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+    use self::flatbuffers::Verifiable;
+    v.visit_table(pos)?
+     .visit_field::<u32>("broker", Self::VT_BROKER, false)?
+     .visit_field::<u64>("lag_offsets", Self::VT_LAG_OFFSETS, false)?
+     .visit_field::<u64>("lag_bytes", Self::VT_LAG_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaLagArgs {
+    pub broker: u32,
+    pub lag_offsets: u64,
+    pub lag_bytes: u64,
+}
+impl<'a> Default for ReplicaLagArgs {
+  #[inline]
+  fn default() -> Self {
+    ReplicaLagArgs {
+      broker: 0,
+      lag_offsets: 0,
+      lag_bytes: 0,
+    }
+  }
+}
+
+pub struct ReplicaLagBuilder<'a: 'b, 'b> {
+  fbb_: &'b mut flatbuffers::FlatBufferBuilder<'a>,
+  start_: flatbuffers::WIPOffset<flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b> ReplicaLagBuilder<'a, 'b> {
+  #[inline]
+  pub fn add_broker(&mut self, broker: u32) {
+    self.fbb_.push_slot::<u32>(ReplicaLag::VT_BROKER, broker, 0);
+  }
+  #[inline]
+  pub fn add_lag_offsets(&mut self, lag_offsets: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaLag::VT_LAG_OFFSETS, lag_offsets, 0);
+  }
+  #[inline]
+  pub fn add_lag_bytes(&mut self, lag_bytes: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaLag::VT_LAG_BYTES, lag_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut flatbuffers::FlatBufferBuilder<'a>) -> ReplicaLagBuilder<'a, 'b> {
+    let start = _fbb.start_table();
+    ReplicaLagBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> flatbuffers::WIPOffset<ReplicaLag<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl core::fmt::Debug for ReplicaLag<'_> {
+  fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaLag");
+      ds.field("broker", &self.broker());
+      ds.field("lag_offsets", &self.lag_offsets());
+      ds.field("lag_bytes", &self.lag_bytes());
       ds.finish()
   }
 }

@@ -117,6 +117,10 @@ pub async fn lookup_local(
         log_start_offset,
         high_watermark,
         health: state.health(),
+        replica_lags: state
+            .replica_lags()
+            .map(|(_, lags)| lags)
+            .unwrap_or_default(),
     })
 }
 
@@ -132,14 +136,27 @@ fn encode(
         let mut partition_offsets = Vec::new();
         for (partition, _, _) in partitions {
             let outcome = outcomes.next().expect("one outcome per partition");
-            let (values, error, health) = match outcome {
+            let (values, error, health, lags) = match outcome {
                 Ok(o) => (
                     (o.offset, o.log_start_offset as i64, o.high_watermark as i64),
                     None,
                     Some(o.health),
+                    o.replica_lags,
                 ),
-                Err(error) => ((-1, -1, -1), Some(error), None),
+                Err(error) => ((-1, -1, -1), Some(error), None, Vec::new()),
             };
+            let lags: Vec<_> = lags
+                .iter()
+                .map(|lag| {
+                    let args = fb::ReplicaLagArgs {
+                        broker: lag.broker.0 as u32,
+                        lag_offsets: lag.offsets,
+                        lag_bytes: lag.bytes,
+                    };
+                    fb::ReplicaLag::create(&mut fbb, &args)
+                })
+                .collect();
+            let replica_lags = (!lags.is_empty()).then(|| fbb.create_vector(&lags));
             let (error_code, error_message) = error_parts(&mut fbb, error.as_ref());
             let status_message = health
                 .as_ref()
@@ -154,6 +171,7 @@ fn encode(
                 high_watermark: values.2,
                 status: health.map_or(fb::PartitionStatus::Online, |h| h.status),
                 status_message,
+                replica_lags,
             };
             partition_offsets.push(fb::ListOffsetsPartitionResult::create(&mut fbb, &args));
         }

@@ -101,7 +101,23 @@ struct Served {
     diverging: Option<(Option<u32>, u64)>,
 }
 
-type Round = Vec<Result<Served, WireError>>;
+/// Why one partition is not served, and, for a follower whose copy ends
+/// below this log's start, where that start is (it restarts its copy there).
+struct Refused {
+    error: WireError,
+    log_start_offset: Option<u64>,
+}
+
+impl From<WireError> for Refused {
+    fn from(error: WireError) -> Refused {
+        Refused {
+            error,
+            log_start_offset: None,
+        }
+    }
+}
+
+type Round = Vec<Result<Served, Refused>>;
 
 pub async fn handle(
     shard: &Rc<ShardState>,
@@ -199,7 +215,7 @@ async fn serve_partition(
     follower: BrokerId,
     fetch: &PartitionFetch,
     max_bytes: u64,
-) -> Result<Served, WireError> {
+) -> Result<Served, Refused> {
     let (topic, partition) = (fetch.topic.as_str(), fetch.partition);
     let state = led_partition(shard, fetch, follower)?;
     let log = &state.log;
@@ -214,7 +230,8 @@ async fn serve_partition(
                 fetch.fetch_offset,
                 log.log_end_offset()
             ),
-        ));
+        )
+        .into());
     }
     if let Some(diverging) = divergence(&state, fetch) {
         return Ok(Served {
@@ -225,16 +242,21 @@ async fn serve_partition(
             diverging: Some(diverging),
         });
     }
-    if fetch.fetch_offset < log.log_start_offset() {
-        return Err(WireError::new(
+    let log_start_offset = log.log_start_offset();
+    if fetch.fetch_offset < log_start_offset {
+        let error = WireError::new(
             fb::ErrorCode::OffsetOutOfRange,
             format!(
-                "{topic}/{partition}: offset {} is below the leader's log start {}; the \
-                 follower's copy is too old to continue (retention removed what it lacks)",
-                fetch.fetch_offset,
-                log.log_start_offset()
+                "{topic}/{partition}: offset {} is below the leader's log start \
+                 {log_start_offset} (retention removed what the follower lacks); it \
+                 restarts its copy there",
+                fetch.fetch_offset
             ),
-        ));
+        );
+        return Err(Refused {
+            error,
+            log_start_offset: Some(log_start_offset),
+        });
     }
     // The fetch offset is the follower's acknowledgement of everything below it.
     let fetch_offset = fetch.fetch_offset.min(durable_end);
@@ -370,11 +392,12 @@ fn encode(
     let mut results = Vec::with_capacity(round.len());
     for (fetch, served) in request.partitions.iter().zip(round) {
         let topic = fbb.create_string(&fetch.topic);
-        let (error, served) = match served {
+        let (refused, served) = match served {
             Ok(served) => (None, Some(served)),
-            Err(error) => (Some(error), None),
+            Err(refused) => (Some(refused), None),
         };
-        let (error_code, error_message) = error_parts(&mut fbb, error.as_ref());
+        let error = refused.as_ref().map(|r| &r.error);
+        let (error_code, error_message) = error_parts(&mut fbb, error);
         let mut args = fb::ReplicaFetchPartitionResultArgs {
             topic: Some(topic),
             partition: fetch.partition,
@@ -382,6 +405,9 @@ fn encode(
             error_message,
             ..Default::default()
         };
+        if let Some(start) = refused.and_then(|r| r.log_start_offset) {
+            args.log_start_offset = start as i64;
+        }
         if let Some(served) = served {
             args.high_watermark = served.high_watermark as i64;
             args.log_start_offset = served.log_start_offset as i64;

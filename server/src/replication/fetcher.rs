@@ -196,9 +196,13 @@ fn encode_request(shard: &ShardState, partitions: &[Followed], correlation_id: u
     for followed in partitions {
         let log = &followed.state.log;
         let topic = fbb.create_string(&followed.topic);
+        // An empty log names no epoch (a crash may have left the epochs of
+        // a copy that was restarted further on).
+        let empty = log.log_end_offset() == log.log_start_offset();
         let last_fetched_epoch = log
             .leader_epochs()
             .last()
+            .filter(|_| !empty)
             .map_or(-1, |e| i64::from(e.epoch));
         entries.push(fb::ReplicaFetchPartition::create(
             &mut fbb,
@@ -239,6 +243,7 @@ fn encode_request(shard: &ShardState, partitions: &[Followed], correlation_id: u
 struct PartitionAnswer {
     error: Option<(fb::ErrorCode, String)>,
     high_watermark: i64,
+    log_start_offset: i64,
     diverging_epoch: i64,
     diverging_end_offset: i64,
     records_bytes: usize,
@@ -339,6 +344,7 @@ fn read_results(
         answers.push(PartitionAnswer {
             error,
             high_watermark: result.high_watermark(),
+            log_start_offset: result.log_start_offset(),
             diverging_epoch: result.diverging_epoch(),
             diverging_end_offset: result.diverging_end_offset(),
             records_bytes: result.records_bytes() as usize,
@@ -353,6 +359,11 @@ async fn apply_partition(shard: &ShardState, followed: &Followed, answer: Partit
     let (topic, partition) = (followed.topic.as_str(), followed.partition);
     let state = &followed.state;
     if let Some((code, message)) = answer.error {
+        let leader_start = u64::try_from(answer.log_start_offset).ok();
+        if let Some(start) = leader_start.filter(|_| code == fb::ErrorCode::OffsetOutOfRange) {
+            restart_below_leader_start(followed, start).await;
+            return;
+        }
         tracing::debug!(
             shard = shard.id,
             topic,
@@ -420,6 +431,38 @@ async fn truncate_diverged(followed: &Followed, epoch: i64, leader_end: u64) {
         }
         Err(error) => {
             tracing::error!(topic, partition, %error, "truncating a diverged follower failed")
+        }
+    }
+}
+
+/// The follower's copy ends below the leader's log start (retention removed
+/// what it lacks): it is emptied and starts at the leader's start, as
+/// Kafka's followers do. What it held lies below that start, where the
+/// leader keeps nothing either.
+async fn restart_below_leader_start(followed: &Followed, leader_start: u64) {
+    let (topic, partition) = (followed.topic.as_str(), followed.partition);
+    let state = &followed.state;
+    let own_end = state.log.log_end_offset();
+    if own_end >= leader_start {
+        // An answer to an older fetch; the next one asks from the new end.
+        return;
+    }
+    tracing::warn!(
+        topic,
+        partition,
+        own_end,
+        leader_start,
+        "the follower's copy ends below the leader's log start: restarting it there"
+    );
+    match state.log.restart_at(leader_start).await {
+        Ok(()) => {
+            state.replica.truncated_to(leader_start);
+            if let Err(error) = state.rebuild_producers().await {
+                tracing::error!(topic, partition, %error, "rebuilding producer state after a restart failed");
+            }
+        }
+        Err(error) => {
+            tracing::error!(topic, partition, %error, "restarting the follower's copy failed")
         }
     }
 }

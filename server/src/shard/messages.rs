@@ -335,6 +335,8 @@ pub struct OffsetsOutcome {
     pub log_start_offset: u64,
     pub high_watermark: u64,
     pub health: PartitionHealth,
+    /// On a leader: each follower's lag.
+    pub replica_lags: Vec<super::partition::FollowerLag>,
 }
 
 #[cfg(test)]

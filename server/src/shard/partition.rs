@@ -105,6 +105,25 @@ impl PartitionState {
         }
     }
 
+    /// While leading: how many replicas are out of the ISR, and how far
+    /// each follower is behind this log's durable end, in offsets and
+    /// (estimated, see [`PartitionLog::bytes_from`]) bytes. `None` while
+    /// not leading.
+    pub fn replica_lags(&self) -> Option<(usize, Vec<FollowerLag>)> {
+        let (out_of_sync, ends) = self.replica.leader_view()?;
+        let durable_end = self.log.high_watermark();
+        let bytes_to_end = self.log.bytes_from(durable_end);
+        let lags = ends
+            .into_iter()
+            .map(|(broker, end)| FollowerLag {
+                broker,
+                offsets: durable_end.saturating_sub(end),
+                bytes: self.log.bytes_from(end).saturating_sub(bytes_to_end),
+            })
+            .collect();
+        Some((out_of_sync, lags))
+    }
+
     /// The high watermark: offsets below it are on every ISR member (on a
     /// single replica: durable), and consumers may read them.
     pub fn high_watermark(&self) -> u64 {
@@ -184,6 +203,16 @@ pub enum WaitError {
     NotLeader,
     /// The ISR did not catch up in time.
     TimedOut,
+}
+
+/// How far one follower is behind its leader, for ListOffsets and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerLag {
+    pub broker: crate::cluster::state::BrokerId,
+    /// Offsets behind the leader's durable end.
+    pub offsets: u64,
+    /// About how many bytes those offsets hold.
+    pub bytes: u64,
 }
 
 /// How a partition's log is doing, for ListOffsets and metrics.

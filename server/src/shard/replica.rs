@@ -222,9 +222,10 @@ impl ReplicaState {
         (self.isr_shrinks.get(), self.isr_expands.get())
     }
 
-    /// While leading: replicas out of the ISR, and each follower's lag in
-    /// offsets behind `durable_end`. `None` while not leading.
-    pub fn leader_view(&self, durable_end: u64) -> Option<(usize, Vec<(BrokerId, u64)>)> {
+    /// While leading: how many replicas are out of the ISR, and each
+    /// follower's durable end as its last fetch showed it (0 before any).
+    /// `None` while not leading.
+    pub fn leader_view(&self) -> Option<(usize, Vec<(BrokerId, u64)>)> {
         let role = self.role.borrow();
         let Role::Leader {
             me, isr, replicas, ..
@@ -233,15 +234,12 @@ impl ReplicaState {
             return None;
         };
         let followers = self.followers.borrow();
-        let lags = replicas
+        let ends = replicas
             .iter()
             .filter(|b| *b != me)
-            .map(|b| {
-                let end = followers.get(b).map_or(0, |p| p.log_end_offset);
-                (*b, durable_end.saturating_sub(end))
-            })
+            .map(|b| (*b, followers.get(b).map_or(0, |p| p.log_end_offset)))
             .collect();
-        Some((replicas.len().saturating_sub(isr.len()), lags))
+        Some((replicas.len().saturating_sub(isr.len()), ends))
     }
 
     /// Claims the right to propose an ISR change; false while one is in flight.
