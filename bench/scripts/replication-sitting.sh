@@ -33,6 +33,13 @@ for ROUND in $(seq 1 "$ROUNDS"); do
         "$B" e2e "${common[@]}" --replication-factor "$RF" --rate "$RATE" --duration 20 --warmup 4 \
             --json "$OUT/rf$RF-e2e-$ROUND.json" | grep -E "MB/s|publish  |end-to-end|  brokers" || true
     done
+    # The same offered load for both: RF 1 at RF 3's 50 % rate, so the CPU
+    # ratio compares equal work (at its own 50 % RF 1 moves three times the
+    # bytes per second and spreads its fixed costs thinner).
+    RATE=$(python3 -c "import json;print(int(json.load(open('$OUT/rf3-produce-$ROUND.json'))['records_per_sec']/2))")
+    echo "### round $ROUND RF 1 e2e at $RATE records/s (RF 3's 50 %)"
+    "$B" e2e "${common[@]}" --replication-factor 1 --rate "$RATE" --duration 20 --warmup 4 \
+        --json "$OUT/rf1-e2e-same-$ROUND.json" | grep -E "MB/s|publish  |end-to-end|  brokers" || true
 done
 
 python3 - "$OUT" "$ROUNDS" <<'PY'
@@ -53,6 +60,8 @@ for rf in (1, 3):
         "produce MB/s": med([r.get("mb_per_sec") for r in produce]),
         "cluster core-s/GB (produce)": med([r.get("broker_cpu_s_per_gb") for r in produce]),
         "cluster core-s/GB (e2e 50 %)": med([r.get("broker_cpu_s_per_gb") for r in e2e]),
+        # RF 3's own 50 % run; RF 1 at that same rate.
+        "cluster core-s/GB (e2e at RF 3's 50 %)": med([r.get("broker_cpu_s_per_gb") for r in (load(1, "e2e-same") if rf == 1 else e2e)]),
         "publish p50 ms (50 %)": med([pct(r, "publish_latency_us", "p50") for r in e2e]),
         "publish p99 ms (50 %)": med([pct(r, "publish_latency_us", "p99") for r in e2e]),
         "e2e p50 ms (50 %)": med([pct(r, "e2e_latency_us", "p50") for r in e2e]),

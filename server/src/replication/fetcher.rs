@@ -121,18 +121,27 @@ async fn run(shard: Rc<ShardState>, leader: LeaderShard) {
     };
     let mut connection: Option<PeerConnection> = None;
     let mut correlation_id = 0u32;
+    // The partitions to fetch, looked up again only when the shard's
+    // partitions or roles changed (not every round: that walk allocated).
+    let mut followed_at: Option<(u64, Vec<Followed>)> = None;
     loop {
         if shard.shutdown.is_started() {
             break;
         }
-        let Some(partitions) = followed(&shard, Some(leader)).remove(&leader) else {
+        let generation = shard.partitions.generation();
+        if followed_at.as_ref().map(|(at, _)| *at) != Some(generation) {
+            followed_at = followed(&shard, Some(leader))
+                .remove(&leader)
+                .map(|partitions| (generation, partitions));
+        }
+        let Some((_, partitions)) = &followed_at else {
             break;
         };
         correlation_id = correlation_id.wrapping_add(1);
         let outcome = round(
             &shard,
             leader,
-            &partitions,
+            partitions,
             &mut connection,
             correlation_id,
             &limits,

@@ -43,6 +43,9 @@ pub struct Partitions {
     applied_revision: Cell<u64>,
     /// The leader shards (broker, shard) this shard runs a replica fetcher for.
     fetching_from: RefCell<BTreeSet<(BrokerId, usize)>>,
+    /// Grows whenever a partition opens or closes or a role changes, so a
+    /// fetcher keeps its list of followed partitions until it does.
+    generation: Cell<u64>,
 }
 
 impl std::fmt::Debug for Partitions {
@@ -75,6 +78,7 @@ impl Partitions {
             by_topic: RefCell::new(HashMap::new()),
             apply_lock: Semaphore::new(1),
             applied_revision: Cell::new(0),
+            generation: Cell::new(0),
             fetching_from: RefCell::new(BTreeSet::new()),
         }
     }
@@ -153,6 +157,11 @@ impl Partitions {
 
     /// The revision of the last metadata this shard finished applying
     /// (its partitions open, its deleted ones closed).
+    /// Changes whenever the set of partitions or any partition's role does.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
     pub fn applied_revision(&self) -> u64 {
         self.applied_revision.get()
     }
@@ -214,10 +223,12 @@ impl Partitions {
                         .entry(name.clone())
                         .or_default()
                         .insert(partition, Rc::new(state));
+                    self.bump_generation();
                 }
             }
         }
         let promoted = self.adopt_roles(&metadata);
+        self.bump_generation();
         let gone: Vec<String> = {
             let partitions = self.by_topic.borrow();
             let names = partitions
@@ -227,6 +238,7 @@ impl Partitions {
         };
         for name in gone {
             let removed = self.by_topic.borrow_mut().remove(&name).unwrap_or_default();
+            self.bump_generation();
             for state in removed.into_values() {
                 let _ = state.log.close().await;
                 state.notify_appended();
@@ -247,6 +259,10 @@ impl Partitions {
         self.applied_revision
             .set(self.applied_revision.get().max(metadata.revision));
         Ok(promoted)
+    }
+
+    fn bump_generation(&self) {
+        self.generation.set(self.generation.get() + 1);
     }
 
     /// Gives every open partition the role `metadata` names for it; a new
