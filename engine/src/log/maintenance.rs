@@ -232,14 +232,10 @@ impl PartitionLog {
         let _checkpoints = inner.remove_checkpoints().await?;
         inner.state.borrow_mut().durable_offset = cut.new_end;
         inner.shard.cache().borrow_mut().remove(inner.cache_key);
-        let later: Vec<u64> = {
-            let state = inner.state.borrow();
-            let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
-            sealed
-                .chain(std::iter::once(state.active.base_offset))
-                .filter(|b| *b > cut.segment_base)
-                .collect()
-        };
+        let later: Vec<u64> = segment_bases(&inner.state.borrow())
+            .into_iter()
+            .filter(|b| *b > cut.segment_base)
+            .collect();
         for base in later.iter().rev() {
             inner.shard.forget_sealed_file(inner.cache_key, *base);
             remove_segment_files(&inner.dir, *base)?;
@@ -318,13 +314,7 @@ impl PartitionLog {
         // The synced bytes go: no checkpoint may speak for them.
         let _checkpoints = inner.remove_checkpoints().await?;
         inner.shard.cache().borrow_mut().remove(inner.cache_key);
-        let bases: Vec<u64> = {
-            let state = inner.state.borrow();
-            let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
-            sealed
-                .chain(std::iter::once(state.active.base_offset))
-                .collect()
-        };
+        let bases = segment_bases(&inner.state.borrow());
         for base in &bases {
             inner.shard.forget_sealed_file(inner.cache_key, *base);
             remove_segment_files(&inner.dir, *base)?;
@@ -430,6 +420,14 @@ struct Cut {
     segment_base: u64,
     position: u64,
     new_end: u64,
+}
+
+/// Every segment's base offset, oldest first, the active one last.
+fn segment_bases(state: &LogState) -> Vec<u64> {
+    let sealed = state.sealed.iter().map(|s| s.meta.base_offset);
+    sealed
+        .chain(std::iter::once(state.active.base_offset))
+        .collect()
 }
 
 fn remove_segment_files(dir: &std::path::Path, base_offset: u64) -> Result<()> {
