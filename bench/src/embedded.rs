@@ -132,18 +132,53 @@ fn server_binary() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("shardlog-server not found next to shardlog-bench; build it: cargo build --release --bin shardlog-server"))
 }
 
+/// A base port with the `count` ports after it free on 127.0.0.1, outside
+/// the kernel's ephemeral range: client connections take their local ports
+/// from that range and leave them in TIME_WAIT, where a new listener cannot
+/// bind, and a busy machine (or a test suite) holds thousands of them.
 fn free_port_range(count: u16) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base < 60_000
-            && (1..=count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+    let (low, high) = ephemeral_ports();
+    let count32 = u32::from(count);
+    // Above the ephemeral range if it leaves room, else below it.
+    let (first, last) = if 65_535 - u32::from(high) > count32 * 8 {
+        (u32::from(high) + 1, 65_535 - count32)
+    } else {
+        (1_024, u32::from(low).saturating_sub(count32 + 1))
+    };
+    anyhow::ensure!(
+        last > first,
+        "no ports outside the ephemeral range {low}-{high} (net.ipv4.ip_local_port_range)"
+    );
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    for _ in 0..FREE_PORT_ATTEMPTS {
+        // A linear congruential step: spread, not secret.
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let base = first + (seed >> 8) % (last - first);
+        let base = u16::try_from(base)?;
+        if (0..=count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }
     anyhow::bail!("no free range of {count} ports on 127.0.0.1")
+}
+
+/// How many random port ranges [`free_port_range`] tries.
+const FREE_PORT_ATTEMPTS: usize = 200;
+
+/// The kernel's ephemeral port range (Linux's default when it cannot be read).
+fn ephemeral_ports() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u16>().ok());
+    match (bounds.next(), bounds.next()) {
+        (Some(low), Some(high)) if low <= high => (low, high),
+        _ => (32_768, 60_999),
+    }
 }
 
 /// Ports of one broker: the shared one (`--listen`), then one per shard, then metrics.
@@ -434,6 +469,24 @@ impl Drop for EmbeddedCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_stay_out_of_the_ephemeral_range_and_are_free() {
+        let (low, high) = ephemeral_ports();
+        assert!(low <= high);
+        // A port this process holds as a client's local port, in TIME_WAIT
+        // or not, comes from [low, high]: never hand out one of those.
+        for _ in 0..20 {
+            let base = free_port_range(9).unwrap();
+            let ports = u32::from(base)..=u32::from(base) + 9;
+            assert!(
+                *ports.end() < u32::from(low) || *ports.start() > u32::from(high),
+                "{ports:?} overlaps {low}-{high}"
+            );
+            let held = std::net::TcpListener::bind(("127.0.0.1", base)).unwrap();
+            drop(held);
+        }
+    }
 
     #[test]
     fn a_forming_clusters_lines_are_held_then_passed_on_then_dropped() {
