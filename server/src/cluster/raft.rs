@@ -178,6 +178,9 @@ type Started = std::sync::mpsc::Sender<Result<Metrics, ClusterError>>;
 enum Request {
     Propose {
         command: ClusterCommand,
+        /// Forward to the leader when this node does not lead (a user's
+        /// proposal); without, it is proposed here or refused.
+        forward: bool,
         reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
     },
     Rpc {
@@ -295,9 +298,18 @@ async fn dispatch(node: Arc<NodeShared>, mut requests: mpsc::Receiver<Request>) 
         };
         let shared = node.clone();
         match request {
-            Request::Propose { command, reply } => {
+            Request::Propose {
+                command,
+                forward,
+                reply,
+            } => {
                 tokio::spawn(async move {
-                    let _ = reply.send(shared.propose(command).await);
+                    let outcome = if forward {
+                        shared.propose(command).await
+                    } else {
+                        shared.propose_as_leader(command).await
+                    };
+                    let _ = reply.send(outcome);
                     drop(permit);
                 });
             }
@@ -564,8 +576,30 @@ impl ClusterHandle {
     /// # Errors
     /// [`ProposeError`]: [`ProposeError::is_retriable`] tells whether to try again.
     pub async fn propose(&self, command: ClusterCommand) -> Result<CommandResult, ProposeError> {
+        self.send_proposal(command, true).await
+    }
+
+    /// Proposes `command` on this node only, as its controller decisions
+    /// are: refused with `NotLeader` when it does not lead, never forwarded.
+    #[cfg(test)]
+    pub(crate) async fn propose_as_leader(
+        &self,
+        command: ClusterCommand,
+    ) -> Result<CommandResult, ProposeError> {
+        self.send_proposal(command, false).await
+    }
+
+    async fn send_proposal(
+        &self,
+        command: ClusterCommand,
+        forward: bool,
+    ) -> Result<CommandResult, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        let request = Request::Propose { command, reply };
+        let request = Request::Propose {
+            command,
+            forward,
+            reply,
+        };
         if self.shared.requests.send(request).await.is_err() {
             return Err(ProposeError::ShutDown);
         }

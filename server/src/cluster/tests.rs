@@ -574,3 +574,58 @@ fn a_partitioned_leader_is_replaced_and_rejoins() {
         }
     });
 }
+
+/// [`fast`], with proposals that wait long enough to outlast a cut.
+fn fast_patient_proposals(config: &mut ClusterNodeConfig) {
+    fast(config);
+    config.propose_timeout_ms = 30_000;
+}
+
+#[test]
+fn a_deposed_leaders_own_decision_is_never_forwarded_to_the_next_leader() {
+    block_on(async {
+        let cluster = TestCluster::start(3, fast_patient_proposals);
+        let old_leader = cluster.leader().await;
+        add_brokers(cluster.handle(old_leader), 2).await;
+        let majority: Vec<NodeId> = cluster
+            .running
+            .keys()
+            .copied()
+            .filter(|id| *id != old_leader)
+            .collect();
+        cluster
+            .network
+            .isolate(old_leader, majority.iter().copied());
+        // Cut off, the old leader decides something as controller (as its
+        // fence loop does); the proposal waits for a quorum it cannot get.
+        let deposed = cluster.handle(old_leader).clone();
+        let decided =
+            tokio::spawn(
+                async move { deposed.propose_as_leader(create_topic("stale", 1, 1)).await },
+            );
+        let new_leader = cluster.leader_among(&majority).await;
+        assert_ne!(new_leader, old_leader);
+        // Healed while it still waits: it learns it was deposed, and the
+        // decision is refused, not handed to the new leader.
+        cluster.network.heal();
+        let outcome = decided.await.expect("the proposal task");
+        assert!(
+            matches!(&outcome, Err(ProposeError::NotLeader { .. })),
+            "{outcome:?}"
+        );
+        let state = cluster.converged().await;
+        assert!(
+            !state.topics.contains_key("stale"),
+            "the deposed leader's decision was never applied"
+        );
+        // A user's proposal through the same node is still forwarded.
+        assert!(created(
+            &cluster
+                .handle(old_leader)
+                .propose(create_topic("fresh", 1, 1))
+                .await
+                .expect("forwarded to the new leader")
+        ));
+        cluster.shutdown().await;
+    });
+}
