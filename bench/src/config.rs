@@ -125,6 +125,9 @@ pub struct BenchConfig {
     /// With --embedded: the broker's tail cache per shard (0 sends every read to disk).
     #[arg(long)]
     pub cache_bytes: Option<u64>,
+    /// With --embedded: the brokers' log level (a cluster's lines are passed on with their node id).
+    #[arg(long, default_value = "warn")]
+    pub broker_log_level: String,
     /// The topic (created if missing); with `workload`, the prefix of the topics' names.
     #[arg(long, default_value = "bench")]
     pub topic: String,

@@ -397,7 +397,7 @@ fn spawn(
             "--flush",
             config.flush.as_str(),
             "--log-level",
-            "warn",
+            config.broker_log_level.as_str(),
         ])
         .args(config.segment_bytes.map(|b| format!("--segment-bytes={b}")))
         .args(config.cache_bytes.map(|b| format!("--cache-bytes={b}")));
