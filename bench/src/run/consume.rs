@@ -77,7 +77,16 @@ pub(super) async fn consume_all(run: Arc<Run>) -> anyhow::Result<()> {
                             member,
                             consumed.clone(),
                         );
-                        tasks.push(tokio::spawn(task));
+                        let group = group_id.clone();
+                        // Said at once: the run may be waiting for this
+                        // member's partitions and would only time out.
+                        tasks.push(tokio::spawn(async move {
+                            let outcome = task.await;
+                            if let Err(error) = &outcome {
+                                eprintln!("shardlog-bench: a consumer of group {group} stopped: {error:#}");
+                            }
+                            outcome
+                        }));
                     }
                     set_index += 1;
                 }
