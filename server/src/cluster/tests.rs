@@ -187,6 +187,21 @@ impl TestCluster {
         .await
     }
 
+    /// With two brokers registered, cuts the leader off from every other
+    /// node; returns it and the others (a majority).
+    async fn cut_off_the_leader(&self) -> (NodeId, Vec<NodeId>) {
+        let leader = self.leader().await;
+        add_brokers(self.handle(leader), 2).await;
+        let others: Vec<NodeId> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|id| *id != leader)
+            .collect();
+        self.network.isolate(leader, others.iter().copied());
+        (leader, others)
+    }
+
     async fn shutdown(mut self) {
         let ids: Vec<NodeId> = self.running.keys().copied().collect();
         for id in ids {
@@ -518,17 +533,7 @@ fn a_partitioned_leader_is_replaced_and_rejoins() {
     block_on(async {
         let cluster = TestCluster::start(3, fast);
         let recorders: Vec<_> = cluster.running.values().map(record).collect();
-        let old_leader = cluster.leader().await;
-        add_brokers(cluster.handle(old_leader), 2).await;
-        let majority: Vec<NodeId> = cluster
-            .running
-            .keys()
-            .copied()
-            .filter(|id| *id != old_leader)
-            .collect();
-        cluster
-            .network
-            .isolate(old_leader, majority.iter().copied());
+        let (old_leader, majority) = cluster.cut_off_the_leader().await;
 
         let new_leader = cluster.leader_among(&majority).await;
         assert_ne!(new_leader, old_leader);
@@ -585,17 +590,7 @@ fn fast_patient_proposals(config: &mut ClusterNodeConfig) {
 fn a_deposed_leaders_own_decision_is_never_forwarded_to_the_next_leader() {
     block_on(async {
         let cluster = TestCluster::start(3, fast_patient_proposals);
-        let old_leader = cluster.leader().await;
-        add_brokers(cluster.handle(old_leader), 2).await;
-        let majority: Vec<NodeId> = cluster
-            .running
-            .keys()
-            .copied()
-            .filter(|id| *id != old_leader)
-            .collect();
-        cluster
-            .network
-            .isolate(old_leader, majority.iter().copied());
+        let (old_leader, majority) = cluster.cut_off_the_leader().await;
         // Cut off, the old leader decides something as controller (as its
         // fence loop does); the proposal waits for a quorum it cannot get.
         let deposed = cluster.handle(old_leader).clone();
